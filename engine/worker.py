@@ -1,0 +1,97 @@
+"""The engine process: `python -m engine.worker --run-dir DIR [--resume]`.
+
+Started detached by engine.launch (new session, stdio to engine.log), or under
+torchrun for several GPUs. Exit codes: 0 completed or stopped, 1 failed, 2 the
+run could not be started (bad config, locked by another engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a typo'd repo id
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from engine.config import ConfigError, parse_config  # noqa: E402
+from engine.runs import Run, RunError  # noqa: E402
+
+
+def acquire_lock(run: Run):
+    """An exclusive lock held for the engine's life: a second engine on the same run refuses."""
+    f = open(run.lock_path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(f"run {run.id} is already being trained by {holder}; "
+                       f"stop it first with `tunedeck stop {run.id}`") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(message, what to do) for an exception that ended training."""
+    import torch
+
+    from engine.train import OOM_ADVICE
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}", OOM_ADVICE
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return f"disk full: {exc}", "free disk space, then `tunedeck resume` from the last complete checkpoint"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}", "see engine.log for the traceback"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.worker")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run = Run(args.run_dir.resolve())
+    try:
+        cfg = parse_config(run.config(), base_dir=run.path)
+        lock = acquire_lock(run) if int(os.environ.get("RANK", "0")) == 0 else None
+    except (ConfigError, RunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from engine.train import Recipe, StopNow
+
+    recipe = Recipe(cfg, run, resume=args.resume)
+    code = 0
+    try:
+        recipe.setup()
+        recipe.train()
+    except StopNow as exc:
+        recipe.set_state("stopped", step=_step(recipe), reason=f"{exc}: stopped at once, no checkpoint")
+    except BaseException as exc:  # noqa: BLE001 - everything ends as a recorded failure
+        traceback.print_exc()
+        message, advice = describe_failure(exc)
+        recipe.event("error", step=_step(recipe), message=message, advice=advice)
+        recipe.set_state("failed", step=_step(recipe), error=f"{message}; {advice}")
+        code = 1
+    finally:
+        recipe.cleanup()
+        if lock is not None:
+            lock.close()
+    return code
+
+
+def _step(recipe) -> int | None:
+    trainer = getattr(recipe, "trainer", None)
+    return trainer.state.global_step if trainer is not None else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""`tunedeck` on the command line: every action headless, `--json` for scripts.
+
+This module stays light: it calls engine modules that do not import torch, and
+imports the Textual app only when it opens a screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.config import ConfigError, load_config
+from engine.data import DataError
+from engine.models import ModelError
+from engine.runs import FINAL_STATES, EventReader, Run, RunError, default_workspace, list_runs, resolve_run
+
+
+class CliError(Exception):
+    pass
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _fmt(x, spec=".4g") -> str:
+    return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_summary(run: Run) -> dict:
+    status, cfg = run.status(), run.config()
+    return {"run_id": run.id, "run_dir": str(run.path), "state": status.get("state"),
+            "model": cfg.get("model"), "method": cfg.get("method"), "step": status.get("step"),
+            "max_steps": status.get("max_steps"), "loss": status.get("loss"),
+            "eval_loss": status.get("eval_loss"), "heartbeat": status.get("heartbeat"),
+            "created": run.info().get("created")}
+
+
+# ---- following a run on a plain terminal or into a file --------------------------
+
+def describe_event(event: dict) -> str | None:
+    """One human line for an event worth a line of its own (not per-step logs)."""
+    kind, step = event.get("type"), event.get("step")
+    at = f"step {step}: " if step is not None else ""
+    if kind == "eval":
+        return f"{at}eval loss {_fmt(event.get('loss'))}"
+    if kind == "checkpoint":
+        return f"{at}checkpoint saved {event.get('path')}"
+    if kind == "warning":
+        return f"{at}WARNING {event.get('code')}: {event.get('message')}"
+    if kind == "error":
+        return f"{at}ERROR {event.get('message')} -> {event.get('advice')}"
+    if kind == "command_ack":
+        return f"{at}engine acknowledged {event.get('command')}"
+    if kind == "state" and event.get("state") not in ("running",):
+        extra = {k: v for k, v in event.items() if k not in ("seq", "ts", "type", "step", "state")}
+        detail = f" {json.dumps(extra, default=str)}" if extra else ""
+        return f"{at}{event.get('state')}{detail[:300]}"
+    return None
+
+
+def progress_line(status: dict) -> str:
+    step, total = status.get("step") or 0, status.get("max_steps")
+    pct = f" {100 * step / total:3.0f}%" if total else ""
+    return (f"step {step}/{total or '?'}{pct}  loss {_fmt(status.get('loss'))}  "
+            f"eval {_fmt(status.get('eval_loss'))}  lr {_fmt(status.get('learning_rate'), '.2e')}  "
+            f"{_fmt(status.get('tokens_per_second'), '.0f')} tok/s  ETA {_duration(status.get('eta_seconds'))}  "
+            f"[{status.get('state')}]")
+
+
+def follow(run: Run, proc=None, out=sys.stdout, interval: float = 0.5, line_every: float = 5.0) -> dict:
+    """Print a run's progress until it ends. On a terminal one line redraws in place; into a
+    file or pipe a progress line is written every `line_every` seconds, so logs stay readable."""
+    reader = EventReader(run.events_path)
+    tty = out.isatty()
+    last_line = 0.0
+    interrupted = False
+    while True:
+        try:
+            for event in reader.read_new():
+                text = describe_event(event)
+                if text:
+                    out.write(("\r\033[K" if tty else "") + text + "\n")
+            status = run.status()
+            now = time.time()
+            if tty:
+                out.write("\r\033[K" + progress_line(status)[: 200])
+            elif status.get("step") and now - last_line >= line_every:
+                out.write(progress_line(status) + "\n")
+                last_line = now
+            out.flush()
+            ended = proc.poll() is not None if proc is not None else status.get("state") in FINAL_STATES
+            if ended:
+                for event in reader.read_new():
+                    text = describe_event(event)
+                    if text:
+                        out.write(("\r\033[K" if tty else "") + text + "\n")
+                status = run.status()
+                out.write(("\r\033[K" if tty else "") + progress_line(status) + "\n")
+                return status
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            # The engine got the same SIGINT and saves a checkpoint; a second one stops it at once.
+            if interrupted:
+                if proc is None:
+                    run.send_command("stop_now")
+                continue
+            interrupted = True
+            if proc is None:
+                run.send_command("stop")
+            out.write("\nstopping after a checkpoint; press Ctrl-C again to stop at once\n")
+
+
+# ---- commands ---------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from engine.launch import create_from_config, spawn
+
+    cfg = load_config(args.config)
+    run = create_from_config(cfg, args.workspace, argv=sys.argv[1:])
+    if args.detach:
+        spawn(run, detach=True)
+        if args.json:
+            _print_json({"run_id": run.id, "run_dir": str(run.path)})
+        else:
+            print(f"started {run.id}\n  follow it: tunedeck attach {run.id}\n  stop it:   tunedeck stop {run.id}")
+        return 0
+    return _foreground(run, resume=False, as_json=args.json)
+
+
+def _foreground(run: Run, resume: bool, as_json: bool) -> int:
+    from engine.launch import spawn
+
+    proc = spawn(run, resume=resume, detach=False)
+    if not as_json:
+        print(f"run {run.id} ({run.path}); Ctrl-C stops after a checkpoint")
+    status = follow(run, proc, out=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        _print_json({"run_id": run.id, "run_dir": str(run.path), **status})
+    elif status.get("state") == "failed":
+        print(f"run failed: {status.get('error')}\n  log: {run.log_path}", file=sys.stderr)
+    return 0 if status.get("state") in ("completed", "stopped") else 1
+
+
+def cmd_runs(args) -> int:
+    rows = [run_summary(r) for r in list_runs(args.workspace)]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no runs in {args.workspace / 'runs'}; start one with `tunedeck train CONFIG` or `tunedeck demo`")
+        return 0
+    print(f"{'RUN':<40} {'STATE':<10} {'METHOD':<6} {'STEP':>11} {'LOSS':>8}")
+    for r in rows:
+        steps = f"{r['step'] or 0}/{r['max_steps'] or '?'}"
+        print(f"{r['run_id'][:40]:<40} {str(r['state']):<10} {str(r['method']):<6} {steps:>11} {_fmt(r['loss']):>8}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    status = run.status()
+    if args.json:
+        _print_json(status)
+    else:
+        print(progress_line(status))
+        for w in status.get("warnings") or []:
+            print(f"  warning: {w}")
+        if status.get("error"):
+            print(f"  error: {status['error']}")
+        if status.get("state") in ("crashed", "failed"):
+            print("  engine.log tail:\n    " + "\n    ".join(run.log_tail(10)))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    state = run.status().get("state")
+    if state in FINAL_STATES:
+        raise CliError(f"run {run.id} is not running (state: {state})")
+    cmd_id = run.send_command("stop_now" if args.now else "stop")
+    if args.json:
+        _print_json({"run_id": run.id, "command": "stop_now" if args.now else "stop", "id": cmd_id})
+    else:
+        print(f"sent {'stop_now' if args.now else 'stop'} to {run.id}; "
+              f"{'it exits at once' if args.now else 'it saves a checkpoint, then exits'}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from engine.launch import resume_detached
+
+    run = resolve_run(args.run, args.workspace)
+    checkpoint, skipped = run.resume_checkpoint()
+    if args.detach:
+        resume_detached(run)
+        if args.json:
+            _print_json({"run_id": run.id, "run_dir": str(run.path), "checkpoint": str(checkpoint) if checkpoint else None,
+                         "skipped": skipped})
+        else:
+            print(f"resuming {run.id} from {checkpoint.name if checkpoint else 'step 0'}")
+        return 0
+    state = run.status().get("state")
+    if state == "completed":
+        raise CliError(f"run {run.id} completed; start a new run to train further")
+    for reason in skipped:
+        print(f"skipping {reason}")
+    return _foreground(run, resume=True, as_json=args.json)
+
+
+def cmd_attach(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    if args.plain or not sys.stdout.isatty():
+        status = follow(run)
+        return 0 if status.get("state") in ("completed", "stopped") else 1
+    from tui.app import run_app
+
+    run_app(args.workspace, attach=str(run.path))
+    return 0
+
+
+def cmd_gpu(args) -> int:
+    from engine.gpu import format_snapshot, snapshot
+
+    snap = snapshot(args.workspace)
+    if args.json:
+        _print_json(snap)
+    else:
+        print(format_snapshot(snap))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(args.workspace, max_steps=args.max_steps, as_json=args.json)
+
+
+def cmd_app(args) -> int:
+    from tui.app import run_app
+
+    run_app(args.workspace)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option given before the subcommand is not overwritten by the subcommand's default.
+    common.add_argument("--workspace", type=Path, default=argparse.SUPPRESS,
+                        help="where runs live (default: $TUNEDECK_WORKSPACE or ~/tunedeck)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print machine-readable JSON")
+    parser = argparse.ArgumentParser(prog="tunedeck", parents=[common],
+                                     description="Fine-tune language models from the terminal.")
+    parser.set_defaults(workspace=None, json=False)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", parents=[common], help="start a training run from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument("--detach", action="store_true", help="start in the background and return at once")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list runs in the workspace")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("status", parents=[common], help="the status of one run")
+    p.add_argument("run", help="run id or run directory")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", parents=[common], help="stop a run: checkpoint, then exit")
+    p.add_argument("run")
+    p.add_argument("--now", action="store_true", help="exit at once without a checkpoint")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("resume", parents=[common], help="resume a stopped or crashed run")
+    p.add_argument("run")
+    p.add_argument("--detach", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("attach", parents=[common], help="watch a run (the app, or plain lines with --plain)")
+    p.add_argument("run")
+    p.add_argument("--plain", action="store_true", help="print progress lines instead of opening the app")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("gpu", parents=[common], help="GPUs, their processes, and the host")
+    p.set_defaults(func=cmd_gpu)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="the whole path on the CPU: SmolLM2-135M-Instruct, bundled data, LoRA")
+    p.add_argument("--max-steps", type=int, default=None, help="shorten the demo run")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.workspace = (args.workspace or default_workspace()).expanduser().resolve()
+    func = getattr(args, "func", cmd_app)
+    try:
+        return func(args)
+    except (ConfigError, RunError, ModelError, DataError, CliError) as exc:
+        print(f"tunedeck: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
