@@ -1,0 +1,91 @@
+"""The tunedeck app: five modes, the global keys, and the one place errors are shown."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tui.messages import ErrorReported
+from tui.screens.data import DataScreen
+from tui.screens.eval import EvalScreen
+from tui.screens.gpu import GpuScreen
+from tui.screens.plan import PlanScreen
+from tui.screens.runs import RunsScreen
+
+MODE_TITLES = {"gpu": "GPU", "plan": "Plan", "data": "Data", "runs": "Runs", "eval": "Eval"}
+
+
+class TunedeckApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "tunedeck"
+    ENABLE_COMMAND_PALETTE = True
+    MODES = {"gpu": GpuScreen, "plan": PlanScreen, "data": DataScreen, "runs": RunsScreen, "eval": EvalScreen}
+    BINDINGS = [
+        *(Binding(str(i), f"app.switch_mode('{mode}')", title, id=f"mode.{mode}", show=False)
+          for i, (mode, title) in enumerate(MODE_TITLES.items(), start=1)),
+        Binding("question_mark,f1", "app.show_keys", "Keys", id="app.keys"),
+        Binding("ctrl+q", "app.quit", "Quit", id="app.quit", show=False, priority=True),
+    ]
+
+    def __init__(self, workspace: Path, mode: str | None = None, attach: str | Path | None = None,
+                 gpu_sampler: Callable[[Path], dict] | None = None):
+        super().__init__()
+        self.workspace = Path(workspace).expanduser()
+        self.start_mode = mode or ("runs" if attach else "gpu")
+        if self.start_mode not in self.MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(self.MODES)}")
+        self.attach = attach
+        if gpu_sampler is None:
+            from engine.gpu import snapshot as gpu_sampler
+        self.gpu_sampler = gpu_sampler
+
+    async def on_mount(self) -> None:
+        await self.switch_mode(self.start_mode)
+        if self.attach is not None:
+            from engine.runs import resolve_run
+            from tui.screens.monitor import MonitorScreen
+
+            await self.push_screen(MonitorScreen(resolve_run(self.attach, self.workspace)))
+
+    def action_show_keys(self) -> None:
+        from tui.screens.keys import KeysScreen
+
+        if not isinstance(self.screen, KeysScreen):
+            self.push_screen(KeysScreen(self.screen))
+
+    def on_error_reported(self, message: ErrorReported) -> None:
+        from tui.screens.error import ErrorScreen
+
+        logging.getLogger("tunedeck").error("%s: %s", message.title, message.message)
+        self.push_screen(ErrorScreen(message.title, message.message, message.advice))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every action: the modes, then each binding of the screen underneath, then Textual's own."""
+        for mode, title in MODE_TITLES.items():
+            yield SystemCommand(f"Go to {title}", f"switch to the {title} screen", partial(self.switch_mode, mode))
+        seen = set()
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not binding.description or active.node is self or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            yield SystemCommand(binding.description, f"key: {self.get_key_display(binding)}",
+                                partial(active.node.run_action, binding.action))
+        yield SystemCommand("Keys", "show the keys of this screen", self.action_show_keys)
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
+
+
+def run_app(workspace: Path, mode: str | None = None, attach: str | None = None) -> None:
+    """Open the app; with `attach` (a run id or directory) it opens on that run's monitor."""
+    workspace = Path(workspace).expanduser()
+    if attach is not None:
+        from engine.runs import resolve_run
+
+        resolve_run(attach, workspace)  # fail with the RunError's one line before the screen opens
+    TunedeckApp(workspace, mode=mode, attach=attach).run()

@@ -1,0 +1,220 @@
+"""Following a run's events for the monitor, with memory that stays bounded.
+
+`RunFollower` reads `events.jsonl` by byte offset (through engine.runs.EventReader),
+so each poll costs in proportion to the new bytes only, and keeps what the
+monitor draws: downsampled curves, the latest warnings and errors, command
+acknowledgements. A million events fold into a few hundred buckets per curve.
+Nothing here touches Textual, so it is tested and benchmarked on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.runs import EventReader, Run
+
+SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
+
+class BucketSeries:
+    """A curve kept as at most `capacity` buckets; when full, neighbours merge pairwise.
+
+    Each bucket holds (last x, mean y, min y, max y, count). Adding a point is
+    amortised O(1) and memory never grows past `capacity` buckets, whatever
+    the run length; the newest points are always in the last (partial) bucket.
+    """
+
+    __slots__ = ("capacity", "width", "buckets", "pending", "count", "nonfinite", "last")
+
+    def __init__(self, capacity: int = 256):
+        if capacity < 2 or capacity % 2:
+            raise ValueError("capacity must be an even number >= 2")
+        self.capacity = capacity
+        self.width = 1  # raw points per full bucket
+        self.buckets: list[list[float]] = []  # [x_last, y_sum, y_min, y_max, n]
+        self.pending: list[float] | None = None
+        self.count = 0
+        self.nonfinite = 0  # NaN/Inf values: counted and shown, never drawn
+        self.last: tuple[float, float] | None = None
+
+    def add(self, x: float, y: float) -> None:
+        if not math.isfinite(y):
+            self.nonfinite += 1
+            return
+        self.count += 1
+        self.last = (x, y)
+        p = self.pending
+        if p is None:
+            self.pending = p = [x, y, y, y, 1]
+        else:
+            p[0] = x
+            p[1] += y
+            if y < p[2]:
+                p[2] = y
+            if y > p[3]:
+                p[3] = y
+            p[4] += 1
+        if p[4] >= self.width:
+            self.buckets.append(p)
+            self.pending = None
+            if len(self.buckets) >= self.capacity:
+                self._merge()
+
+    def _merge(self) -> None:
+        b = self.buckets
+        merged = []
+        for i in range(0, len(b) - 1, 2):
+            a, c = b[i], b[i + 1]
+            merged.append([c[0], a[1] + c[1], min(a[2], c[2]), max(a[3], c[3]), a[4] + c[4]])
+        self.buckets = merged
+        self.width *= 2
+
+    def points(self) -> list[tuple[float, float, float, float]]:
+        """(x, mean, min, max) per bucket, oldest first, the partial bucket last."""
+        rows = self.buckets + ([self.pending] if self.pending else [])
+        return [(r[0], r[1] / r[4], r[2], r[3]) for r in rows]
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A copy of what the monitor draws, safe to hand from the follower thread to the UI."""
+
+    run_id: str
+    status: dict
+    series: dict[str, list[tuple[float, float, float, float]]]
+    series_last: dict[str, tuple[float, float] | None]
+    nonfinite: dict[str, int]
+    last_log: dict
+    warnings: tuple[dict, ...]
+    errors: tuple[dict, ...]
+    acks: dict[str, dict]
+    checkpoints: tuple[dict, ...]
+    events: int
+    skipped: int
+    offset: int
+    size: int
+    log_tail: tuple[str, ...] = field(default=())
+
+    @property
+    def replaying(self) -> bool:
+        return self.offset < self.size
+
+    @property
+    def replay_fraction(self) -> float:
+        return 1.0 if self.size <= 0 else min(1.0, self.offset / self.size)
+
+
+class RunFollower:
+    """Replays a run from its first event, then follows it; never writes to the run."""
+
+    def __init__(self, run: Run, capacity: int = 256, keep: int = 50):
+        self.run = run
+        self.reader = EventReader(run.events_path)
+        self.series = {name: BucketSeries(capacity) for name in SERIES}
+        self.warnings: deque[dict] = deque(maxlen=keep)
+        self.errors: deque[dict] = deque(maxlen=10)
+        self.checkpoints: deque[dict] = deque(maxlen=keep)
+        self.acks: OrderedDict[str, dict] = OrderedDict()
+        self.keep = keep
+        self.last_log: dict = {}
+        self.events = 0
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.run.events_path).st_size
+        except OSError:
+            return 0
+
+    def poll(self, max_bytes: int | None = None) -> int:
+        """Read and fold the events written since the last poll; returns how many."""
+        events = self.reader.read_new(max_bytes)
+        for event in events:
+            self.feed(event)
+        return len(events)
+
+    def feed(self, event: dict) -> None:
+        self.events += 1
+        kind = event.get("type")
+        step = event.get("step")
+        x = float(step if isinstance(step, (int, float)) else event.get("seq", self.events))
+        if kind == "log":
+            self.last_log = event
+            for name in ("loss", "learning_rate", "grad_norm"):
+                value = event.get(name)
+                if isinstance(value, (int, float)):
+                    self.series[name].add(x, float(value))
+        elif kind == "eval":
+            value = event.get("eval_loss")
+            if isinstance(value, (int, float)):
+                self.series["eval_loss"].add(x, float(value))
+        elif kind == "warning":
+            self.warnings.append(event)
+        elif kind == "error":
+            self.errors.append(event)
+        elif kind == "checkpoint":
+            self.checkpoints.append(event)
+        elif kind == "command_ack":
+            self.acks[str(event.get("id"))] = event
+            while len(self.acks) > self.keep:
+                self.acks.popitem(last=False)
+
+    def view(self, status: dict | None = None, log_tail: list[str] | None = None) -> RunView:
+        return RunView(
+            run_id=self.run.id,
+            status=dict(status or {}),
+            series={name: s.points() for name, s in self.series.items()},
+            series_last={name: s.last for name, s in self.series.items()},
+            nonfinite={name: s.nonfinite for name, s in self.series.items()},
+            last_log=dict(self.last_log),
+            warnings=tuple(self.warnings),
+            errors=tuple(self.errors),
+            acks=dict(self.acks),
+            checkpoints=tuple(self.checkpoints),
+            events=self.events,
+            skipped=self.reader.skipped,
+            offset=self.reader.offset,
+            size=max(self.size(), self.reader.offset),
+            log_tail=tuple(log_tail or ()),
+        )
+
+
+def fmt_duration(seconds: Any) -> str:
+    """3725 -> '1h02m'; None -> '?'."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def fmt_age(seconds: Any) -> str:
+    """Coarse age for lists: 45s, 12m, 3h, 2d."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def fmt_num(value: Any) -> str:
+    """Compact numbers for curves: 0.000123 -> 1.23e-04, 2.5 -> 2.500, NaN stays visible."""
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if not math.isfinite(value):
+        return str(value)
+    a = abs(value)
+    if a != 0 and (a < 1e-2 or a >= 1e5):
+        return f"{value:.2e}"
+    if a >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3f}"

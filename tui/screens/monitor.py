@@ -1,0 +1,274 @@
+"""The live monitor of one run (Runs mode, after attach).
+
+It only reads the run directory and drops command files into `control/`:
+closing it, or losing the terminal, never touches the engine. A worker
+thread replays events.jsonl from the first byte, then follows it by offset;
+the UI receives whole views (can_replace), so a slow terminal skips frames
+instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Static
+from textual.worker import get_current_worker
+
+from engine.runs import ACTIVE_STATES, Run, RunError
+from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
+from tui.messages import ErrorReported, RunUpdated
+from tui.screens.base import ModeScreen
+from tui.widgets.plot import BraillePlot, PlotSeries
+from tui.widgets.textplot import meter
+
+RESUMABLE = {"stopped", "crashed", "failed"}
+COMMAND_WORDS = {"stop": "stop (save, then exit)", "stop_now": "stop now", "pause": "pause",
+                 "resume": "resume", "checkpoint": "checkpoint", "eval": "evaluate"}
+
+
+class MonitorScreen(ModeScreen):
+    MODE = "runs"
+    TITLE = "Run monitor"
+    BINDINGS = [
+        Binding("escape,backspace", "back", "Runs", id="monitor.back"),
+        Binding("s", "command('stop')", "Stop", id="monitor.stop"),
+        Binding("S", "stop_now", "Stop now", id="monitor.stop_now"),
+        Binding("p", "pause_resume", "Pause/resume", id="monitor.pause"),
+        Binding("c", "command('checkpoint')", "Checkpoint", id="monitor.checkpoint"),
+        Binding("e", "command('eval')", "Eval", id="monitor.eval"),
+        Binding("l", "toggle_log", "Log", id="monitor.log"),
+        Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
+    ]
+
+    # Class attributes so tests and the benchmark can follow faster.
+    POLL_SECONDS = 0.5  # idle wait between reads once caught up
+    STATUS_SECONDS = 1.0  # status.json and engine.log are re-read at most this often
+    POST_SECONDS = 0.2  # at most this many views a second reach the UI while replaying
+    CHUNK_BYTES = 4 << 20  # events read per step while replaying a long run
+    LOG_LINES = 60
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+        self.view: RunView | None = None
+        self.pending: dict[str, dict] = {}  # command id -> {"command", "sent"}
+        self.answered: list[tuple[dict, dict]] = []  # (command, ack event), newest last
+        self._stop = threading.Event()
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="mon-head")
+        yield Static("", id="mon-progress")
+        with Horizontal(id="mon-plots"):
+            yield BraillePlot("loss", "waiting for the first log event", id="plot-loss")
+            with Vertical(id="mon-side"):
+                yield BraillePlot("learning rate", "no lr yet", id="plot-lr")
+                yield BraillePlot("grad norm", "no grad norm yet", id="plot-grad")
+        with Horizontal(id="mon-bottom"):
+            yield Static("", id="mon-events")
+            yield Static("", id="mon-log")
+
+    def on_mount(self) -> None:
+        # The first frame comes from status.json and the log tail alone: O(1) whatever the run length.
+        follower = RunFollower(self.run)
+        self.show(follower.view(self.run.status(), self.run.log_tail(self.LOG_LINES)))
+        self.follow()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    @work(thread=True, exclusive=True, group="follow", name="following the run", exit_on_error=False)
+    def follow(self) -> None:
+        worker = get_current_worker()
+        follower = RunFollower(self.run)
+        status = self.run.status()
+        tail = self.run.log_tail(self.LOG_LINES)
+        log_size = _size(self.run.log_path)
+        last_status = time.monotonic()
+        last_post = 0.0
+        dirty = True
+        while not worker.is_cancelled and not self._stop.is_set():
+            new = follower.poll(self.CHUNK_BYTES)
+            dirty = dirty or new > 0
+            now = time.monotonic()
+            if now - last_status >= self.STATUS_SECONDS:
+                last_status = now
+                fresh = self.run.status()
+                if fresh != status:
+                    status, dirty = fresh, True
+                size = _size(self.run.log_path)
+                if size != log_size:
+                    log_size, tail, dirty = size, self.run.log_tail(self.LOG_LINES), True
+            caught_up = new == 0
+            if dirty and (caught_up or now - last_post >= self.POST_SECONDS):
+                self.post_message(RunUpdated(follower.view(status, tail)))
+                last_post, dirty = now, False
+            if caught_up:
+                self._stop.wait(self.POLL_SECONDS)
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        self.show(message.view)
+
+    # ---- drawing -------------------------------------------------------
+    def show(self, view: RunView) -> None:
+        self.view = view
+        status = view.status
+        state = status.get("state", "unknown")
+        for cid in [cid for cid in self.pending if cid in view.acks]:
+            command = self.pending.pop(cid)
+            ack = view.acks[cid]
+            self.answered.append((command, ack))
+            self.notify(f"Engine acknowledged {COMMAND_WORDS.get(command['command'], command['command'])}"
+                        f" at step {ack.get('step', '?')}")
+        head = self.query_one("#mon-head", Static)
+        head.set_class(state in {"crashed", "failed"}, "-bad")
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f" {state.upper()} ", "reverse bold")
+        t.append(f" {view.run_id}")
+        model = status.get("model") or self.run.info().get("base_model")
+        method = status.get("method") or self.run.info().get("method")
+        if model or method:
+            t.append(f" · {model or '?'} · {method or '?'}", "dim")
+        if view.replaying:
+            t.append(f"  replaying {view.replay_fraction * 100:.0f}%", "italic")
+        head.update(t)
+        self.query_one("#mon-progress", Static).update(self._progress(view))
+        self._plots(view)
+        self._events(view, state)
+        log = self.query_one("#mon-log", Static)
+        log.border_title = "engine.log"
+        height = max(1, log.content_size.height or 4)
+        log.update(Text("\n".join(view.log_tail[-height:]) or "(empty)", no_wrap=True, overflow="ellipsis"))
+
+    def _progress(self, view: RunView) -> Text:
+        s, last = view.status, view.last_log
+        step, max_steps = s.get("step"), s.get("max_steps")
+        frac = step / max_steps if isinstance(step, (int, float)) and max_steps else None
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f" step {step if step is not None else '-'}/{max_steps or '?'} ")
+        t.append(meter(frac, 20))
+        t.append(f" {frac * 100:.0f}%" if frac is not None else "  ?%")
+        eta = s.get("eta_seconds")
+        t.append(f"  ETA {fmt_duration(eta) if s.get('state') in ACTIVE_STATES else '-'}")
+        tps = s.get("tokens_per_second", last.get("tokens_per_second"))
+        t.append(f"  {tps:,.0f} tok/s" if isinstance(tps, (int, float)) else "  - tok/s")
+        gpu_mem = last.get("cuda_memory_gb")
+        t.append(f"  GPU {gpu_mem:.1f} GiB" if isinstance(gpu_mem, (int, float)) else "  GPU mem n/a")
+        epoch = s.get("epoch", last.get("epoch"))
+        if isinstance(epoch, (int, float)):
+            t.append(f"  epoch {epoch:.2f}")
+        return t
+
+    def _plots(self, view: RunView) -> None:
+        loss = self.query_one("#plot-loss", BraillePlot)
+        last_train, last_eval = view.series_last["loss"], view.series_last["eval_loss"]
+        title = f"loss {fmt_num(last_train[1]) if last_train else '-'}"
+        if last_eval:
+            title += f" · eval ● {fmt_num(last_eval[1])}"
+        bad = view.nonfinite["loss"] + view.nonfinite["eval_loss"]
+        if bad:
+            title += f" · {bad} NaN/Inf not drawn"
+        loss.border_title = title
+        loss.set_series([PlotSeries("train", view.series["loss"]),
+                         PlotSeries("eval", view.series["eval_loss"], marker="●")])
+        for plot_id, name, label in (("#plot-lr", "learning_rate", "lr"), ("#plot-grad", "grad_norm", "grad norm")):
+            plot = self.query_one(plot_id, BraillePlot)
+            last = view.series_last[name]
+            plot.border_title = f"{label} {fmt_num(last[1]) if last else '-'}"
+            plot.set_series([PlotSeries(label, view.series[name])])
+
+    def _events(self, view: RunView, state: str) -> None:
+        box = self.query_one("#mon-events", Static)
+        box.border_title = f"events · {len(view.warnings)} warning{'s' if len(view.warnings) != 1 else ''}"
+        lines: list[tuple[str, str]] = []
+        if state in {"crashed", "failed"} and view.status.get("error"):
+            lines.append((f"✗ {view.status['error']}", "bold"))
+        for e in reversed(view.errors[-2:]):
+            advice = f" → {e['advice']}" if e.get("advice") else ""
+            lines.append((f"✗ step {e.get('step', '?')}: {e.get('message', '')}{advice}", "bold"))
+        now = time.time()
+        for cmd in self.pending.values():
+            lines.append((f"… {COMMAND_WORDS[cmd['command']]} sent {now - cmd['sent']:.0f}s ago, "
+                          f"waiting for the engine", "italic"))
+        for cmd, ack in reversed(self.answered[-3:]):
+            note = f": {ack['message']}" if ack.get("message") else ""
+            lines.append((f"✓ {COMMAND_WORDS[cmd['command']]} acknowledged at step {ack.get('step', '?')}{note}", ""))
+        for w in reversed(view.warnings):
+            lines.append((f"⚠ step {w.get('step', '?')} {w.get('code', '')}: {w.get('message', '')}", ""))
+        if view.checkpoints:
+            c = view.checkpoints[-1]
+            lines.append((f"▣ checkpoint at step {c.get('step', '?')}: {c.get('path', '')}", "dim"))
+        if view.skipped:
+            lines.append((f"{view.skipped} damaged event lines skipped", "dim"))
+        t = Text(no_wrap=True, overflow="ellipsis")
+        for i, (line, style) in enumerate(lines or [("no warnings", "dim")]):
+            t.append(("\n" if i else "") + line, style)
+        box.update(t)
+
+    # ---- actions -------------------------------------------------------
+    def _state(self) -> str:
+        return (self.view.status if self.view else self.run.status()).get("state", "unknown")
+
+    def action_command(self, command: str) -> None:
+        state = self._state()
+        if state not in ACTIVE_STATES:
+            self.notify(f"The run is {state}; commands reach a running engine only."
+                        + (" Press r to resume it." if state in RESUMABLE else ""), severity="warning")
+            return
+        try:
+            cid = self.run.send_command(command)
+        except (OSError, RunError) as exc:
+            self.post_message(ErrorReported(f"sending {command}", str(exc),
+                                            "Check that the run directory is writable by you."))
+            return
+        self.pending[cid] = {"command": command, "sent": time.time()}
+        self.notify(f"Sent {COMMAND_WORDS[command]}; waiting for the engine to acknowledge")
+        if self.view is not None:
+            self._events(self.view, state)
+
+    def action_pause_resume(self) -> None:
+        self.action_command("resume" if self._state() == "paused" else "pause")
+
+    def action_stop_now(self) -> None:
+        from tui.screens.prompt import Confirm
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.action_command("stop_now")
+
+        self.app.push_screen(Confirm("Stop now?", "Stop without saving: the steps since the last "
+                                     "checkpoint are lost. (s stops after saving.)"), answered)
+
+    def action_toggle_log(self) -> None:
+        self.toggle_class("-log-full")
+        if self.view is not None:
+            self.call_after_refresh(self.show, self.view)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_resume_run(self) -> None:
+        state = self._state()
+        if state not in RESUMABLE:
+            self.notify(f"The run is {state}; only a stopped, failed or crashed run resumes.", severity="warning")
+            return
+        self.resume()
+
+    @work(thread=True, exclusive=True, group="launch", name="resuming the run", exit_on_error=False)
+    def resume(self) -> None:
+        from engine.launch import resume_detached
+
+        resumed = resume_detached(self.run)
+        self.app.call_from_thread(self.notify, f"Resumed {resumed.id}")
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
