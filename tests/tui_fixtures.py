@@ -70,14 +70,18 @@ def one_gpu_snapshot(workspace: Path) -> dict:
 
 # ---- run directories ----------------------------------------------------------
 
-def make_run(workspace: Path, *, name: str = "demo", steps: int = 40, max_steps: int = 100,
+def make_run(workspace: Path, *, name: str = "demo", run_id: str | None = None, steps: int = 40, max_steps: int = 100,
              state: str = "running", pid: int | None = None, heartbeat: float | None = None,
              created_ago: float = 7200.0, log_lines: tuple[str, ...] = ("loading model", "training"),
              warnings: bool = True, evals: bool = True) -> Run:
     """A run directory as the engine writes it, with `steps` log events and a matching status."""
     config = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "method": "lora", "data": "train.jsonl"}
     run = create_run(workspace, config, name=name)
+    if run_id is not None:  # a fixed id keeps snapshots stable
+        run.path.rename(run.path.with_name(run_id))
+        run = Run(run.path.with_name(run_id))
     info = run.info()
+    info["run_id"] = run.id
     info["created"] = time.time() - created_ago
     write_atomic(run.run_json_path, json.dumps(info))
     writer = EventWriter(run.events_path)

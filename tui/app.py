@@ -34,7 +34,7 @@ class TunedeckApp(App):
     ]
 
     def __init__(self, workspace: Path, mode: str | None = None, attach: str | Path | None = None,
-                 gpu_sampler: Callable[[Path], dict] | None = None):
+                 gpu_sampler: Callable[[Path], dict] | None = None, gpu_interval: float = 1.0):
         super().__init__()
         self.workspace = Path(workspace).expanduser()
         self.start_mode = mode or ("runs" if attach else "gpu")
@@ -44,6 +44,7 @@ class TunedeckApp(App):
         if gpu_sampler is None:
             from engine.gpu import snapshot as gpu_sampler
         self.gpu_sampler = gpu_sampler
+        self.gpu_interval = gpu_interval
 
     async def on_mount(self) -> None:
         await self.switch_mode(self.start_mode)
@@ -63,6 +64,9 @@ class TunedeckApp(App):
         from tui.screens.error import ErrorScreen
 
         logging.getLogger("tunedeck").error("%s: %s", message.title, message.message)
+        if any(isinstance(s, ErrorScreen) and (s.error_title, s.message) == (message.title, message.message)
+               for s in self.screen_stack):
+            return  # a failure that repeats on every refresh is shown once, not stacked
         self.push_screen(ErrorScreen(message.title, message.message, message.advice))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

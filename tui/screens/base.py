@@ -47,7 +47,7 @@ class ModeScreen(Screen):
             error = event.worker.error
             self.post_message(ErrorReported(
                 title=f"{event.worker.name or 'background task'} failed",
-                message=str(error) if _plain(error) else f"{type(error).__name__}: {error}{_where(error)}",
+                message=_describe(error),
                 advice=advice_for(error),
             ))
 
@@ -62,10 +62,14 @@ def _where(error: BaseException) -> str:
     return f" (at {tb.tb_frame.f_code.co_filename.rsplit('/', 2)[-1]}:{tb.tb_lineno})"
 
 
-def _plain(error: BaseException) -> bool:
+def _describe(error: BaseException) -> str:
     from engine.runs import RunError
 
-    return isinstance(error, RunError)
+    if isinstance(error, RunError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error}{_where(error)}"
 
 
 class PlaceholderScreen(ModeScreen):

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from tui.messages import GpuSampled
 from tui.screens.base import ModeScreen
@@ -33,6 +33,7 @@ class GpuScreen(ModeScreen):
         self.interval = 1.0
         self.history = History()
         self.samples = 0
+        self.failed = False
         self._timer: Timer | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -40,6 +41,7 @@ class GpuScreen(ModeScreen):
         yield VerticalScroll(id="gpu-body", can_focus=True)
 
     def on_mount(self) -> None:
+        self.interval = min(INTERVALS, key=lambda i: abs(i - self.app.gpu_interval))
         self._show_summary()
         self.action_sample()
         self._timer = self.set_interval(self.interval, self.action_sample)
@@ -50,7 +52,7 @@ class GpuScreen(ModeScreen):
             self._timer.pause()
 
     def on_screen_resume(self) -> None:
-        if self._timer is not None:
+        if self._timer is not None and not self.failed:
             self._timer.resume()
 
     def _restart_timer(self) -> None:
@@ -73,7 +75,21 @@ class GpuScreen(ModeScreen):
         self.query_one("#gpu-body", VerticalScroll).scroll_relative(y=lines, animate=False)
 
     def action_sample(self) -> None:
+        if self.failed:
+            # `r` after a failure: try again and, if it works, go back to sampling on the timer.
+            self.failed = False
+            if self._timer is not None:
+                self._timer.resume()
         self.sample()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group == "gpu-sample":
+            # A failure would repeat every second: stop the timer until the user asks again.
+            self.failed = True
+            if self._timer is not None:
+                self._timer.pause()
+            self.query_one("#gpu-summary", Static).update(" sampling stopped after an error · r to retry")
+        super().on_worker_state_changed(event)
 
     @work(thread=True, exclusive=True, group="gpu-sample", name="GPU sampling", exit_on_error=False)
     def sample(self) -> None:
@@ -93,7 +109,6 @@ class GpuScreen(ModeScreen):
 
     async def on_gpu_sampled(self, message: GpuSampled) -> None:
         snap = message.snapshot
-        self.samples += 1
         gpus = snap.get("gpus") or []
         host = snap.get("host") or {}
         for g in gpus:
@@ -120,3 +135,4 @@ class GpuScreen(ModeScreen):
             body.query_one("#no-gpu", NoGpuPanel).show(snap.get("reason") or "no NVIDIA GPU found")
         body.query_one("#host-panel", HostPanel).show(host, self.history)
         self._show_summary(snap)
+        self.samples += 1
