@@ -1,0 +1,131 @@
+"""The run-directory protocol, on real files and real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.runs import (COMPLETE_MARKER, EventReader, EventWriter, Run, RunError, create_run, list_runs,
+                         resolve_run, write_atomic)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return create_run(tmp_path / "ws", {"model": "m", "data": "d.jsonl", "method": "lora"}, name="t")
+
+
+def test_create_run_writes_identity_and_is_private(run):
+    info = json.loads(run.run_json_path.read_text())
+    assert info["run_id"] == run.id and info["schema"] == 1 and len(info["config_hash"]) == 16
+    assert run.config()["method"] == "lora"
+    assert run.status()["state"] == "starting"
+    assert os.stat(run.path).st_mode & 0o777 == 0o700
+    assert os.stat(run.path.parent.parent).st_mode & 0o077 == 0  # the workspace too
+
+
+def test_write_atomic_replaces_whole_file(tmp_path):
+    target = tmp_path / "status.json"
+    write_atomic(target, json.dumps({"a": 1}))
+    write_atomic(target, json.dumps({"a": 2}))
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temp files left
+
+
+def test_damaged_status_is_reported_not_raised(run):
+    run.status_path.write_text("")
+    assert run.status()["state"] == "unknown" and "damaged" in run.status()["error"]
+    run.status_path.write_text("{garbage")
+    assert run.status()["state"] == "unknown"
+    run.status_path.unlink()
+    assert "missing" in run.status()["error"]
+
+
+def test_reader_follows_by_offset_and_waits_for_partial_line(run):
+    writer = EventWriter(run.events_path)
+    writer.write("log", step=1, loss=1.0)
+    reader = EventReader(run.events_path)
+    assert [e["step"] for e in reader.read_new()] == [1]
+    assert reader.read_new() == []  # nothing new: nothing re-read
+    with open(run.events_path, "a") as f:
+        f.write('{"seq": 2, "type": "log", "st')  # an engine mid-write
+    assert reader.read_new() == []
+    with open(run.events_path, "a") as f:
+        f.write('ep": 2}\n')
+    assert [e["step"] for e in reader.read_new()] == [2]
+
+
+def test_writer_continues_seq_and_ends_a_torn_line(run):
+    writer = EventWriter(run.events_path)
+    for step in range(3):
+        writer.write("log", step=step)
+    writer.close()
+    with open(run.events_path, "a") as f:
+        f.write('{"seq": 4, "ty')  # killed mid-line
+    writer = EventWriter(run.events_path)
+    event = writer.write("state", state="running")
+    writer.close()
+    assert event["seq"] == 4
+    reader = EventReader(run.events_path)
+    events = reader.read_new()
+    assert [e["seq"] for e in events] == [1, 2, 3, 4] and reader.skipped == 1
+
+
+def test_commands_round_trip(run):
+    first = run.send_command("pause")
+    run.send_command("resume")
+    (run.control_dir / "cmd-0-bad.json").write_text("not json")
+    pending = run.pending_commands()
+    assert [c["command"] for c in pending] == ["pause", "resume"] and pending[0]["id"] == first
+    run.retire_command(pending[0])
+    assert [c["command"] for c in run.pending_commands()] == ["resume"]
+    assert (run.control_dir / "done" / "cmd-0-bad.json").exists()  # damaged ones set aside
+    with pytest.raises(RunError, match="unknown command"):
+        run.send_command("explode")
+
+
+def test_crashed_when_heartbeat_stale_and_pid_gone(run):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = time.time() - 60
+    write_atomic(run.status_path, json.dumps({"state": "running", "pid": dead.pid, "heartbeat": old}))
+    status = run.status()
+    assert status["state"] == "crashed" and "resume" in status["error"]
+    # Same stale heartbeat but a live pid: slow, not dead.
+    write_atomic(run.status_path, json.dumps({"state": "running", "pid": os.getpid(), "heartbeat": old}))
+    assert run.status()["state"] == "running"
+    # Fresh heartbeat, dead pid: not judged yet.
+    write_atomic(run.status_path, json.dumps({"state": "running", "pid": dead.pid, "heartbeat": time.time()}))
+    assert run.status()["state"] == "running"
+    # Final states are never re-judged.
+    write_atomic(run.status_path, json.dumps({"state": "completed", "pid": dead.pid, "heartbeat": old}))
+    assert run.status()["state"] == "completed"
+
+
+def test_resume_checkpoint_takes_newest_complete(run):
+    for step, complete in ((10, True), (20, True), (30, False)):
+        path = run.checkpoints_dir / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        if complete:
+            (path / COMPLETE_MARKER).write_text("{}")
+    checkpoint, skipped = run.resume_checkpoint()
+    assert checkpoint.name == "checkpoint-20"
+    assert len(skipped) == 1 and "checkpoint-30" in skipped[0]
+
+
+def test_list_and_resolve(tmp_path):
+    ws = tmp_path / "ws"
+    a = create_run(ws, {"model": "m"}, name="alpha")
+    b = create_run(ws, {"model": "m"}, name="beta")
+    assert {r.id for r in list_runs(ws)} == {a.id, b.id}
+    assert resolve_run(a.id, ws).path == a.path
+    assert resolve_run(str(b.path), ws).path == b.path
+    assert resolve_run(b.id[-6:], ws).path == b.path  # unique suffix
+    with pytest.raises(RunError, match="no run"):
+        resolve_run("nope", ws)
+    with pytest.raises(RunError):
+        resolve_run("../../etc", ws)
