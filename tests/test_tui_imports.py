@@ -27,6 +27,11 @@ SCRIPT = textwrap.dedent("""
                 await pilot.press(key)
                 await pilot.pause(0.2)
                 visited.append(type(app.screen).__name__)
+            await pilot.press("4")
+            for _ in range(100):
+                if app.screen.rows:
+                    break
+                await pilot.pause(0.05)
             await pilot.press("enter")  # attach to the run
             for _ in range(100):
                 if isinstance(app.screen, MonitorScreen) and app.screen.view and app.screen.view.events:

@@ -158,7 +158,7 @@ class MonitorScreen(ModeScreen):
         tps = s.get("tokens_per_second", last.get("tokens_per_second"))
         t.append(f"  {tps:,.0f} tok/s" if isinstance(tps, (int, float)) else "  - tok/s")
         gpu_mem = last.get("cuda_memory_gb")
-        t.append(f"  GPU {gpu_mem:.1f} GiB" if isinstance(gpu_mem, (int, float)) else "  GPU mem n/a")
+        t.append(f"  GPU {gpu_mem:.1f} GiB" if isinstance(gpu_mem, (int, float)) else "  GPU n/a")
         epoch = s.get("epoch", last.get("epoch"))
         if isinstance(epoch, (int, float)):
             t.append(f"  epoch {epoch:.2f}")
@@ -186,15 +186,16 @@ class MonitorScreen(ModeScreen):
         box = self.query_one("#mon-events", Static)
         box.border_title = f"events · {len(view.warnings)} warning{'s' if len(view.warnings) != 1 else ''}"
         lines: list[tuple[str, str]] = []
-        if state in {"crashed", "failed"} and view.status.get("error"):
+        reported = {e.get("message") for e in view.errors}
+        if state in {"crashed", "failed"} and view.status.get("error") and view.status["error"] not in reported:
             lines.append((f"✗ {view.status['error']}", "bold"))
         for e in reversed(view.errors[-2:]):
             advice = f" → {e['advice']}" if e.get("advice") else ""
             lines.append((f"✗ step {e.get('step', '?')}: {e.get('message', '')}{advice}", "bold"))
         now = time.time()
         for cmd in self.pending.values():
-            lines.append((f"… {COMMAND_WORDS[cmd['command']]} sent {now - cmd['sent']:.0f}s ago, "
-                          f"waiting for the engine", "italic"))
+            lines.append((f"… {COMMAND_WORDS[cmd['command']]} sent, awaiting ack ({now - cmd['sent']:.0f}s)",
+                          "italic"))
         for cmd, ack in reversed(self.answered[-3:]):
             note = f": {ack['message']}" if ack.get("message") else ""
             lines.append((f"✓ {COMMAND_WORDS[cmd['command']]} acknowledged at step {ack.get('step', '?')}{note}", ""))

@@ -95,13 +95,14 @@ class BraillePlot(Widget):
             prev: tuple[int, int] | None = None
             for p in s.points:
                 cx, cy = px(p[0]), py(p[1])
-                if prev is not None and prev[0] <= cx:
-                    # Join to the previous point so a steep drop reads as a line, not scattered dots.
-                    lo, hi = sorted((prev[1], cy))
-                    mid = (prev[0] + cx) // 2
-                    for yy in range(lo, hi + 1):
-                        dot(mid if yy != cy else cx, yy)
-                dot(cx, cy)
+                if prev is None:
+                    dot(cx, cy)
+                else:
+                    # Join to the previous point so sparse points and steep drops read as a line.
+                    dx, dy = cx - prev[0], cy - prev[1]
+                    steps = max(abs(dx), abs(dy), 1)
+                    for i in range(1, steps + 1):
+                        dot(prev[0] + round(dx * i / steps), prev[1] + round(dy * i / steps))
                 prev = (cx, cy)
 
         line_style = self.get_component_rich_style("plot--line")
