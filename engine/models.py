@@ -56,7 +56,8 @@ def hf_cache_snapshot(repo_id: str) -> Path | None:
     """The local snapshot directory of a cached repo id, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "config.json")
+    # Read the cache location now, not at import: a user or test may set HF_HUB_CACHE late.
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE"))
     return Path(found).parent if isinstance(found, str) else None
 
 

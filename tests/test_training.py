@@ -208,3 +208,30 @@ def test_two_process_torchrun_has_one_writer(write_config, workspace):
     steps = log_steps(run)
     assert steps == sorted(set(steps)) and steps[-1] == 10
     assert [s for s, _, ok in run.checkpoints() if ok] == [5, 10]
+
+
+def test_out_of_memory_is_explained():
+    import torch
+
+    from engine.worker import describe_failure
+
+    message, advice = describe_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert message.startswith("OutOfMemoryError: CUDA out of memory")
+    assert "gradient_accumulation_steps" in advice and "qlora" in advice and "max_seq_length" in advice
+    message, advice = describe_failure(OSError(28, "No space left on device"))
+    assert "disk full" in message and "resume" in advice
+
+
+def test_failure_is_recorded_not_a_bare_traceback(tiny_project, write_config, workspace, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for f in (tiny_project / "tiny-model").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    run, proc = start(write_config(model=str(broken)), workspace)
+    assert proc.wait(timeout=120) == 1
+    status = run.status()
+    assert status["state"] == "failed" and status["error"]
+    errors = [e for e in events(run) if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["advice"]
+    assert "Traceback" in run.log_path.read_text()  # the traceback goes to engine.log for humans

