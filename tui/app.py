@@ -22,7 +22,7 @@ MODE_TITLES = {"gpu": "GPU", "plan": "Plan", "data": "Data", "runs": "Runs", "ev
 
 
 class TunedeckApp(App):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "tunedeck"
     ENABLE_COMMAND_PALETTE = True
     MODES = {"gpu": GpuScreen, "plan": PlanScreen, "data": DataScreen, "runs": RunsScreen, "eval": EvalScreen}

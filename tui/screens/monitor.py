@@ -50,7 +50,7 @@ class MonitorScreen(ModeScreen):
     POLL_SECONDS = 0.5  # idle wait between reads once caught up
     STATUS_SECONDS = 1.0  # status.json and engine.log are re-read at most this often
     POST_SECONDS = 0.2  # at most this many views a second reach the UI while replaying
-    CHUNK_BYTES = 4 << 20  # events read per step while replaying a long run
+    CHUNK_BYTES = 1 << 20  # events read per step while replaying a long run
     LOG_LINES = 60
 
     def __init__(self, run: Run):
@@ -77,7 +77,8 @@ class MonitorScreen(ModeScreen):
         # The first frame comes from status.json and the log tail alone: O(1) whatever the run length.
         follower = RunFollower(self.run)
         self.show(follower.view(self.run.status(), self.run.log_tail(self.LOG_LINES)))
-        self.follow()
+        # Replay starts after that frame is drawn, so a long history never delays it.
+        self.call_after_refresh(self.follow)
 
     def on_unmount(self) -> None:
         self._stop.set()
@@ -110,6 +111,8 @@ class MonitorScreen(ModeScreen):
                 last_post, dirty = now, False
             if caught_up:
                 self._stop.wait(self.POLL_SECONDS)
+            else:
+                time.sleep(0)  # hand the interpreter to the UI thread between chunks
 
     def on_run_updated(self, message: RunUpdated) -> None:
         self.show(message.view)
