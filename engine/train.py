@@ -128,6 +128,10 @@ class RunCallback(TrainerCallback):
         self.paused = False
         self._last_log = (time.time(), 0)
         self._evaluating = False
+        self.tokens_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_at_start = int(state.num_input_tokens_seen or 0)  # after a resume restored the state
 
     # ---- control -------------------------------------------------------
     def _poll(self) -> dict:
@@ -441,11 +445,14 @@ class Recipe:
         self.set_state("running", step=self.start_step, resumed_from=str(resume_from) if resume_from else None)
         self.started_at = time.time()
         self._install_signal_handlers()
-        self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        output = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = self.trainer.state.global_step
+        runtime = output.metrics.get("train_runtime") or 0
+        tokens = int(self.trainer.state.num_input_tokens_seen or 0) - self.callback.tokens_at_start
         self._save_final()
         final = "stopped" if self.stop_requested else "completed"
-        self.set_state(final, step=step, early_stopped=self.early_stopped)
+        self.set_state(final, step=step, early_stopped=self.early_stopped, train_runtime=runtime,
+                       train_tokens_per_second=round(tokens / runtime, 1) if runtime else None)
         return final
 
     def _save_final(self) -> None:
