@@ -60,6 +60,8 @@ async def test_attach_mid_run_then_stop_is_acknowledged(write_config, workspace)
             assert mon.view.series["loss"][0][0] <= 5  # replayed from the first logged step
             await wait_engine(pilot, lambda: mon.view.series_last["loss"][0] > first_step, "live steps", run)
             assert "RUNNING" in screen_text(app) and "tok/s" in screen_text(app)
+            await wait_engine(pilot, lambda: mon.view.series["eval_loss"], "an eval point", run)
+            assert "eval ●" in screen_text(app)
             await pilot.press("s")
             await wait_engine(pilot, lambda: "acknowledged at step" in screen_text(app), "the stop ack", run)
             await wait_engine(pilot, lambda: mon.view.status.get("state") == "stopped", "state stopped", run)

@@ -72,6 +72,7 @@ def test_follower_collects_warnings_acks_checkpoints_errors(tmp_path):
     w.write("checkpoint", 30, path="checkpoints/checkpoint-30")
     w.write("error", 31, message="CUDA out of memory", advice="halve the batch size")
     w.write("log", 32, loss=float("nan"))
+    w.write("eval", 40, loss=0.75, runtime=1.0)  # the engine's own spelling of the eval loss
     w.close()
     f = RunFollower(run)
     f.poll()
@@ -81,7 +82,8 @@ def test_follower_collects_warnings_acks_checkpoints_errors(tmp_path):
     assert view.checkpoints[-1]["step"] == 30
     assert view.errors[-1]["advice"] == "halve the batch size"
     assert view.nonfinite["loss"] == 1
-    assert len(view.series["eval_loss"]) == 3  # evals at steps 10, 20, 30
+    assert len(view.series["eval_loss"]) == 4  # evals at steps 10, 20, 30, 40
+    assert view.series_last["eval_loss"] == (40.0, 0.75) and view.nonfinite["loss"] == 1
     assert view.log_tail == ("a", "b") and not view.replaying
 
 

@@ -1,0 +1,113 @@
+"""Make the README's screenshots from the real app: the GPU screen of this machine and the monitor
+attached to a real training run of a tiny model (trained here, on the CPU, in about a minute).
+
+    python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID]
+
+With --run, the monitor shot is of that existing run instead. SVGs come from Textual's own
+screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZE = (80, 24)  # what users have in tmux over SSH
+
+
+def start_tiny_run(tmp: Path, workspace: Path):
+    """A real engine run on a tiny random Llama: long enough to be caught mid-run."""
+    import yaml
+
+    from engine.launch import start_detached
+    from engine.tiny import build_tiny_model, learnable_rows, write_jsonl
+
+    build_tiny_model(tmp / "tiny-model")
+    write_jsonl(tmp / "train.jsonl", learnable_rows(400))
+    config = {"model": str(tmp / "tiny-model"), "data": str(tmp / "train.jsonl"), "method": "lora",
+              "max_steps": 400, "save_steps": 100, "eval_steps": 10, "logging_steps": 1,
+              "learning_rate": 2e-3, "per_device_train_batch_size": 4, "max_seq_length": 128}
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start_detached(path, workspace)
+
+
+async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0) -> Path:
+    async with app.run_test(size=SIZE) as pilot:
+        deadline = time.time() + timeout
+        while not ready(app):
+            if time.time() > deadline:
+                raise SystemExit(f"{name}: the screen never became ready")
+            await pilot.pause(0.1)
+        await pilot.pause(0.3)
+        app.clear_notifications()
+        await pilot.pause()
+        return Path(app.save_screenshot(filename=f"{name}.svg", path=str(out)))
+
+
+def to_png(svg: Path) -> Path | None:
+    if not shutil.which("rsvg-convert"):
+        return None
+    png = svg.with_suffix(".png")
+    subprocess.run(["rsvg-convert", "--zoom", "1.5", "-o", str(png), str(svg)], check=True)
+    return png
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
+    parser.add_argument("--workspace", type=Path)
+    parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from tui.app import TunedeckApp
+    from tui.screens.gpu import GpuScreen
+    from tui.screens.monitor import MonitorScreen
+
+    made = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        workspace = args.workspace or tmp / "ws"
+        workspace.mkdir(parents=True, exist_ok=True)
+        made.append(asyncio.run(shoot(TunedeckApp(workspace), "gpu", args.out,
+                                      lambda app: isinstance(app.screen, GpuScreen) and app.screen.samples >= 3)))
+        run_id, run = args.run, None
+        if run_id is None:
+            run = start_tiny_run(tmp, workspace)
+            run_id = run.id
+
+        def mid_run(app) -> bool:
+            screen = app.screen
+            return (isinstance(screen, MonitorScreen) and screen.view is not None
+                    and not screen.view.replaying and (args.run is not None or (
+                        screen.view.status.get("state") == "running" and len(screen.view.series["eval_loss"]) >= 2)))
+
+        try:
+            made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run_id), "monitor", args.out, mid_run,
+                                          timeout=300)))
+        finally:
+            if run is not None:
+                run.send_command("stop_now")
+                deadline = time.time() + 30
+                while run.status().get("state") not in {"stopped", "completed", "failed", "crashed"}:
+                    if time.time() > deadline:
+                        break
+                    time.sleep(0.5)
+    for svg in made:
+        png = to_png(svg)
+        print(svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg,
+              f"and {png.name}" if png else "(install librsvg2-bin for PNG)")
+
+
+if __name__ == "__main__":
+    main()
