@@ -151,10 +151,13 @@ class MonitorScreen(ModeScreen):
     def _progress(self, view: RunView) -> Text:
         s, last = view.status, view.last_log
         step, max_steps = s.get("step"), s.get("max_steps")
+        logged = last.get("step")
+        if isinstance(logged, int) and (not isinstance(step, int) or logged > step):
+            step = logged  # status.json is rewritten every ~2 s; the event stream can be ahead of it
         frac = step / max_steps if isinstance(step, (int, float)) and max_steps else None
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f" step {step if step is not None else '-'}/{max_steps or '?'} ")
-        t.append(meter(frac, 20))
+        t.append(meter(frac, 16))
         t.append(f" {frac * 100:.0f}%" if frac is not None else "  ?%")
         eta = s.get("eta_seconds")
         t.append(f"  ETA {fmt_duration(eta) if s.get('state') in ACTIVE_STATES else '-'}")
