@@ -47,8 +47,12 @@ class RunConfig:
     gradient_accumulation_steps: int = 1
     max_seq_length: int = 1024
     overlong: Literal["truncate", "drop"] = "truncate"
-    packing: bool = True  # concatenate examples without padding; attention kept per example
-    group_by_length: bool = False  # for packing: false; batches of similar length
+    # Packing concatenates a batch without padding, attention kept per example. It pays where attention
+    # is computed per example (flash-attention varlen kernels); with SDPA the packed row gets one
+    # block-diagonal mask and attention cost grows with the whole row. "auto": pack with flash
+    # attention, otherwise pad batches of similar length (group_by_length). See BENCHMARKS.md.
+    packing: bool | Literal["auto"] = "auto"
+    group_by_length: bool | None = None  # None: on when not packing
     train_on: Literal["assistant", "all"] = "assistant"
     system_prompt: str | None = None
 

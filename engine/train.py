@@ -380,7 +380,12 @@ class Recipe:
         eval_steps = cfg.eval_steps or max(1, total // 10)
         has_eval = bool(self.eval_features)
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(self.run.path / "tensorboard"))
-        if cfg.packing:
+        packing = cfg.packing if cfg.packing != "auto" else \
+            self.model.config._attn_implementation in ("flash_attention_2", "flash_attention_3")
+        group_by_length = cfg.group_by_length if cfg.group_by_length is not None else not packing
+        self.event("state", state="batching", packing=packing, group_by_length=group_by_length,
+                   attention=self.model.config._attn_implementation)
+        if packing:
             collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
         else:
             collator = DataCollatorForSeq2Seq(self.tokenizer, padding=True, pad_to_multiple_of=8,
@@ -394,7 +399,7 @@ class Recipe:
             per_device_train_batch_size=cfg.per_device_train_batch_size,
             per_device_eval_batch_size=cfg.per_device_eval_batch_size,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
             logging_steps=cfg.logging_steps, logging_nan_inf_filter=False,  # NaN must reach the log
             include_num_input_tokens_seen="non_padding",
             eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps,

@@ -84,7 +84,7 @@ def follow(run: Run, proc=None, out=sys.stdout, interval: float = 0.5, line_ever
     file or pipe a progress line is written every `line_every` seconds, so logs stay readable."""
     reader = EventReader(run.events_path)
     tty = out.isatty()
-    last_line = 0.0
+    last_line, last_text = 0.0, ""
     interrupted = False
     while True:
         try:
@@ -97,7 +97,8 @@ def follow(run: Run, proc=None, out=sys.stdout, interval: float = 0.5, line_ever
             if tty:
                 out.write("\r\033[K" + progress_line(status)[: 200])
             elif status.get("step") and now - last_line >= line_every:
-                out.write(progress_line(status) + "\n")
+                last_text = progress_line(status)
+                out.write(last_text + "\n")
                 last_line = now
             out.flush()
             ended = proc.poll() is not None if proc is not None else status.get("state") in FINAL_STATES
@@ -107,7 +108,9 @@ def follow(run: Run, proc=None, out=sys.stdout, interval: float = 0.5, line_ever
                     if text:
                         out.write(("\r\033[K" if tty else "") + text + "\n")
                 status = run.status()
-                out.write(("\r\033[K" if tty else "") + progress_line(status) + "\n")
+                final_line = progress_line(status)
+                if tty or final_line != last_text:
+                    out.write(("\r\033[K" if tty else "") + final_line + "\n")
                 return status
             time.sleep(interval)
         except KeyboardInterrupt:
