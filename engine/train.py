@@ -223,8 +223,7 @@ class RunCallback(TrainerCallback):
         elif "eval_loss" in logs:
             self._evaluating = False
             eval_loss = logs["eval_loss"]
-            metrics = {k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")}
-            self.r.event("eval", step=step, **metrics)
+            self.r.event("eval", step=step, **{k: v for k, v in logs.items() if k.startswith("eval_")})
             for code, message in self.health.on_eval(eval_loss):
                 self.r.event("warning", step=step, code=code, message=message)
             stop = self.early.update(eval_loss, step)

@@ -72,7 +72,7 @@ def test_follower_collects_warnings_acks_checkpoints_errors(tmp_path):
     w.write("checkpoint", 30, path="checkpoints/checkpoint-30")
     w.write("error", 31, message="CUDA out of memory", advice="halve the batch size")
     w.write("log", 32, loss=float("nan"))
-    w.write("eval", 40, loss=0.75, runtime=1.0)  # the engine's own spelling of the eval loss
+    w.write("eval", 40, eval_loss=0.75, eval_runtime=1.0)  # as the engine writes it
     w.close()
     f = RunFollower(run)
     f.poll()

@@ -54,7 +54,7 @@ def describe_event(event: dict) -> str | None:
     kind, step = event.get("type"), event.get("step")
     at = f"step {step}: " if step is not None else ""
     if kind == "eval":
-        return f"{at}eval loss {_fmt(event.get('loss'))}"
+        return f"{at}eval loss {_fmt(event.get('eval_loss'))}"
     if kind == "checkpoint":
         return f"{at}checkpoint saved {event.get('path')}"
     if kind == "warning":

@@ -148,8 +148,7 @@ class RunFollower:
                 if isinstance(value, (int, float)):
                     self.series[name].add(x, float(value))
         elif kind == "eval":
-            # The engine names it `loss` inside an eval event; `eval_loss` is accepted too.
-            value = event.get("eval_loss", event.get("loss"))
+            value = event.get("eval_loss")
             if isinstance(value, (int, float)):
                 self.series["eval_loss"].add(x, float(value))
         elif kind == "warning":
