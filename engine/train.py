@@ -245,6 +245,7 @@ class Recipe:
         self.cfg, self.run, self.resume = cfg, run, resume
         self.writes = rank() == 0
         self.events = EventWriter(run.events_path) if self.writes else None
+        self.previous_status = run.status() if resume else {}  # read before the heartbeat replaces it
         self.board = StatusBoard(run, self.writes, state="starting", method=cfg.method, model=cfg.model,
                                  max_steps=None, step=0)
         self.stop_requested = False
@@ -302,8 +303,7 @@ class Recipe:
             compute = half if cfg.bnb_4bit_compute_dtype == "auto" else getattr(torch, cfg.bnb_4bit_compute_dtype)
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
-                bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant, bnb_4bit_compute_dtype=compute,
-                bnb_4bit_quant_storage=compute)
+                bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant, bnb_4bit_compute_dtype=compute)
             kwargs["dtype"] = compute
             kwargs["device_map"] = {"": self.device.index if cuda else "cpu"}
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
@@ -446,6 +446,7 @@ class Recipe:
                 self.event("warning", code="no_checkpoint", message="no complete checkpoint; starting from step 0")
             else:
                 self.start_step = int(resume_from.name.split("-")[1])
+                self._restore_best(self.previous_status)
         self.set_state("running", step=self.start_step, resumed_from=str(resume_from) if resume_from else None)
         self.started_at = time.time()
         self._install_signal_handlers()
@@ -458,6 +459,15 @@ class Recipe:
         self.set_state(final, step=step, early_stopped=self.early_stopped, train_runtime=runtime,
                        train_tokens_per_second=round(tokens / runtime, 1) if runtime else None)
         return final
+
+    def _restore_best(self, previous: dict) -> None:
+        """Carry the best evaluation across a resume, so early stopping and rotation still know it."""
+        best, best_step = previous.get("best_metric"), previous.get("best_step")
+        if isinstance(best, (int, float)) and best_step is not None and best_step <= self.start_step:
+            self.callback.early.best, self.callback.early.best_step = best, best_step
+            checkpoint = previous.get("best_checkpoint")
+            self.board.update(best_metric=best, best_step=best_step,
+                              best_checkpoint=checkpoint if checkpoint and Path(checkpoint).is_dir() else None)
 
     def _save_final(self) -> None:
         best = self.board.fields.get("best_checkpoint")
@@ -485,7 +495,8 @@ class Recipe:
         signal.signal(signal.SIGINT, handle)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.run.path / ".staging", ignore_errors=True) if self.writes else None
+        if self.writes:
+            shutil.rmtree(self.run.path / ".staging", ignore_errors=True)  # partial saves only
         self.board.close()
         if self.events is not None:
             self.events.close()

@@ -235,3 +235,24 @@ def test_failure_is_recorded_not_a_bare_traceback(tiny_project, write_config, wo
     errors = [e for e in events(run) if e["type"] == "error"]
     assert len(errors) == 1 and errors[0]["advice"]
     assert "Traceback" in run.log_path.read_text()  # the traceback goes to engine.log for humans
+
+
+def test_best_evaluation_survives_resume(write_config, workspace):
+    run, proc = start(write_config(max_steps=20, save_steps=10, eval_steps=10, early_stopping_patience=1),
+                      workspace)
+    wait_final(run, proc)
+    best = run.checkpoints_dir / "checkpoint-20"
+    # Pretend step 20 held an unbeatable evaluation and the run stopped there.
+    status = json.loads(run.status_path.read_text())
+    run.status_path.write_text(json.dumps({**status, "state": "stopped", "best_metric": 0.0, "best_step": 20,
+                                           "best_checkpoint": str(best)}))
+    cfg = run.config()
+    cfg["max_steps"] = 40
+    run.config_path.write_text(yaml.safe_dump(cfg))
+    run, proc = start(None, workspace, resume_run=run)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    evs = events(run)
+    stopped = [e for e in evs if e.get("state") == "early_stopping"]
+    assert stopped and stopped[0]["step"] == 30  # one evaluation worse than the carried best: patience 1
+    assert [e["checkpoint"] for e in evs if e.get("state") == "best_loaded"] == [str(best)]
+    assert best.is_dir()  # rotation kept the best checkpoint
