@@ -34,8 +34,10 @@ class TunedeckApp(App):
     ]
 
     def __init__(self, workspace: Path, mode: str | None = None, attach: str | Path | None = None,
-                 gpu_sampler: Callable[[Path], dict] | None = None, gpu_interval: float = 1.0):
+                 gpu_sampler: Callable[[Path], dict] | None = None, gpu_interval: float = 1.0,
+                 data: str | Path | None = None):
         super().__init__()
+        self.data_path = Path(data) if data else None  # the dataset the Data screen opens
         self.workspace = Path(workspace).expanduser()
         self.start_mode = mode or ("runs" if attach else "gpu")
         if self.start_mode not in self.MODES:
@@ -85,11 +87,11 @@ class TunedeckApp(App):
         yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
 
 
-def run_app(workspace: Path, mode: str | None = None, attach: str | None = None) -> None:
+def run_app(workspace: Path, mode: str | None = None, attach: str | None = None, data: str | None = None) -> None:
     """Open the app; with `attach` (a run id or directory) it opens on that run's monitor."""
     workspace = Path(workspace).expanduser()
     if attach is not None:
         from engine.runs import resolve_run
 
         resolve_run(attach, workspace)  # fail with the RunError's one line before the screen opens
-    TunedeckApp(workspace, mode=mode, attach=attach).run()
+    TunedeckApp(workspace, mode=mode, attach=attach, data=data).run()
