@@ -10,7 +10,24 @@ from pathlib import Path
 from engine.tokenize import FALLBACK_CHAT_TEMPLATE, assistant_spans
 
 
-class LightTokenizer:
+class ChatTemplate:
+    """A chat template rendered with jinja2; without a model, the plain fallback template."""
+
+    special: dict = {}
+
+    def __init__(self, source: str | None = None):
+        self.template_source = source or FALLBACK_CHAT_TEMPLATE
+
+    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False) -> str:
+        return _compile(self.template_source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                     **{k: v or "" for k, v in self.special.items()})
+
+    def trained_view(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]], int | None, int | None]:
+        text, spans = assistant_spans(self, messages)
+        return text, spans, None, None
+
+
+class LightTokenizer(ChatTemplate):
     """What the Data screen and lint need from a tokenizer: counts, offsets, the chat template."""
 
     is_fast = True
@@ -37,14 +54,6 @@ class LightTokenizer:
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
         self.template_source = template or FALLBACK_CHAT_TEMPLATE
         self.special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-
-    @property
-    def _template(self):
-        return _compile(self.template_source)
-
-    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     **{k: v or "" for k, v in self.special.items()})
 
     def count(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
