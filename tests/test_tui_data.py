@@ -1,0 +1,141 @@
+"""Pilot tests of the Data screen: review keys change the store, undo, filters, spot-check, bulk,
+export; quitting and reopening resumes with every verdict; 80x24 snapshots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tui_fixtures import assert_snapshot, no_gpu_snapshot, screen_text  # noqa: E402
+
+from engine.data import content_hash, load_examples  # noqa: E402
+from engine.demo import write_demo_data  # noqa: E402
+from engine.review import ReviewStore  # noqa: E402
+from tui.app import TunedeckApp  # noqa: E402
+
+SIZE = (80, 24)
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return write_demo_data(tmp_path / "demo")["train"]
+
+
+def make_app(tmp_path, data=None) -> TunedeckApp:
+    return TunedeckApp(tmp_path / "ws", mode="data", data=data, gpu_sampler=no_gpu_snapshot)
+
+
+async def loaded(pilot):
+    """Wait for the loading worker; the screen once its dataset is shown."""
+    for _ in range(250):
+        screen = pilot.app.screen
+        if getattr(screen, "result", None) is not None:
+            await pilot.pause()
+            return screen
+        await pilot.pause(0.02)
+    raise AssertionError(f"never loaded:\n{screen_text(pilot.app)}")
+
+
+def verdicts(path: Path) -> dict[int, str]:
+    """Line -> verdict, read back from the SQLite store as another process would."""
+    store = ReviewStore.for_dataset(path)
+    reviews = store.all()
+    store.close()
+    return {ex.line: reviews[content_hash(ex.messages)]["verdict"] for ex in load_examples(path).examples
+            if content_hash(ex.messages) in reviews and reviews[content_hash(ex.messages)]["verdict"]}
+
+
+async def test_verdict_keys_store_and_undo_steps(tmp_path, dataset):
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("g", "b", "s")
+        assert verdicts(dataset) == {1: "good", 2: "bad", 3: "skip"}  # committed before the next one shows
+        assert screen.pos == 3 and "4/305" in screen_text(pilot.app)
+        await pilot.press("u", "u")
+        assert verdicts(dataset) == {1: "good"} and screen.pos == 1
+        await pilot.press("k", "k", "j")
+        assert screen.pos == 1
+
+
+async def test_quit_and_reopen_resumes_with_every_verdict(tmp_path, dataset):
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("g", "g", "b", "j", "j")
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        assert screen.pos == 5 and "6/305" in screen_text(pilot.app)
+        assert "✓2 ✗1" in screen_text(pilot.app)
+        await pilot.press("k", "k", "k")
+        assert "[BAD]" in screen_text(pilot.app)
+
+
+async def test_next_flagged_filter_and_bulk_verdict(tmp_path, dataset):
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("right_square_bracket")
+        index = screen.current()
+        assert index in screen.flags or index in screen.duplicate_of
+        await pilot.press("f")
+        await pilot.press(*"ctrl+a".split(), "ctrl+k")
+        await pilot.press(*"flagged", "enter")
+        await pilot.pause()
+        assert screen.filter == "flagged" and len(screen.view) == 6  # 4 linted, 3 duplicates, one both
+        await pilot.press("B")
+        await pilot.press("enter")  # the proposed verdict: bad
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        # 7 lines: the exact duplicate shares its content hash, so its kept twin gets the verdict too
+        assert sorted(verdicts(dataset).values()) == ["bad"] * 7
+        await pilot.press("u")
+        assert verdicts(dataset) == {}
+
+
+async def test_spot_check_note_edit_and_export(tmp_path, dataset):
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("r", "enter")
+        await pilot.pause()
+        assert len(screen.view) == 100 and "spot-check 0/100" in screen_text(pilot.app)
+        first = screen.current()
+        await pilot.press("g")
+        assert "spot-check 1/100" in screen_text(pilot.app)
+        await pilot.press("k", "n", *"odd phrasing", "enter")
+        await pilot.pause()
+        assert ReviewStore.for_dataset(dataset).get(screen.hashes[first])["note"] == "odd phrasing"
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press("ctrl+a", *"{}", "ctrl+s")
+        await pilot.pause()
+        edit = ReviewStore.for_dataset(dataset).get(screen.hashes[first])["edit"]
+        assert edit[-1]["content"].startswith("{}{") and "edited" in screen_text(pilot.app)
+        out = tmp_path / "clean.jsonl"
+        await pilot.press("x", "ctrl+a", "ctrl+k", *str(out), "enter")
+        for _ in range(100):
+            if out.exists():
+                break
+            await pilot.pause(0.05)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 305 - 3 - 3  # error-severity flags and duplicates removed
+        assert json.loads((tmp_path / "clean.jsonl.report.json").read_text())["removed"] == 6
+
+
+async def test_snapshots(tmp_path, dataset):
+    async with make_app(tmp_path).run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert_snapshot(pilot.app, "data_empty")
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.pause()
+        await pilot.press("right_square_bracket", "b")
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert_snapshot(pilot.app, "data_flagged")
+        await pilot.press("t")
+        await pilot.pause()
+        assert_snapshot(pilot.app, "data_template")
