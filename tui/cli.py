@@ -354,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="shorten the demo run")
     p.add_argument("--eval-examples", type=int, default=20, help="held-out examples to compare on")
     p.set_defaults(func=cmd_demo)
-    __import__("tui.cli_data").cli_data.add_data_parser(sub, common)
+
+    from tui.cli_data import add_data_parser
+    from tui.cli_plan import add_plan_parsers
+
+    add_plan_parsers(sub, common)
+    add_data_parser(sub, common)
     return parser
 
 
