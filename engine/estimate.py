@@ -61,24 +61,31 @@ class Assumptions:
 @dataclass
 class Estimate:
     method: str
-    parts: dict[str, float]  # bytes
+    parts: dict[str, float]  # bytes of tensors at the peak; they add up to `total`
     trainable_parameters: int
     notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:
+        """Peak allocated memory: what torch.cuda.max_memory_allocated reports."""
         return sum(self.parts.values())
 
     @property
-    def peak_allocated(self) -> float:
-        """What torch.cuda.max_memory_allocated would report: everything but context and slack."""
-        return self.total - self.parts["cuda_context"] - self.parts["allocator_overhead"]
+    def overhead(self) -> dict[str, float]:
+        """Memory the GPU needs beyond the tensors: CUDA context and allocator slack."""
+        return {"cuda_context": CUDA_CONTEXT_GIB * GiB, "allocator": ALLOCATOR_OVERHEAD * self.total}
+
+    @property
+    def required(self) -> float:
+        """What must be free on the GPU for the run to fit."""
+        return self.total + sum(self.overhead.values())
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "total_gib": round(self.total / GiB, 2),
-                "peak_allocated_gib": round(self.peak_allocated / GiB, 2),
+        return {"method": self.method, "total_bytes": int(self.total), "required_bytes": int(self.required),
+                "total_gib": round(self.total / GiB, 2), "required_gib": round(self.required / GiB, 2),
                 "trainable_parameters": self.trainable_parameters,
-                "parts_gib": {k: round(v / GiB, 3) for k, v in self.parts.items()}, "notes": self.notes}
+                "breakdown": {k: int(v) for k, v in self.parts.items()},
+                "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes}
 
 
 def lora_targets(model: ModelFacts, targets: str | list[str]) -> dict[str, tuple[int, int]]:
@@ -139,9 +146,10 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
                      + sum(per_input * d_in for d_in, _ in targets.values()))
     if not a.memory_efficient_attention:
         per_layer += 6 * model.heads * a.seq_len  # fp32 softmax and its 16-bit copy per query
+    per_layer *= compute / 2  # coefficients were measured with 16-bit activations
     if checkpointing:
         # Only block inputs are kept; one block is recomputed at a time during backward.
-        parts["activations"] = tokens * (layers * CHECKPOINT_ACT * h + per_layer)
+        parts["activations"] = tokens * (layers * CHECKPOINT_ACT * compute / 2 * h + per_layer)
     else:
         parts["activations"] = tokens * layers * per_layer
     parts["logits"] = tokens * model.vocab * LOGITS_BYTES
@@ -152,7 +160,7 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
     # add up: whichever phase is larger sets the peak.
     head_gradient = model.vocab * h * param_bytes if method == "full" else 0
     if parts["activations"] + parts["logits"] + head_gradient >= all_gradients:
-        parts["gradients"] = head_gradient
+        parts["gradients"] = head_gradient if method == "full" else all_gradients  # adapters' are small
         if method == "full":
             notes.append(f"gradients take {all_gradients / GiB:.1f} GiB once the activations are freed")
     else:
@@ -164,15 +172,12 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         parts["dequant_buffer"] = max(d_in * d_out for d_in, d_out in model.linear_shapes().values()) * compute
     if a.gpus > 1:
         parts["ddp_buckets"] = min(trainable * param_bytes, 2 * 25 * 1024 ** 2)  # two 25 MB gradient buckets
-    tensors = sum(parts.values())
-    parts["cuda_context"] = CUDA_CONTEXT_GIB * GiB
-    parts["allocator_overhead"] = ALLOCATOR_OVERHEAD * tensors
     return Estimate(method, parts, trainable, notes)
 
 
 def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: float) -> list[str]:
     """What to change, in the order practitioners try it, each with the total it would reach."""
-    if estimate(model, method, a).total <= free_bytes:
+    if estimate(model, method, a).required <= free_bytes:
         return []
     tries = []
     if a.batch_size > 1:
@@ -185,12 +190,12 @@ def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: fl
     tries.append((f"max_seq_length {a.seq_len // 2}", replace(a, seq_len=max(64, a.seq_len // 2))))
     advice = []
     for text, changed in tries:
-        total = estimate(model, method, changed).total
-        advice.append(f"{text}: {total / GiB:.1f} GiB" + (" - fits" if total <= free_bytes else ""))
+        need = estimate(model, method, changed).required
+        advice.append(f"{text}: {need / GiB:.1f} GiB" + (" - fits" if need <= free_bytes else ""))
     if method != "qlora":
-        total = estimate(model, "qlora", replace(a, batch_size=1, gradient_checkpointing=True)).total
-        advice.append(f"method: qlora with batch 1 and checkpointing: {total / GiB:.1f} GiB"
-                      + (" - fits" if total <= free_bytes else ""))
+        need = estimate(model, "qlora", replace(a, batch_size=1, gradient_checkpointing=True)).required
+        advice.append(f"method: qlora with batch 1 and checkpointing: {need / GiB:.1f} GiB"
+                      + (" - fits" if need <= free_bytes else ""))
     advice.append("more GPUs: DDP keeps a full copy per GPU, so it shrinks the per-GPU batch, not the model; "
                   "FSDP or ZeRO shard it")
     return advice

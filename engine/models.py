@@ -201,6 +201,11 @@ def _gguf_facts(path: Path) -> tuple[dict, dict[str, int]]:
 
 def model_facts(spec: str) -> ModelFacts:
     """Architecture and exact parameter count of a local model, reading headers only."""
+    if spec.endswith(".json") and Path(spec).is_file():  # a bare config.json: the analytic count
+        try:
+            return facts_from_config(json.loads(Path(spec).read_text()), Path(spec).parent.name)
+        except (ValueError, KeyError) as exc:
+            raise ModelError(f"{spec} is not a model config.json: {exc}") from None
     ref = resolve_model(spec)
     directory = Path(ref.path)
     if ref.gguf_file:

@@ -109,7 +109,7 @@ def decide(s: Situation) -> tuple[str, list[str]]:
 def choose_method(model: ModelFacts, s: Situation, free: float | None, estimates) -> tuple[str, str]:
     if free is None:
         return "lora", "LoRA by default: close to full fine-tuning on most tasks at a fraction of the memory"
-    fits = {m: e.total <= free for m, e in estimates.items()}
+    fits = {m: e.required <= free for m, e in estimates.items()}
     _, need_ok = DATA_NEEDS.get(s.task, (500, 2000))
     if fits["full"] and (s.clean_examples or 0) >= max(20000, 4 * need_ok):
         return "full", "full fine-tuning: it fits and there is much data, where it can beat LoRA"
@@ -196,7 +196,8 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
     a = replace(a, gpus=max(1, len(s.gpus)))
     estimates = estimate_all(model, a)
     method, method_reason = choose_method(model, s, free, estimates)
-    memory = {m: {**e.to_dict(), "fits": None if free is None else e.total <= free} for m, e in estimates.items()}
+    memory = {m: {**e.to_dict(), "fits": None if free is None else e.required <= free}
+              for m, e in estimates.items()}
     fit = advice_to_fit(model, method, a, free) if free is not None else []
     hps = hyperparameters(model, method, s, a)
     epochs = next(h.value for h in hps if h.key == "num_train_epochs")

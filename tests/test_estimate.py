@@ -28,8 +28,8 @@ def test_published_peaks_llama_3b():
     model = facts_from_config(LLAMA_32_3B)
     assert 3.2e9 < model.parameters < 3.22e9  # Llama-3.2-3B has 3.21B
     a = Assumptions(seq_len=768, batch_size=4, full_master_fp32=False, gradient_checkpointing=False)
-    full = estimate(model, "full", a).peak_allocated / 1e9
-    lora = estimate(model, "lora", replace(a, lora_r=32, lora_targets=["q_proj", "v_proj"])).peak_allocated / 1e9
+    full = estimate(model, "full", a).total / 1e9
+    lora = estimate(model, "lora", replace(a, lora_r=32, lora_targets=["q_proj", "v_proj"])).total / 1e9
     assert within(full, 38.9), full
     assert within(lora, 22.3), lora
 
@@ -37,7 +37,7 @@ def test_published_peaks_llama_3b():
 def test_published_qlora_base_weights_llama_7b():
     """QLoRA paper: LLaMA-7B in 4 bit takes 5,048 MB as loaded on the GPU."""
     e = estimate(facts_from_config(LLAMA_7B), "qlora", Assumptions())
-    loaded = (e.parts["weights"] + e.parts["cuda_context"]) / 1e6
+    loaded = (e.parts["weights"] + e.overhead["cuda_context"]) / 1e6
     assert within(loaded, 5048), loaded
 
 
@@ -58,7 +58,7 @@ def test_each_knob_moves_the_estimate_the_right_way():
 def test_advice_names_changes_that_fit():
     model = facts_from_config(LLAMA_7B)
     a = Assumptions(seq_len=2048, batch_size=8)
-    advice = advice_to_fit(model, "lora", a, 24 * GiB)
+    advice = advice_to_fit(model, "lora", a, 24 * GiB)  # a 24 GB card
     assert advice and any("fits" in line for line in advice)
     assert any(line.startswith("method: qlora") for line in advice)
     assert advice_to_fit(model, "lora", a, 400 * GiB) == []
@@ -128,11 +128,28 @@ def test_gguf_metadata_count_without_loading():
     assert "Q4_1" in facts.dtypes
 
 
-def test_estimate_cli_json(tiny_project):
-    out = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", str(tiny_project / "tiny-model"),
-                          "--gpu-memory", "0.5", "--json"], capture_output=True, text=True, timeout=60)
+def test_estimate_cli_json_contract(tiny_project):
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", str(tiny_project / "tiny-model"),
+                          "--method", "qlora", "--seq-len", "256", "--batch-size", "2", "--lora-r", "8",
+                          "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing", "--optimizer",
+                          "paged_adamw_8bit", "--precision", "bf16", "--json"],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert set(result["methods"]) == {"full", "lora", "qlora"}
-    assert all(m["fits"] is False for m in result["methods"].values())  # 0.75 GiB of CUDA context alone
-    assert "torch" not in out.stderr
+    assert result["total_bytes"] == sum(result["breakdown"].values())  # the breakdown adds up
+    assert result["assumptions"]["lora_targets"] == ["q_proj", "v_proj"]
+    assert result["assumptions"]["gradient_checkpointing"] is True and result["assumptions"]["seq_len"] == 256
+    config_only = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model",
+                                  str(tiny_project / "tiny-model" / "config.json"), "--method", "lora", "--json"],
+                                 capture_output=True, text=True, timeout=60)
+    assert config_only.returncode == 0, config_only.stderr
+    assert json.loads(config_only.stdout)["model"]["source"] == "config"
+
+
+def test_breakdown_adds_up_and_fp32_doubles_activations():
+    model = facts_from_config(LLAMA_7B)
+    for method in ("full", "lora", "qlora"):
+        e = estimate(model, method, Assumptions())
+        assert e.total == sum(e.parts.values()) and e.required > e.total
+    bf16 = estimate(model, "lora", Assumptions(compute_dtype="bf16")).parts["activations"]
+    assert estimate(model, "lora", Assumptions(compute_dtype="fp32")).parts["activations"] == 2 * bf16

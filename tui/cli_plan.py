@@ -14,9 +14,11 @@ GiB = 1024 ** 3
 
 def add_assumption_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=4, help="per device")
-    p.add_argument("--gradient-checkpointing", choices=["on", "off", "auto"], default="auto")
+    p.add_argument("--batch-size", type=int, default=4, help="per device")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for QLoRA, off otherwise (as the engine does)")
     p.add_argument("--optimizer", default="adamw", help="adamw, adamw_fp32, adamw_8bit, paged_adamw_8bit")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
     p.add_argument("--eager-attention", action="store_true", help="no memory-efficient attention kernel")
@@ -26,49 +28,50 @@ def assumptions(args):
     from engine.estimate import Assumptions
 
     targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
-    return Assumptions(seq_len=args.seq_len, batch_size=args.batch, optimizer=args.optimizer, lora_r=args.lora_r,
-                       lora_targets=targets, memory_efficient_attention=not args.eager_attention,
-                       gradient_checkpointing={"on": True, "off": False, "auto": None}[args.gradient_checkpointing])
+    return Assumptions(seq_len=args.seq_len, batch_size=args.batch_size, optimizer=args.optimizer,
+                       lora_r=args.lora_r, lora_targets=targets, compute_dtype=args.precision,
+                       memory_efficient_attention=not args.eager_attention,
+                       gradient_checkpointing=args.gradient_checkpointing)
 
 
 def format_estimates(facts, estimates: dict, free: float | None) -> str:
     lines = [f"{facts.name}: {facts.parameters / 1e6:,.0f}M parameters ({facts.parameter_source}), "
              f"{facts.layers} layers, hidden {facts.hidden}, vocab {facts.vocab:,}"]
     names = list(dict.fromkeys(part for e in estimates.values() for part in e.parts))
-    lines.append(f"{'GiB':<20}" + "".join(f"{m:>9}" for m in estimates))
-    for part in names:
-        lines.append(f"{part:<20}" + "".join(f"{e.parts.get(part, 0) / GiB:>9.2f}" for e in estimates.values()))
-    lines.append(f"{'total':<20}" + "".join(f"{e.total / GiB:>9.2f}" for e in estimates.values()))
+    row = lambda label, values: f"{label:<22}" + "".join(f"{v / GiB:>9.2f}" for v in values)
+    lines.append(f"{'GiB':<22}" + "".join(f"{m:>9}" for m in estimates))
+    lines += [row(part, [e.parts.get(part, 0) for e in estimates.values()]) for part in names]
+    lines.append(row("peak allocated", [e.total for e in estimates.values()]))
+    lines.append(row("+ context, allocator", [e.required - e.total for e in estimates.values()]))
+    lines.append(row("needs free", [e.required for e in estimates.values()]))
     if free is not None:
-        lines.append(f"{'fits ' + format(free / GiB, '.1f') + ' GiB free':<20}"
-                     + "".join(f"{'yes' if e.total <= free else 'NO':>9}" for e in estimates.values()))
+        lines.append(f"{'fits ' + format(free / GiB, '.1f') + ' GiB free':<22}"
+                     + "".join(f"{'yes' if e.required <= free else 'NO':>9}" for e in estimates.values()))
     return "\n".join(lines)
 
 
-def _free_memory(args) -> float | None:
-    if args.gpu_memory is not None:
-        return args.gpu_memory * GiB
-    return None
-
-
 def cmd_estimate(args) -> int:
-    from engine.estimate import advice_to_fit, estimate_all
+    from engine.estimate import advice_to_fit, estimate
     from engine.models import model_facts
 
     facts = model_facts(args.model)
     a = assumptions(args)
-    estimates = estimate_all(facts, a)
-    free = _free_memory(args)
+    methods = ["full", "lora", "qlora"] if args.method == "all" else [args.method]
+    estimates = {m: estimate(facts, m, a) for m in methods}
+    free = None if args.gpu_memory is None else args.gpu_memory * GiB
     if args.json:
-        print(json.dumps({"model": facts.name, "parameters": facts.parameters,
-                          "assumptions": a.__dict__, "free_gib": None if free is None else free / GiB,
-                          "methods": {m: {**e.to_dict(), "fits": None if free is None else e.total <= free}
-                                      for m, e in estimates.items()}}, indent=2))
+        def as_json(e):
+            return {**e.to_dict(), "assumptions": a.__dict__,
+                    "model": {"name": facts.name, "parameters": facts.parameters, "source": facts.parameter_source},
+                    "fits": None if free is None else e.required <= free}
+        result = as_json(estimates[methods[0]]) if len(methods) == 1 else \
+            {"methods": {m: as_json(e) for m, e in estimates.items()}}
+        print(json.dumps(result, indent=2))
         return 0
     print(format_estimates(facts, estimates, free))
     if free is not None:
         for method, e in estimates.items():
-            if e.total > free:
+            if e.required > free:
                 print(f"\n{method} does not fit; try:\n  " + "\n  ".join(advice_to_fit(facts, method, a, free)))
     return 0
 
@@ -127,13 +130,15 @@ def add_plan_parsers(sub, common: argparse.ArgumentParser) -> None:
     from engine.recommend import TASKS
 
     p = sub.add_parser("estimate", parents=[common], help="GPU memory per method (full, LoRA, QLoRA)")
-    p.add_argument("model", help="model directory, GGUF file, cached repo id, or `demo`")
+    p.add_argument("--model", required=True,
+                   help="model directory, GGUF file, cached repo id, a bare config.json, or `demo`")
+    p.add_argument("--method", choices=["full", "lora", "qlora", "all"], default="all")
     p.add_argument("--gpu-memory", type=float, default=None, help="free GiB to compare against")
     add_assumption_args(p)
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("plan", parents=[common], help="whether and how to fine-tune, with reasons")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", default="demo", help="default: the demo model")
     p.add_argument("--data", help="training file: counts the examples")
     p.add_argument("--task", choices=TASKS, default="formatting")
     p.add_argument("--examples", type=int, help="clean examples (default: counted from --data)")
