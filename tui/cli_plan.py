@@ -113,7 +113,7 @@ def cmd_plan(args) -> int:
     print(f"method: {result.method} - {result.method_reason}")
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
-        print(f"  {method:<6} {m['total_gib']:>7.2f} GiB{fits}")
+        print(f"  {method:<6} {m['required_gib']:>7.2f} GiB needed{fits}")
     for advice in result.fit_advice:
         print(f"  try: {advice}")
     print("hyperparameters:")
