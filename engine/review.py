@@ -29,7 +29,9 @@ def store_path(dataset: str | Path) -> Path:
     """`<file>.review.sqlite` beside the dataset, or in the user cache when that folder is read-only."""
     dataset = Path(dataset).resolve()
     beside = dataset.with_name(dataset.name + ".review.sqlite")
-    if beside.exists() or os.access(dataset.parent, os.W_OK):
+    # The mode bits as well as access(): root passes access() on a folder marked read-only.
+    writable = os.access(dataset.parent, os.W_OK) and dataset.parent.stat().st_mode & 0o222
+    if beside.exists() or writable:
         return beside
     from engine.models import cache_dir
 
