@@ -57,7 +57,7 @@ async def test_start_mode_is_honoured_and_checked(tmp_path):
 async def test_placeholders_say_which_command_works_today(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        for key, command in (("2", "tunedeck plan"), ("5", "tunedeck eval")):
+        for key, command in (("5", "tunedeck eval"),):
             await pilot.press(key)
             await pilot.pause()
             text = screen_text(app)
@@ -202,7 +202,7 @@ async def test_quit_key(tmp_path):
 async def test_placeholder_snapshots(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        for key, name in (("2", "plan"), ("5", "eval")):
+        for key, name in (("5", "eval"),):
             await pilot.press(key)
             await pilot.pause()
             assert_snapshot(app, f"placeholder_{name}")

@@ -1,0 +1,137 @@
+"""Pilot tests of the Plan screen: fill the form by keys, watch the decision change, write a config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
+from tui_fixtures import assert_snapshot, one_gpu_snapshot, screen_text  # noqa: E402
+
+from engine.config import load_config  # noqa: E402
+from engine.tiny import build_tiny_model, learnable_rows, write_jsonl  # noqa: E402
+from tui.screens.error import ErrorScreen  # noqa: E402
+from tui.screens.plan import PlanScreen  # noqa: E402
+from tui.screens.prompt import PathPrompt  # noqa: E402
+
+pytestmark = pytest.mark.asyncio
+
+
+def plan_screen(app) -> PlanScreen:
+    assert isinstance(app.screen, PlanScreen), type(app.screen)
+    return app.screen
+
+
+async def settled(pilot, app, decision: str | None = None) -> None:
+    """Wait until the worker has shown a plan (with this decision, when given)."""
+    await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.result is not None
+                   and not any(w.is_running for w in app.screen.workers)
+                   and (decision is None or app.screen.result.plan.decision == decision))
+
+
+async def type_into(pilot, app, field: str, text: str, submit: bool = False) -> None:
+    widget = app.screen.query_one(f"#plan-{field}")
+    widget.focus()
+    await pilot.pause()
+    await pilot.press("ctrl+u", *text)  # ctrl+u: clear what is before the cursor
+    if submit:
+        await pilot.press("enter")
+
+
+async def test_decision_follows_the_form(tmp_path):
+    app = make_app(tmp_path, mode="plan")
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app, "measure_baseline")
+        assert "[MEASURE BASELINE]" in screen_text(app)
+        assert "no GPU here" in screen_text(app)
+
+        await type_into(pilot, app, "baseline", "0.1")
+        await type_into(pilot, app, "target", "0.9")
+        await settled(pilot, app, "collect_data")  # no data, no example count
+        await type_into(pilot, app, "examples", "300")
+        app.screen.query_one("#plan-task").value = "extraction"
+        await settled(pilot, app, "fine_tune")
+        result = plan_screen(app).result.plan
+        assert result.method == "lora" and result.time_hours > 0
+        await pilot.press("escape")
+        text = screen_text(app)
+        assert "[FINE-TUNE]" in text and "▸lora" in text and "300 clean examples for extraction" in text
+
+        # Fresh knowledge wins over everything: retrieval, not fine-tuning.
+        app.screen.query_one("#plan-fresh").focus()
+        await pilot.press("space")
+        await settled(pilot, app, "rag")
+        assert "[RAG]" in screen_text(app)
+        await pilot.press("space")
+        await settled(pilot, app, "fine_tune")
+
+        # A baseline already at the target: keep prompting.
+        await type_into(pilot, app, "baseline", "0.95")
+        await settled(pilot, app, "prompt")
+
+        # A value that is not a number says so in place, without a modal.
+        await type_into(pilot, app, "target", "abc")
+        await wait_for(pilot, lambda: "is not a number" in screen_text(app))
+        assert not isinstance(app.screen, ErrorScreen)
+
+
+async def test_write_config_the_engine_accepts(tmp_path):
+    model = build_tiny_model(tmp_path / "tiny-model") or tmp_path / "tiny-model"
+    data = write_jsonl(tmp_path / "train.jsonl", learnable_rows(50))
+    app = make_app(tmp_path / "ws", mode="plan", sampler=one_gpu_snapshot)
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app)
+        await pilot.press("w")  # no data file yet: says so, writes nothing
+        await pilot.pause()
+        assert not isinstance(app.screen, PathPrompt)
+        assert not (tmp_path / "ws" / "configs").exists()
+
+        await type_into(pilot, app, "model", str(model), submit=True)
+        await type_into(pilot, app, "data", str(data), submit=True)
+        await settled(pilot, app)
+        await wait_for(pilot, lambda: app.screen.result.counted == 50)
+        assert app.screen.result.facts.parameters < 10_000_000
+        await pilot.press("escape")
+        text = screen_text(app)
+        assert "data: 50 examples" in text, text
+        assert "fits" in text
+
+        await pilot.press("ctrl+s")  # works from inside the form
+        await wait_for(pilot, lambda: isinstance(app.screen, PathPrompt))
+        await pilot.press("enter")  # the default path under the workspace
+        await wait_for(pilot, lambda: getattr(plan_screen(app), "written", None) is not None)
+        path = app.screen.written
+        assert path.parent == tmp_path / "ws" / "configs" and path.name.startswith("plan-")
+        config = load_config(path)
+        assert config.method == "lora" and Path(config.data) == data.resolve()
+        assert Path(config.model) == model
+
+
+async def test_missing_model_goes_to_the_error_modal(tmp_path):
+    app = make_app(tmp_path, mode="plan")
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app)
+        await type_into(pilot, app, "model", str(tmp_path / "nope"), submit=True)
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        text = screen_text(app)
+        assert "Plan failed" in text and "not found" in text and "Model" in text, text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, PlanScreen)  # one modal, not two
+
+
+async def test_plan_snapshots(tmp_path):
+    app = make_app(tmp_path, mode="plan")
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app)
+        assert_snapshot(app, "plan_default")
+        await type_into(pilot, app, "baseline", "0.1")
+        await type_into(pilot, app, "target", "0.9")
+        await type_into(pilot, app, "examples", "300")
+        await settled(pilot, app, "fine_tune")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert_snapshot(app, "plan_fine_tune")
