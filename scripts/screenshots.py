@@ -73,6 +73,7 @@ def main() -> None:
     from tui.app import TunedeckApp
     from tui.screens.gpu import GpuScreen
     from tui.screens.monitor import MonitorScreen
+    from tui.screens.plan import PlanScreen
 
     made = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -81,6 +82,8 @@ def main() -> None:
         workspace.mkdir(parents=True, exist_ok=True)
         made.append(asyncio.run(shoot(TunedeckApp(workspace), "gpu", args.out,
                                       lambda app: isinstance(app.screen, GpuScreen) and app.screen.samples >= 3)))
+        made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="plan"), "plan", args.out,
+                                      lambda app: isinstance(app.screen, PlanScreen) and app.screen.result)))
         run_id, run = args.run, None
         if run_id is None:
             run = start_tiny_run(tmp, workspace)
