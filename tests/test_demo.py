@@ -45,7 +45,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert out["state"] == "completed" and out["step"] == 2
     assert (tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
     assert os.path.isfile(os.path.join(out["run_dir"], "adapter", "adapter_model.safetensors"))
-    assert "lint and dedup removed 5 rows" in result.stderr  # the planted defects, found and dropped
+    assert "lint and dedup removed 4 rows" in result.stderr  # errors + duplicate
     assert out["examples"] == 3 and out["task_metric"] == "json_field_f1"
     for side in ("baseline", "tuned"):
         assert 0 <= out[side]["exact_match"] <= 1 and out[side]["format_compliance"] is not None
