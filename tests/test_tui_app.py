@@ -54,16 +54,6 @@ async def test_start_mode_is_honoured_and_checked(tmp_path):
         make_app(tmp_path, mode="nope")
 
 
-async def test_placeholders_say_which_command_works_today(tmp_path):
-    app = make_app(tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
-        for key, command in (("5", "tunedeck eval"),):
-            await pilot.press(key)
-            await pilot.pause()
-            text = screen_text(app)
-            assert "not built yet" in text and command in text
-
-
 async def test_no_gpu_panel_and_host(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -197,12 +187,3 @@ async def test_quit_key(tmp_path):
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert app.return_code == 0 and not app.is_running
-
-
-async def test_placeholder_snapshots(tmp_path):
-    app = make_app(tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
-        for key, name in (("5", "eval"),):
-            await pilot.press(key)
-            await pilot.pause()
-            assert_snapshot(app, f"placeholder_{name}")

@@ -70,18 +70,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, OSError):
         return f"{type(error).__name__}: {error}"
     return f"{type(error).__name__}: {error}{_where(error)}"
-
-
-class PlaceholderScreen(ModeScreen):
-    """A mode not built yet: says what it will do and which command does it today."""
-
-    WILL_DO = ""
-    TODAY = ""
-
-    def compose_body(self) -> ComposeResult:
-        from textual.containers import VerticalScroll
-        from textual.widgets import Static
-
-        with VerticalScroll(classes="placeholder", can_focus=True) as box:
-            box.border_title = f"{self.TITLE} · not built yet"
-            yield Static(f"{self.WILL_DO}\n\nToday, from a shell:\n\n{self.TODAY}", markup=False)

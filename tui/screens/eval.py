@@ -1,19 +1,376 @@
-"""Eval mode (5): compare the base and tuned models. Not built yet."""
+"""Eval mode (5): the prompted base model against the tuned one on the held-out set.
+
+Opens on the newest run that has `eval/report.json` (o picks another). Three views:
+the metrics with deltas and the forgetting verdict (m), one example at a time with both
+answers (e, j/k), and the blind A/B review (r). A/B judgements go to
+`<run>/eval/ab.sqlite` and are committed before the next pair shows (engine.ab), so a
+closed terminal loses nothing and reopening resumes at the next unjudged pair. Reading
+the report and opening the store happen in a worker; failures go to the app's modal.
+"""
 
 from __future__ import annotations
 
-from tui.screens.base import PlaceholderScreen
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import ContentSwitcher, Static
+from textual.worker import Worker, WorkerState
+
+from engine.ab import ABStore, Pair, pairs_from_report
+from engine.runs import Run, RunError, list_runs
+from tui.follow import fmt_age
+from tui.screens.base import ModeScreen
+from tui.widgets.eval_views import (answer_text, example_view, forgetting_view, metrics_view,
+                                    win_rate_line)
+
+VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r", "A/B review"))
+CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}
 
 
-class EvalScreen(PlaceholderScreen):
+def report_path(run: Run) -> Path:
+    return run.path / "eval" / "report.json"
+
+
+def evaluated_runs(workspace: Path) -> list[Run]:
+    """Runs with an evaluation report, newest first (run ids begin with their start time)."""
+    return sorted((run for run in list_runs(workspace) if report_path(run).is_file()),
+                  key=lambda run: run.id, reverse=True)
+
+
+def read_report(run: Run) -> dict:
+    path = report_path(run)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path} is not valid JSON ({error}); run `tunedeck eval {run.id}` again "
+                       "to rewrite it.") from None
+    if not isinstance(report, dict) or not isinstance(report.get("tuned"), dict):
+        raise RunError(f"{path} has no tuned metrics; run `tunedeck eval {run.id}` again to rewrite it.")
+    return report
+
+
+def default_export_path(workspace: Path, run: Run) -> Path:
+    return workspace / "reports" / f"{run.id}.md"
+
+
+@dataclass
+class ReportLoaded(Message):
+    """What the worker read: the run shown, its report, the A/B store, and the runs one could pick."""
+
+    run: Run | None
+    report: dict | None
+    mtime: float | None
+    store: ABStore | None
+    choices: list[tuple[str, str]]
+
+
+class EvalScreen(ModeScreen):
     MODE = "eval"
     TITLE = "Eval"
-    WILL_DO = (
-        "Will put the baseline and the tuned model side by side on the held-out set: loss and "
-        "perplexity, exact match or the task metric, format compliance, forgetting probes "
-        "before and after; a blind A/B review by keyboard; and export of the report."
-    )
-    TODAY = (
-        "  tunedeck eval RUN             evaluate a run's adapter on its test split\n"
-        "  tunedeck export RUN           write the adapter or merged model"
-    )
+    BINDINGS = [
+        Binding("m", "show_view('metrics')", "Metrics", show=False, id="eval.metrics"),
+        Binding("e", "show_view('examples')", "Examples", show=False, id="eval.examples"),
+        Binding("r", "show_view('ab')", "A/B review", show=False, id="eval.ab"),
+        Binding("j", "move(1)", "Next example", show=False, id="eval.next"),
+        Binding("k", "move(-1)", "Previous example", show=False, id="eval.prev"),
+        Binding("a", "judge('A')", "A better", id="eval.judge_a"),
+        Binding("b", "judge('B')", "B better", id="eval.judge_b"),
+        Binding("t", "judge('tie')", "Tie", id="eval.tie"),
+        Binding("s", "judge('skip')", "Skip", id="eval.skip"),
+        Binding("u", "undo", "Undo", id="eval.undo"),
+        Binding("o", "choose_run", "Run", id="eval.choose"),
+        Binding("x", "export", "Export report", id="eval.export"),
+        Binding("R", "reload", "Reload", show=False, id="eval.reload"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: Run | None = None
+        self.report: dict | None = None
+        self.mtime: float | None = None
+        self.store: ABStore | None = None
+        self.choices: list[tuple[str, str]] = []
+        self.view = "metrics"
+        self.index = 0
+        self.pair: Pair | None = None
+        self.loaded = False
+        self.failed = False
+        self.wanted: str | None = None  # the run to show: the one chosen with o, else the newest
+
+    # ---- layout ----
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="eval-head")
+        with ContentSwitcher(initial="eval-empty", id="eval-views"):
+            with VerticalScroll(id="eval-empty", classes="empty-panel", can_focus=True) as empty:
+                empty.border_title = "Eval"
+                yield Static("Reading the runs…", id="eval-empty-text")
+            with VerticalScroll(id="eval-metrics", can_focus=True):
+                yield Static("", id="eval-table")
+                yield Static("", id="eval-forgetting")
+            with VerticalScroll(id="eval-examples", can_focus=True):
+                yield Static("", id="eval-example")
+            with Vertical(id="eval-ab"):
+                yield Static("", id="ab-progress")
+                with VerticalScroll(id="ab-prompt", can_focus=True) as prompt:
+                    prompt.border_title = "prompt"
+                    yield Static("", id="ab-prompt-text")
+                with Horizontal(id="ab-answers"):
+                    with VerticalScroll(id="ab-a", can_focus=True) as a:
+                        a.border_title = "A"
+                        yield Static("", id="ab-a-text")
+                    with VerticalScroll(id="ab-b", can_focus=True) as b:
+                        b.border_title = "B"
+                        yield Static("", id="ab-b-text")
+
+    def on_mount(self) -> None:
+        self.load(None)
+
+    def on_unmount(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def on_screen_resume(self) -> None:
+        # Back from another mode: pick up a report written meanwhile. Not after a failure,
+        # or closing the error modal would read the same broken file and reopen it.
+        if self.loaded and not self.failed:
+            self.load(self.wanted)
+
+    # ---- loading ----
+    def action_reload(self) -> None:
+        self.failed = False
+        self.load(self.wanted, force=True)
+
+    @work(thread=True, exclusive=True, group="eval-load", name="reading the evaluation report",
+          exit_on_error=False)
+    def load(self, run_id: str | None, force: bool = False) -> None:
+        from textual.worker import get_current_worker
+
+        runs = evaluated_runs(self.app.workspace)
+        choices = [(run.id, _choice_label(run)) for run in runs]
+        run = next((r for r in runs if r.id == run_id), runs[0] if runs else None)
+        if run is None:
+            self.post_message(ReportLoaded(None, None, None, None, choices))
+            return
+        mtime = report_path(run).stat().st_mtime
+        if not force and self.run is not None and run.id == self.run.id and mtime == self.mtime:
+            self.post_message(ReportLoaded(self.run, self.report, self.mtime, self.store, choices))
+            return
+        report = read_report(run)
+        pairs = pairs_from_report(report)
+        store = ABStore(run.path / "eval" / "ab.sqlite", pairs) if pairs else None
+        if get_current_worker().is_cancelled:
+            if store is not None:
+                store.close()
+            return
+        self.post_message(ReportLoaded(run, report, mtime, store, choices))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group == "eval-load":
+            self.failed = True
+            if self.report is None:
+                self.query_one("#eval-empty-text", Static).update(Text(
+                    "The evaluation report could not be read (see the message). Press R to try again."))
+        super().on_worker_state_changed(event)
+
+    def on_report_loaded(self, message: ReportLoaded) -> None:
+        self.loaded, self.failed = True, False
+        self.choices = message.choices
+        same = self.run is not None and message.run is not None and message.run.id == self.run.id
+        if message.store is not self.store and self.store is not None:
+            self.store.close()
+        self.run, self.report, self.mtime, self.store = message.run, message.report, message.mtime, message.store
+        if not same:
+            self.index = 0
+        rows = (self.report or {}).get("rows") or []
+        self.index = min(self.index, max(len(rows) - 1, 0))
+        self.pair = self.store.next_unjudged() if self.store else None
+        if self.report is None:
+            self._render_empty()
+        else:
+            self._render_report()
+        self.refresh_bindings()
+
+    # ---- drawing ----
+    def _render_empty(self) -> None:
+        self.query_one("#eval-head", Static).update(Text("No evaluated run", style="bold"))
+        switcher = self.query_one("#eval-views", ContentSwitcher)
+        switcher.current = "eval-empty"
+        empty = self.query_one("#eval-empty", VerticalScroll)
+        empty.border_title = "Eval · no evaluated run"
+        self.query_one("#eval-empty-text", Static).update(Text(
+            "No run in this workspace has an evaluation report yet.\n\n"
+            "From a shell:\n\n"
+            "  tunedeck eval RUN --baseline   the tuned model and the prompted base\n"
+            "                                 model on the run's held-out split\n"
+            "  tunedeck demo                  the whole path on the CPU: baseline,\n"
+            "                                 LoRA, evaluation, report\n\n"
+            "This screen then shows the newest evaluated run (R reloads)."))
+
+    def _render_report(self) -> None:
+        self._render_head()
+        self.query_one("#eval-table", Static).update(metrics_view(self.report, self.run.id))
+        forgetting = self.query_one("#eval-forgetting", Static)
+        forgetting.update(forgetting_view(self.report.get("forgetting")))
+        self._render_example()
+        self._render_ab()
+        self.query_one("#eval-views", ContentSwitcher).current = f"eval-{self.view}"
+
+    def _render_head(self) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for view, key, title in VIEWS:
+            if view == self.view:
+                text.append(f"[{key} {title}]", "reverse bold")
+            else:
+                text.append(f" {key} {title} ", "dim")
+            text.append(" ")
+        text.append(f" {self.run.id}", "bold")
+        self.query_one("#eval-head", Static).update(text)
+
+    def _render_example(self) -> None:
+        rows = self.report.get("rows") or []
+        example = self.query_one("#eval-example", Static)
+        if not rows:
+            example.update(Text("This report kept no per-example outputs.", style="italic"))
+            return
+        example.update(example_view(rows[self.index], self.index, len(rows)))
+        self.query_one("#eval-examples", VerticalScroll).scroll_home(animate=False)
+
+    def _render_ab(self) -> None:
+        progress = self.query_one("#ab-progress", Static)
+        prompt, a, b = (self.query_one(f"#{name}", Static) for name in ("ab-prompt-text", "ab-a-text", "ab-b-text"))
+        if self.store is None:
+            progress.update(Text(f"No baseline answers in this report: run `tunedeck eval {self.run.id} "
+                                 "--baseline` to compare blind.", style="italic"))
+            for widget in (prompt, a, b):
+                widget.update("")
+            return
+        summary = self.store.summary()
+        line = win_rate_line(summary)
+        if self.pair is None:
+            line.append(" · all judged (u undoes the last)")
+            progress.update(line)
+            prompt.update(Text("Every pair has a judgement. The win rate above is the tuned model's "
+                               "against the baseline, ties counting half.", style="italic"))
+            a.update("")
+            b.update("")
+            return
+        line.append(f" · pair {self.pair.position + 1}")
+        progress.update(line)
+        prompt.update(answer_text(self.pair.prompt))
+        a.update(answer_text(self.pair.a))
+        b.update(answer_text(self.pair.b))
+        same = self.pair.a.strip() == self.pair.b.strip()
+        self.query_one("#ab-a", VerticalScroll).border_subtitle = "identical to B" if same else ""
+        for name in ("ab-prompt", "ab-a", "ab-b"):
+            self.query_one(f"#{name}", VerticalScroll).scroll_home(animate=False)
+
+    # ---- keys ----
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("judge", "undo"):
+            return self.view == "ab" and self.store is not None
+        if action in ("show_view", "move", "export"):
+            return self.report is not None
+        if action == "choose_run":
+            return len(self.choices) > 1
+        return True
+
+    def action_show_view(self, view: str) -> None:
+        self.view = view
+        self.query_one("#eval-views", ContentSwitcher).current = f"eval-{view}"
+        self._render_head()
+        focus = {"metrics": "#eval-metrics", "examples": "#eval-examples", "ab": "#ab-a"}[view]
+        self.query_one(focus).focus()
+        self.refresh_bindings()
+
+    def action_move(self, delta: int) -> None:
+        if self.view == "examples":
+            rows = self.report.get("rows") or []
+            if rows:
+                self.index = max(0, min(len(rows) - 1, self.index + delta))
+                self._render_example()
+        elif self.view == "metrics":
+            scroll = self.query_one("#eval-metrics", VerticalScroll)
+            scroll.scroll_relative(y=delta * 3, animate=False)
+        else:
+            for name in ("#ab-a", "#ab-b"):
+                self.query_one(name, VerticalScroll).scroll_relative(y=delta * 3, animate=False)
+
+    def action_judge(self, choice: str) -> None:
+        if self.store is None:
+            return
+        if self.pair is None:
+            self.notify("Every pair is judged; u undoes the last judgement.")
+            return
+        self.store.judge(self.pair.id, choice)  # committed before the next pair shows
+        self.pair = self.store.next_unjudged()
+        self._render_ab()
+
+    def action_undo(self) -> None:
+        if self.store is None:
+            return
+        undone = self.store.undo()
+        if undone is None:
+            self.notify("Nothing to undo.")
+            return
+        self.pair = self.store.pair(undone)
+        self._render_ab()
+        self.notify(f"Undone: pair {self.pair.position + 1} is unjudged again.")
+
+    def action_choose_run(self) -> None:
+        from tui.screens.choose_run import RunChooser
+
+        def chosen(run_id: str | None) -> None:
+            if run_id and (self.run is None or run_id != self.run.id):
+                self.wanted = run_id
+                self.load(run_id, force=True)
+
+        self.app.push_screen(RunChooser("Evaluated runs", self.choices, self.run.id if self.run else None), chosen)
+
+    def action_export(self) -> None:
+        from tui.screens.prompt import Confirm, PathPrompt
+
+        run = self.run
+
+        def confirmed(path: Path, yes: bool | None) -> None:
+            if yes:
+                self.export_report(run, path)
+
+        def chosen(value: str | None) -> None:
+            if not value:
+                return
+            path = Path(value).expanduser()
+            if path.exists():
+                self.app.push_screen(Confirm("Replace?", f"{path} exists. Replace it with this report?"),
+                                     lambda yes: confirmed(path, yes))
+            else:
+                self.export_report(run, path)
+
+        default = default_export_path(self.app.workspace, run)
+        self.app.push_screen(PathPrompt("Export the report", f"Copy {run.id}'s eval/report.md to:",
+                                        str(default)), chosen)
+
+    @work(thread=True, exclusive=True, group="eval-export", name="exporting the report", exit_on_error=False)
+    def export_report(self, run: Run, path: Path) -> None:
+        import shutil
+
+        source = run.path / "eval" / "report.md"
+        if not source.is_file():
+            raise RunError(f"{run.id} has no eval/report.md; run `tunedeck eval {run.id}` again to write it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(path)  # a reader never sees half a report
+        self.app.call_from_thread(self.notify, f"Report written to {path}")
+
+
+def _choice_label(run: Run) -> str:
+    age = fmt_age(time.time() - report_path(run).stat().st_mtime)
+    return f"{run.id}  (evaluated {age} ago)"

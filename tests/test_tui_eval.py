@@ -1,0 +1,235 @@
+"""Pilot tests of the Eval screen: metrics from a report, browsing, blind A/B keys, export; 80x24 snapshots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_fixtures import make_report, write_report  # noqa: E402
+from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
+from tui_fixtures import assert_snapshot, make_run, screen_text  # noqa: E402
+
+from engine.ab import ABStore  # noqa: E402
+from tui.screens.choose_run import RunChooser  # noqa: E402
+from tui.screens.error import ErrorScreen  # noqa: E402
+from tui.screens.eval import EvalScreen  # noqa: E402
+from tui.screens.prompt import Confirm, PathPrompt  # noqa: E402
+
+pytestmark = pytest.mark.asyncio
+RUN_ID = "20260105-101500-people-3f2a"
+
+
+def evaluated_run(workspace: Path, run_id: str = RUN_ID, report: dict | None = None):
+    run = make_run(workspace, run_id=run_id, state="completed", steps=10, max_steps=10)
+    write_report(run, report)
+    return run
+
+
+def eval_screen(app) -> EvalScreen:
+    assert isinstance(app.screen, EvalScreen), type(app.screen)
+    return app.screen
+
+
+async def loaded(pilot, app) -> EvalScreen:
+    await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen) and app.screen.loaded)
+    return app.screen
+
+
+async def test_without_an_evaluated_run_says_what_to_run(tmp_path):
+    make_run(tmp_path, run_id="20260101-000000-plain-0000", state="completed")  # trained, not evaluated
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        text = screen_text(app)
+        assert "no evaluated run" in text
+        assert "tunedeck eval RUN --baseline" in text and "tunedeck demo" in text
+        await pilot.press("a", "x", "e")  # nothing to judge, export or browse: no crash, no modal
+        assert screen.report is None and app.screen is screen
+        assert_snapshot(app, "eval_empty")
+
+
+async def test_metrics_deltas_and_forgetting_verdict(tmp_path):
+    evaluated_run(tmp_path)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot, app)
+        text = screen_text(app)
+        assert RUN_ID in text
+        assert "exact match                       10.0%   95.0%  +85.0 pts  better" in text
+        assert "task: json_field_f1               0.600   0.970     +0.370  better" in text
+        assert "format (apart from correctness)" in text
+        assert "format compliance                 10.0%  100.0%  +90.0 pts  better" in text
+        loss = next(line for line in text.splitlines() if line.strip().startswith("loss"))
+        assert loss.split() == ["loss", "-", "0.010", "-"]  # baseline not scored: "-", no delta
+        assert "1 of 8 probes regressed: capital-france" in text
+        assert "pass → FAIL  capital-france (facts)  REGRESSED" in text
+        assert "20.10 base → 21.30 tuned (+6%)" in text
+        assert_snapshot(app, "eval_metrics")
+
+
+async def test_j_k_browse_examples(tmp_path):
+    evaluated_run(tmp_path)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        await pilot.press("e")
+        text = screen_text(app)
+        assert "Example 1 of 6 · line 3" in text and "Maria is 34 and lives in Lisbon" in text
+        assert "▌BASELINE  not exact, format BAD" in text and "▌TUNED  exact, format ok" in text
+        await pilot.press("j", "j")
+        assert screen.index == 2
+        text = screen_text(app)
+        assert "Example 3 of 6 · line 5" in text and "Amara" in text and "Maria" not in text
+        await pilot.press("k")
+        assert "Example 2 of 6" in screen_text(app) and "Kenji" in screen_text(app)
+        for _ in range(3):
+            await pilot.press("k")
+        assert screen.index == 0  # stops at the first
+
+
+async def test_ab_keys_record_judgements_and_summary_updates(tmp_path):
+    run = evaluated_run(tmp_path)
+    ABStore(run.path / "eval" / "ab.sqlite", seed="snapshot").close()  # fixed sides for the snapshot
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        await pilot.press("a")  # not in the A/B view: does nothing
+        assert screen.store.summary()["judged"] == 0
+        await pilot.press("r")
+        assert "0/6 judged · 6 left" in screen_text(app)
+        sides = {p.id: p.tuned_side for p in screen.store.pairs()}
+        first = screen.pair
+        tuned_key = sides[first.id].lower()
+        # The answer shown on the tuned side is the tuned answer, and the other is the baseline's.
+        assert (first.a if sides[first.id] == "A" else first.b) == make_report()["rows"][0]["tuned"]
+        await pilot.press(tuned_key)           # tuned wins pair 1
+        await pilot.press("t")                 # tie on pair 2
+        await pilot.press("s")                 # skip pair 3
+        text = screen_text(app)
+        assert "3/6 judged · 3 left · tuned 1W 0L 1T 1 skipped · win rate 75%" in text
+        assert "pair 4" in text
+        await pilot.press("u")
+        assert "2/6 judged" in screen_text(app) and "pair 3" in screen_text(app)
+        pair3 = screen.pair
+        baseline_key = "b" if sides[pair3.id] == "A" else "a"
+        await pilot.press(baseline_key)        # baseline wins pair 3
+        assert "tuned 1W 1L 1T · win rate 50% (95% CI 13–87%)" in screen_text(app)
+        assert_snapshot(app, "eval_ab")
+
+    # Committed as they were made: a fresh store sees them, and reopening resumes at pair 4.
+    with ABStore(run.path / "eval" / "ab.sqlite") as store:
+        assert len(store.judgements()) == 3
+        assert store.summary()["wins"] == 1 and store.summary()["losses"] == 1
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        await pilot.press("r")
+        assert screen.pair.position == 3 and "3/6 judged" in screen_text(app)
+
+
+async def test_report_without_baseline(tmp_path):
+    evaluated_run(tmp_path, report=make_report(baseline=False))
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        assert f"No baseline measured: tunedeck eval {RUN_ID} --baseline" in screen_text(app)
+        await pilot.press("r")
+        assert screen.store is None and "No baseline answers" in screen_text(app)
+        await pilot.press("e")
+        assert "▌BASELINE" in screen_text(app) and "(not run)" in screen_text(app)
+        assert not (Path(screen.run.path) / "eval" / "ab.sqlite").exists()
+
+
+async def test_export_writes_the_report(tmp_path):
+    run = evaluated_run(tmp_path)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot, app)
+        await pilot.press("x")
+        assert isinstance(app.screen, PathPrompt)
+        default = tmp_path / "reports" / f"{RUN_ID}.md"
+        assert app.screen.query_one("#prompt-input").value == str(default)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: default.exists())
+        assert default.read_text() == (run.path / "eval" / "report.md").read_text()
+
+        # An existing file is replaced only after y.
+        other = tmp_path / "elsewhere" / "people.md"
+        other.parent.mkdir()
+        other.write_text("keep me")
+        await pilot.press("x")
+        await pilot.press("ctrl+u", *str(other), "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert other.read_text() == "keep me"
+        await pilot.press("x")
+        await pilot.press("ctrl+u", *str(other), "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: other.read_text() != "keep me")
+        assert other.read_text().startswith("# Evaluation of")
+
+
+async def test_missing_markdown_report_goes_to_the_error_modal(tmp_path):
+    run = evaluated_run(tmp_path)
+    (run.path / "eval" / "report.md").unlink()
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot, app)
+        await pilot.press("x", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "has no eval/report.md" in screen_text(app)
+
+
+async def test_broken_report_goes_to_the_error_modal_once(tmp_path):
+    run = evaluated_run(tmp_path)
+    (run.path / "eval" / "report.json").write_text("{not json")
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "is not valid JSON" in screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, EvalScreen)  # closing the modal does not reread and reopen it
+        write_report(run)
+        await pilot.press("R")
+        await wait_for(pilot, lambda: eval_screen(app).report is not None)
+        assert "+85.0 pts" in screen_text(app)
+
+
+async def test_newest_evaluated_run_first_and_o_picks_another(tmp_path):
+    evaluated_run(tmp_path, run_id="20260101-090000-older-aaaa")
+    older = make_report()
+    evaluated_run(tmp_path, run_id=RUN_ID)
+    make_run(tmp_path, run_id="20260109-000000-unevaluated-bbbb", state="running")
+    older["tuned"]["exact_match"] = 0.5
+    write_report(make_run.__globals__["Run"](tmp_path / "runs" / "20260101-090000-older-aaaa"), older)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        assert screen.run.id == RUN_ID
+        await pilot.press("o")
+        assert isinstance(app.screen, RunChooser)
+        text = screen_text(app)
+        assert "20260101-090000-older-aaaa" in text and "unevaluated" not in text
+        await pilot.press("j", "enter")
+        await wait_for(pilot, lambda: eval_screen(app).run.id == "20260101-090000-older-aaaa")
+        assert "50.0%" in screen_text(app)
+
+
+async def test_report_written_while_away_shows_on_return(tmp_path):
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        assert screen.report is None
+        await pilot.press("1")
+        report = make_report()
+        evaluated_run(tmp_path, report=report)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: screen.report is not None)
+        assert json.loads(json.dumps(screen.report)) == report

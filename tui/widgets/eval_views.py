@@ -1,0 +1,182 @@
+"""What the Eval screen draws from an evaluation report: the metrics table with deltas, the
+forgetting verdict, one held-out example, a blind A/B pair and the running win rate.
+
+Every judgement is written out in words or signs as well as colour (better/worse, pass/FAIL),
+so the screen reads the same with NO_COLOR.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+# (key, label, kind): kind says how to print it and which direction is better.
+CORRECTNESS = (("exact_match", "exact match", "rate"), ("normalised_match", "normalised match", "rate"),
+               ("task_metric", "task metric", "score"))
+FORMAT = (("format_compliance", "format compliance", "rate"),)
+FIT = (("loss", "loss", "lower"), ("perplexity", "perplexity", "ppl"))
+SECTION_STYLE = {"better": "bold green", "worse": "bold red", "same": "dim"}
+LABEL_STYLE = "bold"
+
+
+def fmt_value(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "rate":
+        return f"{value * 100:.1f}%"
+    if kind == "score" or (kind == "lower" and abs(value) < 100):
+        return f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def fmt_delta(base, tuned, kind: str) -> tuple[str, str]:
+    """(delta text, better/worse/same); '-' and '' when either side was not measured."""
+    if base is None or tuned is None:
+        return "-", ""
+    delta = tuned - base
+    if kind == "rate":
+        text = f"{delta * 100:+.1f} pts"
+    elif kind in ("score", "lower") and abs(delta) < 100:
+        text = f"{delta:+.3f}"
+    else:
+        text = f"{delta:+.2f}"
+    if abs(delta) < 1e-9:
+        return text, "same"
+    better = delta < 0 if kind in ("lower", "ppl") else delta > 0
+    return text, "better" if better else "worse"
+
+
+def metrics_table(report: dict) -> Table:
+    """Baseline against tuned: correctness, then format compliance apart from it, then loss and perplexity."""
+    tuned = report.get("tuned") or {}
+    base = report.get("baseline")
+    table = Table(box=None, pad_edge=False, padding=(0, 1), show_edge=False, expand=False,
+                  header_style="bold")
+    table.add_column("metric", no_wrap=True, min_width=18)
+    table.add_column("baseline", justify="right", no_wrap=True)
+    table.add_column("tuned", justify="right", no_wrap=True)
+    table.add_column("delta", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    task_name = report.get("task_metric")
+    groups = (("correctness", CORRECTNESS), ("format (apart from correctness)", FORMAT),
+              ("fit to the references", FIT))
+    for title, rows in groups:
+        table.add_row(Text(title, style="italic dim"))
+        for key, label, kind in rows:
+            if key == "task_metric" and task_name:
+                label = f"task: {task_name}"
+            b = None if base is None else base.get(key)
+            t = tuned.get(key)
+            delta, verdict = fmt_delta(b, t, kind)
+            table.add_row(f"  {label}", fmt_value(b, kind), Text(fmt_value(t, kind), style="bold"),
+                          delta, Text(verdict, style=SECTION_STYLE.get(verdict, "")))
+    return table
+
+
+def metrics_view(report: dict, run_id: str) -> Group:
+    head = Text()
+    head.append("Held-out metrics", LABEL_STYLE)
+    data = report.get("data")
+    head.append(f" · {report.get('examples', '?')} examples")
+    if data:
+        head.append(f" of {str(data).rsplit('/', 1)[-1]}")
+    parts = [head, metrics_table(report)]
+    if report.get("baseline") is None:
+        parts.append(Text(f"No baseline measured: tunedeck eval {run_id} --baseline adds the prompted "
+                          "base model.", style="italic"))
+    return Group(*parts)
+
+
+def forgetting_view(forgetting: dict | None) -> Text:
+    """The verdict, the regressed probes named first, then every probe as pass/FAIL before and after."""
+    text = Text()
+    text.append("Forgetting check", LABEL_STYLE)
+    if not forgetting:
+        text.append("\nnot run for this report.", "italic")
+        return text
+    probes = forgetting.get("probes") or []
+    regressed = forgetting.get("regressed") or []
+    verdict = forgetting.get("verdict") or (f"{len(regressed)} of {len(probes)} probes regressed"
+                                            + (": " + ", ".join(regressed) if regressed else ""))
+    text.append(" · ")
+    text.append(verdict, "bold red" if regressed else "bold green")
+    ppl = forgetting.get("perplexity") or {}
+    if ppl.get("base") is not None or ppl.get("tuned") is not None:
+        text.append("\nperplexity on general text: ")
+        text.append(f"{fmt_value(ppl.get('base'), 'ppl')} base → {fmt_value(ppl.get('tuned'), 'ppl')} tuned")
+        if ppl.get("base") and ppl.get("tuned") is not None:
+            text.append(f" ({(ppl['tuned'] / ppl['base'] - 1) * 100:+.0f}%)")
+    improved = set(forgetting.get("improved") or [])
+    order = sorted(probes, key=lambda p: (p.get("name") not in regressed, p.get("name") not in improved))
+    for probe in order:
+        name = probe.get("name", "?")
+        mark = "REGRESSED" if name in regressed else "improved" if name in improved else ""
+        text.append("\n  ")
+        text.append(f"{_pass(probe.get('base_pass')):>4} → {_pass(probe.get('tuned_pass')):<4}",
+                    "bold red" if name in regressed else "")
+        text.append(f"  {name}")
+        if probe.get("category"):
+            text.append(f" ({probe['category']})", "dim")
+        if mark:
+            text.append(f"  {mark}", "bold red" if name in regressed else "green")
+    return text
+
+
+def _pass(value) -> str:
+    return "-" if value is None else "pass" if value else "FAIL"
+
+
+def _section(text: Text, title: str, body: str | None, note: str = "") -> None:
+    text.append(f"▌{title}", "bold")
+    if note:
+        text.append(f"  {note}", "dim")
+    text.append("\n")
+    if body is None:
+        text.append("(not run)\n", "italic dim")
+    else:
+        text.append((body if body.strip() else "(empty)") + "\n", "" if body.strip() else "italic dim")
+
+
+def _verdict(exact, fmt) -> str:
+    parts = []
+    if exact is not None:
+        parts.append("exact" if exact else "not exact")
+    if fmt is not None:
+        parts.append("format ok" if fmt else "format BAD")
+    return ", ".join(parts)
+
+
+def example_view(row: dict, index: int, total: int) -> Text:
+    """One held-out example: prompt, reference, the baseline's answer, the tuned answer."""
+    text = Text()
+    text.append(f"Example {index + 1} of {total}", LABEL_STYLE)
+    if row.get("line") is not None:
+        text.append(f" · line {row['line']}", "dim")
+    text.append("\n\n")
+    _section(text, "PROMPT", row.get("prompt"))
+    _section(text, "REFERENCE", row.get("reference"))
+    _section(text, "BASELINE", row.get("baseline"), _verdict(row.get("baseline_exact"), row.get("baseline_format")))
+    _section(text, "TUNED", row.get("tuned"), _verdict(row.get("tuned_exact"), row.get("tuned_format")))
+    return text
+
+
+def win_rate_line(summary: dict) -> Text:
+    """Progress and the tuned model's win rate with its 95% interval, in one line."""
+    text = Text()
+    text.append(f"{summary['judged']}/{summary['total']} judged", "bold")
+    text.append(f" · {summary['remaining']} left · ")
+    text.append(f"tuned {summary['wins']}W {summary['losses']}L {summary['ties']}T")
+    if summary.get("skipped"):
+        text.append(f" {summary['skipped']} skipped")
+    text.append(" · win rate ")
+    if summary["win_rate"] is None:
+        text.append("-")
+    else:
+        text.append(f"{summary['win_rate'] * 100:.0f}%", "bold")
+        text.append(f" (95% CI {summary['ci_low'] * 100:.0f}–{summary['ci_high'] * 100:.0f}%)")
+    return text
+
+
+def answer_text(answer: str) -> Text:
+    return Text(answer if answer.strip() else "(empty)", style="" if answer.strip() else "italic dim")
