@@ -1,9 +1,11 @@
 """Make the README's screenshots from the real app: the GPU screen of this machine and the monitor
 attached to a real training run of a tiny model (trained here, on the CPU, in about a minute).
 
-    python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID]
+    python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID] [--only eval,plan]
 
-With --run, the monitor shot is of that existing run instead. SVGs come from Textual's own
+With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
+report in the shape engine.evaluate writes (tests/eval_fixtures.py). --only takes some of
+gpu, plan, monitor, eval. SVGs come from Textual's own
 screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
 """
 
@@ -54,6 +56,25 @@ async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0) -> Pat
         return Path(app.save_screenshot(filename=f"{name}.svg", path=str(out)))
 
 
+def eval_workspace(workspace: Path) -> Path:
+    """A workspace with one evaluated run: the fixture report, with 5 of its pairs judged blind."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from eval_fixtures import make_report, write_report
+    from tui_fixtures import make_run
+
+    from engine.ab import ABStore, pairs_from_report
+
+    report = make_report()
+    report["baseline"].update(loss=1.9, perplexity=6.7, shots=3)
+    run = make_run(workspace, run_id="20260105-101500-people-3f2a", state="completed", steps=10, max_steps=10)
+    write_report(run, report)
+    with ABStore(run.path / "eval" / "ab.sqlite", pairs_from_report(report), seed="screenshot") as store:
+        for pair, outcome in zip(store.pairs(), ("win", "win", "tie", "win", "loss")):
+            other = "B" if pair.tuned_side == "A" else "A"
+            store.judge(pair.id, {"win": pair.tuned_side, "loss": other, "tie": "tie"}[outcome])
+    return workspace
+
+
 def to_png(svg: Path) -> Path | None:
     if not shutil.which("rsvg-convert"):
         return None
@@ -67,10 +88,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
+    parser.add_argument("--only", default="gpu,plan,monitor,eval", help="comma-separated shots to take")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
 
     from tui.app import TunedeckApp
+    from tui.screens.eval import EvalScreen
     from tui.screens.gpu import GpuScreen
     from tui.screens.monitor import MonitorScreen
     from tui.screens.plan import PlanScreen
@@ -80,32 +104,38 @@ def main() -> None:
         tmp = Path(tmp_name)
         workspace = args.workspace or tmp / "ws"
         workspace.mkdir(parents=True, exist_ok=True)
-        made.append(asyncio.run(shoot(TunedeckApp(workspace), "gpu", args.out,
-                                      lambda app: isinstance(app.screen, GpuScreen) and app.screen.samples >= 3)))
-        made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="plan"), "plan", args.out,
-                                      lambda app: isinstance(app.screen, PlanScreen) and app.screen.result)))
-        run_id, run = args.run, None
-        if run_id is None:
-            run = start_tiny_run(tmp, workspace)
-            run_id = run.id
+        if "gpu" in only:
+            made.append(asyncio.run(shoot(TunedeckApp(workspace), "gpu", args.out,
+                                          lambda app: isinstance(app.screen, GpuScreen) and app.screen.samples >= 3)))
+        if "plan" in only:
+            made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="plan"), "plan", args.out,
+                                          lambda app: isinstance(app.screen, PlanScreen) and app.screen.result)))
+        if "eval" in only:
+            made.append(asyncio.run(shoot(TunedeckApp(eval_workspace(tmp / "eval-ws"), mode="eval"), "eval", args.out,
+                                          lambda app: isinstance(app.screen, EvalScreen) and app.screen.report)))
+        if "monitor" in only:
+            run_id, run = args.run, None
+            if run_id is None:
+                run = start_tiny_run(tmp, workspace)
+                run_id = run.id
 
-        def mid_run(app) -> bool:
-            screen = app.screen
-            return (isinstance(screen, MonitorScreen) and screen.view is not None
-                    and not screen.view.replaying and (args.run is not None or (
-                        screen.view.status.get("state") == "running" and len(screen.view.series["eval_loss"]) >= 2)))
+            def mid_run(app) -> bool:
+                screen = app.screen
+                return (isinstance(screen, MonitorScreen) and screen.view is not None
+                        and not screen.view.replaying and (args.run is not None or (
+                            screen.view.status.get("state") == "running" and len(screen.view.series["eval_loss"]) >= 2)))
 
-        try:
-            made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run_id), "monitor", args.out, mid_run,
-                                          timeout=300)))
-        finally:
-            if run is not None:
-                run.send_command("stop_now")
-                deadline = time.time() + 30
-                while run.status().get("state") not in {"stopped", "completed", "failed", "crashed"}:
-                    if time.time() > deadline:
-                        break
-                    time.sleep(0.5)
+            try:
+                made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run_id), "monitor", args.out, mid_run,
+                                              timeout=300)))
+            finally:
+                if run is not None:
+                    run.send_command("stop_now")
+                    deadline = time.time() + 30
+                    while run.status().get("state") not in {"stopped", "completed", "failed", "crashed"}:
+                        if time.time() > deadline:
+                            break
+                        time.sleep(0.5)
     for svg in made:
         png = to_png(svg)
         print(svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg,

@@ -82,6 +82,9 @@ def metrics_view(report: dict, run_id: str) -> Group:
     if data:
         head.append(f" of {str(data).rsplit('/', 1)[-1]}")
     parts = [head, metrics_table(report)]
+    shots = (report.get("baseline") or {}).get("shots")
+    if shots is not None:
+        parts.append(Text(f"baseline: the prompted base model with {shots} examples in the prompt", style="dim"))
     if report.get("baseline") is None:
         parts.append(Text(f"No baseline measured: tunedeck eval {run_id} --baseline adds the prompted "
                           "base model.", style="italic"))
@@ -102,7 +105,7 @@ def forgetting_view(forgetting: dict | None) -> Text:
     text.append(" · ")
     text.append(verdict, "bold red" if regressed else "bold green")
     ppl = forgetting.get("perplexity") or {}
-    if ppl.get("base") is not None or ppl.get("tuned") is not None:
+    if (ppl.get("base") is not None or ppl.get("tuned") is not None) and "perplexity" not in verdict:
         text.append("\nperplexity on general text: ")
         text.append(f"{fmt_value(ppl.get('base'), 'ppl')} base → {fmt_value(ppl.get('tuned'), 'ppl')} tuned")
         if ppl.get("base") and ppl.get("tuned") is not None:
