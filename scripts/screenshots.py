@@ -1,7 +1,7 @@
 """Make the README's screenshots from the real app: the GPU screen of this machine and the monitor
 attached to a real training run of a tiny model (trained here, on the CPU, in about a minute).
 
-    python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID] [--only eval,plan]
+    python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID] [--only data,eval,plan]
 
 With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
 report in the shape engine.evaluate writes (tests/eval_fixtures.py). --only takes some of
@@ -88,12 +88,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,monitor,eval", help="comma-separated shots to take")
+    parser.add_argument("--only", default="gpu,plan,data,monitor,eval", help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
 
+    from engine.demo import write_demo_data
     from tui.app import TunedeckApp
+    from tui.screens.data import DataScreen
     from tui.screens.eval import EvalScreen
     from tui.screens.gpu import GpuScreen
     from tui.screens.monitor import MonitorScreen
@@ -110,6 +112,11 @@ def main() -> None:
         if "plan" in only:
             made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="plan"), "plan", args.out,
                                           lambda app: isinstance(app.screen, PlanScreen) and app.screen.result)))
+        if "data" in only:
+            train = write_demo_data(tmp / "demo")["train"]  # the bundled demo data, planted defects and all
+            made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="data", data=str(train)), "data", args.out,
+                                          lambda app: isinstance(app.screen, DataScreen) and app.screen.result
+                                          and not app.screen.loading)))
         if "eval" in only:
             made.append(asyncio.run(shoot(TunedeckApp(eval_workspace(tmp / "eval-ws"), mode="eval"), "eval", args.out,
                                           lambda app: isinstance(app.screen, EvalScreen) and app.screen.report)))

@@ -76,6 +76,8 @@ async def test_runs_list_snapshot(snap_ws):
     app = make_app(snap_ws, mode="runs")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: len(app.screen.rows) == 2)
+        # The detail pane fills after the list; under load it can lag a frame behind.
+        await wait_for(pilot, lambda: "try a smaller batch" in screen_text(app))
         assert_snapshot(app, "runs_list")
 
 
