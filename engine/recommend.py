@@ -44,6 +44,7 @@ class Situation:
     reason: str = "quality"  # quality | latency | cost
     gpus: list[dict] = field(default_factory=list)  # from engine.gpu.snapshot()["gpus"]
     tokens_per_example: int | None = None  # mean, from the data screen
+    tokens_p99: int | None = None  # 99th percentile of example length in tokens
     price_per_gpu_hour: float | None = None
 
 
@@ -133,6 +134,13 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
                      "1e-5 is a full fine-tuning rate and barely moves an adapter")
     effective = 16 if n < 5000 else 32
     accumulation = max(1, effective // (a.batch_size * max(1, a.gpus)))
+    steps = max(1, n * epochs // (a.batch_size * max(1, a.gpus) * accumulation))
+    every = max(1, steps // 10)
+    if s.tokens_p99:
+        seq_len = min(a.seq_len, 1 << (s.tokens_p99 - 1).bit_length())  # next power of two above p99
+        seq_reason = f"the next power of two above the data's 99th percentile ({s.tokens_p99} tokens)"
+    else:
+        seq_len, seq_reason = a.seq_len, "no data measured: a common default; longer costs memory linearly"
     hps = [
         Hyperparameter("learning_rate", lr, lr_reason),
         Hyperparameter("num_train_epochs", epochs, "fewer passes as data grows: small sets need 3, "
@@ -140,8 +148,12 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
         Hyperparameter("per_device_train_batch_size", a.batch_size, "the largest that fits the estimate"),
         Hyperparameter("gradient_accumulation_steps", accumulation,
                        f"an effective batch of about {effective} steadies updates without more memory"),
-        Hyperparameter("max_seq_length", a.seq_len, "covers the examples; longer costs memory linearly"),
+        Hyperparameter("max_seq_length", seq_len, seq_reason),
         Hyperparameter("lr_scheduler_type", "cosine", "cosine decay with a short warmup is the common default"),
+        Hyperparameter("weight_decay", 0.0 if method != "full" else 0.01,
+                       "adapters are small and start at zero: no decay; full fine-tuning: a light 0.01"),
+        Hyperparameter("eval_steps", every, f"about 10 evaluations over the run's ~{steps} steps"),
+        Hyperparameter("save_steps", every, "a checkpoint at every evaluation, so the best one can be kept"),
         Hyperparameter("warmup_steps", 0.03, "3% warmup avoids early spikes while Adam's statistics settle"),
         Hyperparameter("early_stopping_patience", 3, "stop when eval loss has not improved for 3 evaluations"),
     ]

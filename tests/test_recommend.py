@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from engine.config import load_config
@@ -52,3 +53,49 @@ def test_plan_writes_a_config_that_trains(tiny_project, tmp_path):
     cfg = load_config(out)  # the validator accepts every key the plan writes
     assert cfg.method == "lora" and cfg.learning_rate == 2e-4
     assert yaml.safe_load(out.read_text())["data"] == str(tiny_project / "train.jsonl")
+
+
+@pytest.mark.parametrize("examples,epochs,rank", [(300, 3, 8), (5000, 2, 16), (50000, 1, 32)])
+def test_epochs_and_rank_by_data_size(examples, epochs, rank):
+    model = facts_from_config(LLAMA_7B)
+    hps = {h.key: h.value for h in plan(model, Situation(task="extraction", baseline_score=0.1, target_score=0.9,
+                                                         clean_examples=examples, gpus=[H100])).hyperparameters}
+    assert hps["num_train_epochs"] == epochs and hps["lora_r"] == rank
+
+
+@pytest.mark.parametrize("method,billions,lr", [("lora", 7, 2e-4), ("lora", 70, 1e-4), ("full", 1, 2e-5),
+                                                ("full", 13, 1e-5)])
+def test_learning_rate_by_method_and_size(method, billions, lr):
+    from engine.estimate import Assumptions
+    from engine.recommend import hyperparameters
+
+    model = facts_from_config(LLAMA_7B)
+    model.parameters = int(billions * 1e9)
+    hps = {h.key: h.value for h in hyperparameters(model, method, Situation(clean_examples=2000), Assumptions())}
+    assert hps["learning_rate"] == lr
+    assert ("lora_r" in hps) == (method != "full")
+
+
+@pytest.mark.parametrize("batch,gpus,examples,accumulation", [(4, 1, 2000, 4), (8, 1, 20000, 4), (4, 4, 20000, 2),
+                                                               (16, 2, 2000, 1)])
+def test_effective_batch_through_accumulation(batch, gpus, examples, accumulation):
+    from engine.estimate import Assumptions
+    from engine.recommend import hyperparameters
+
+    hps = {h.key: h.value for h in hyperparameters(facts_from_config(LLAMA_7B), "lora",
+                                                   Situation(clean_examples=examples),
+                                                   Assumptions(batch_size=batch, gpus=gpus))}
+    assert hps["gradient_accumulation_steps"] == accumulation
+    effective = batch * gpus * accumulation
+    assert 16 <= effective <= 64 or accumulation == 1
+
+
+def test_sequence_length_and_eval_cadence_follow_the_data():
+    hps = {h.key: h.value for h in plan(facts_from_config(LLAMA_7B), Situation(
+        task="extraction", baseline_score=0.1, target_score=0.9, clean_examples=3200, tokens_p99=300,
+        gpus=[H100])).hyperparameters}
+    assert hps["max_seq_length"] == 512  # next power of two above the 99th percentile
+    steps = 3200 * hps["num_train_epochs"] // (hps["per_device_train_batch_size"]
+                                              * hps["gradient_accumulation_steps"])
+    assert hps["eval_steps"] == hps["save_steps"] == steps // 10
+    assert hps["weight_decay"] == 0.0

@@ -83,19 +83,20 @@ def cmd_plan(args) -> int:
     from engine.recommend import Situation, plan
 
     facts = model_facts(args.model)
-    examples, tokens = args.examples, None
+    examples, tokens, p99 = args.examples, None, None
     if args.data:
         loaded = load_examples(args.data).examples
         examples = examples or len(loaded)
         if loaded:  # about 4 characters a token, plus the chat template's few tokens per turn
-            tokens = int(sum(sum(len(m["content"]) for m in ex.messages) for ex in loaded) / len(loaded) / 4) + 16
+            lengths = sorted(sum(len(m["content"]) for m in ex.messages) // 4 + 16 for ex in loaded)
+            tokens, p99 = sum(lengths) // len(lengths), lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
     gpus = snapshot(args.workspace)["gpus"]
     if args.gpu_memory is not None:
         gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024, "memory_used_mib": 0}] * args.gpus
     situation = Situation(task=args.task, clean_examples=examples, baseline_score=args.baseline,
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
-                          tokens_per_example=tokens, price_per_gpu_hour=args.price)
+                          tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price)
     result = plan(facts, situation, assumptions(args))
     if args.write_config:
         if not args.data:
