@@ -114,7 +114,7 @@ def few_shot_prompt(messages: list[dict], shots: list[list[dict]], system: str |
 
 def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False, limit: int | None = None,
                  shots: int = 3, probes_file: str | None = None, task: str | None = None, fmt=None,
-                 max_new_tokens: int = 96) -> dict:
+                 max_new_tokens: int = 96, judge: tuple[str, str] | None = None) -> dict:
     from engine.data import load_examples
     from engine.metrics import score_rows
     from engine.probes import BUILTIN_PROBES, GENERAL_TEXT, load_user_probes, verdict
@@ -154,6 +154,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
         report["baseline"], _ = score_rows(rows, "baseline", task or cfg.get("task"), fmt)
         report["baseline"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None,
                                   shots=len(shot_examples))
+    if judge:  # optional rubric scores from the user's own OpenAI-compatible endpoint
+        from engine.judge import judge_rows
+
+        for side in ("tuned", "baseline") if baseline else ("tuned",):
+            report[side]["judge_score"] = judge_rows(rows, side, *judge)
     probes = BUILTIN_PROBES + (load_user_probes(probes_file) if probes_file else [])
     probe_prompts = [[{"role": "user", "content": p.prompt}] for p in probes]
     tuned_probe = generate(models.tuned, tok, probe_prompts, 64)
@@ -183,8 +188,10 @@ def markdown_report(report: dict) -> str:
              f"{report['examples']} held-out examples from `{report['data']}`; task metric: "
              f"{report['task_metric']}.", "", "| metric | " + " | ".join(sides) + " |",
              "|---|" + "---|" * len(sides)]
-    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "loss", "perplexity"):
-        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(_fmt(report[s].get(key)) for s in sides) + " |")
+    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "loss", "perplexity",
+                "judge_score"):
+        if any(key in report[s] for s in sides):
+            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(_fmt(report[s].get(key)) for s in sides) + " |")
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -221,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", help="picks the task metric (see engine.metrics)")
     parser.add_argument("--format", help="json, or regex:PATTERN; default: JSON when every reference is JSON")
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--judge-endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    parser.add_argument("--judge-model", default="default", help="model name the judge endpoint serves")
     args = parser.parse_args(argv)
     try:
         report = evaluate_run(args.run_dir, args.data, args.baseline, args.limit, args.shots, args.probes,
-                              args.task, args.format, args.max_new_tokens)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+                              args.task, args.format, args.max_new_tokens,
+                              (args.judge_endpoint, args.judge_model) if args.judge_endpoint else None)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["report_path"] = str(args.run_dir / "eval" / "report.md")

@@ -268,9 +268,10 @@ def _engine_subprocess(module: str, *argv: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def _run_eval(run: Run, data: str | None, baseline: bool, limit: int | None) -> dict:
+def _run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *extra: str) -> dict:
     argv = ["--run-dir", str(run.path)] + (["--data", data] if data else []) + (["--baseline"] if baseline else [])
-    return json.loads(_engine_subprocess("engine.evaluate", *argv, *(["--limit", str(limit)] if limit else [])))
+    return json.loads(_engine_subprocess("engine.evaluate", *argv, *(["--limit", str(limit)] if limit else []),
+                                         *extra))
 
 
 def format_eval(result: dict) -> str:
@@ -278,8 +279,9 @@ def format_eval(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"{v:.0%}" if isinstance(v, float) and v <= 1 else f"{v:.3g}"
     lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}",
              f"{'':<20}" + "".join(f"{s:>10}" for s in sides)]
-    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "perplexity"):
-        lines.append(f"{key.replace('_', ' '):<20}" + "".join(f"{pct(result[s].get(key)):>10}" for s in sides))
+    for key in ("exact_match", "normalised_match", "task_metric", "format_compliance", "perplexity", "judge_score"):
+        if any(key in result[s] for s in sides):
+            lines.append(f"{key.replace('_', ' '):<20}" + "".join(f"{pct(result[s].get(key)):>10}" for s in sides))
     lines.append(f"forgetting: {result['forgetting']['verdict']}")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
@@ -287,7 +289,8 @@ def format_eval(result: dict) -> str:
 
 def cmd_eval(args) -> int:
     run = resolve_run(args.run, args.workspace)
-    result = _run_eval(run, args.data, args.baseline, args.limit)
+    judge = ["--judge-endpoint", args.judge_endpoint, "--judge-model", args.judge_model] if args.judge_endpoint else []
+    result = _run_eval(run, args.data, args.baseline, args.limit, *judge)
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0
 
@@ -398,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="held-out file (default: the run's test_data, else eval_data)")
     p.add_argument("--baseline", action="store_true", help="also the prompted base model (3-shot)")
     p.add_argument("--limit", type=int, help="evaluate the first N examples")
+    p.add_argument("--judge-endpoint", help="optional LLM judge: an OpenAI-compatible base URL (off by default)")
+    p.add_argument("--judge-model", default="default")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", parents=[common], help="export the adapter, or the merged model")
