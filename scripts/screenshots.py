@@ -118,7 +118,9 @@ def main() -> None:
                                           lambda app: isinstance(app.screen, DataScreen) and app.screen.result
                                           and not app.screen.loading)))
         if "eval" in only:
-            made.append(asyncio.run(shoot(TunedeckApp(eval_workspace(tmp / "eval-ws"), mode="eval"), "eval", args.out,
+            # A workspace given (e.g. the demo's, ~/tunedeck) shows its real evaluation; else a fixture report.
+            eval_ws = args.workspace if args.workspace else eval_workspace(tmp / "eval-ws")
+            made.append(asyncio.run(shoot(TunedeckApp(eval_ws, mode="eval"), "eval", args.out,
                                           lambda app: isinstance(app.screen, EvalScreen) and app.screen.report)))
         if "monitor" in only:
             run_id, run = args.run, None
