@@ -20,7 +20,7 @@ assumption is a field of `Assumptions` and can be changed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from engine.models import ModelFacts
 
@@ -203,7 +203,3 @@ def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: fl
 
 def estimate_all(model: ModelFacts, a: Assumptions | None = None) -> dict[str, Estimate]:
     return {method: estimate(model, method, a) for method in ("full", "lora", "qlora")}
-
-
-def assumptions_dict(a: Assumptions) -> dict:
-    return asdict(a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from engine.models import ModelError, resolve_model
@@ -35,3 +37,26 @@ def test_repo_id_in_local_hf_cache(tmp_path, monkeypatch):
     (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_model("someorg/tiny").path == str(snapshot)
+
+
+def test_find_models_lists_directories_gguf_and_cache(tiny_project, tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "models", str(tiny_project), "--json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    specs = {(m["kind"], m["spec"]) for m in json.loads(out.stdout)}
+    assert ("directory", str(tiny_project / "tiny-model")) in specs
+    assert ("hf-cache", "org/cached") in specs
+    gguf = subprocess.run([sys.executable, "-m", "tui.cli", "models", str(tmp_path), "--json"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert ("gguf", str(tmp_path / "m.gguf")) in {(m["kind"], m["spec"]) for m in json.loads(gguf.stdout)}

