@@ -497,6 +497,10 @@ class Recipe:
     def cleanup(self) -> None:
         if self.writes:
             shutil.rmtree(self.run.path / ".staging", ignore_errors=True)  # partial saves only
+        if dist.is_available() and dist.is_initialized():
+            # Left to interpreter exit, gloo's threads can abort a rank ("terminate called without an
+            # active exception") and torchrun then reports the whole run as failed.
+            dist.destroy_process_group()
         self.board.close()
         if self.events is not None:
             self.events.close()
