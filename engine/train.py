@@ -458,6 +458,8 @@ class Recipe:
         final = "stopped" if self.stop_requested else "completed"
         self.set_state(final, step=step, early_stopped=self.early_stopped, train_runtime=runtime,
                        train_tokens_per_second=round(tokens / runtime, 1) if runtime else None)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # after a clean finish ranks leave together: none exits while rank 0 saves
         return final
 
     def _restore_best(self, previous: dict) -> None:
@@ -498,8 +500,6 @@ class Recipe:
         if self.writes:
             shutil.rmtree(self.run.path / ".staging", ignore_errors=True)  # partial saves only
         if dist.is_available() and dist.is_initialized():
-            # Left to interpreter exit, gloo's threads can abort a rank ("terminate called without an
-            # active exception") and torchrun then reports the whole run as failed.
             dist.destroy_process_group()
         self.board.close()
         if self.events is not None:

@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe.cleanup()
         if lock is not None:
             lock.close()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, interpreter teardown can hit a joinable C++ thread in the distributed
+        # backend and abort a rank after a clean finish; everything is written and closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
