@@ -27,6 +27,8 @@ def worker_command(run: Run, resume: bool, nproc_per_node: int) -> list[str]:
 
 
 def spawn(run: Run, resume: bool = False, detach: bool = True) -> subprocess.Popen:
+    if resume and run.status().get("state") == "completed":
+        raise RunError(f"run {run.id} completed; start a new run to train further")
     if run.engine_running():
         raise RunError(f"run {run.id} already has an engine running; "
                        f"stop it first with `tunedeck stop {run.id}`")
@@ -62,8 +64,5 @@ def start_detached(config_path: Path, workspace: Path) -> Run:
 
 
 def resume_detached(run: Run) -> Run:
-    state = run.status().get("state")
-    if state == "completed":
-        raise RunError(f"run {run.id} completed; start a new run to train further")
     spawn(run, resume=True)
     return run

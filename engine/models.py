@@ -144,6 +144,12 @@ def analytic_parameters(layers: int, hidden: int, intermediate: int, kv_dim: int
     return layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
 
 
+def _analytic_count(facts: dict) -> int:
+    kv_dim = facts["kv_heads"] * (facts["hidden"] // facts["heads"])
+    return analytic_parameters(facts["layers"], facts["hidden"], facts["intermediate"], kv_dim,
+                               facts["vocab"], facts["tied_embeddings"])
+
+
 def safetensors_parameters(directory: Path) -> dict[str, int] | None:
     """Parameter count per dtype from safetensors headers (the first 8 bytes give the header size)."""
     files = sorted(directory.glob("*.safetensors"))
@@ -220,10 +226,7 @@ def model_facts(spec: str) -> ModelFacts:
         dtypes = safetensors_parameters(directory)
         source = "safetensors"
     if not dtypes:
-        kv_dim = facts["kv_heads"] * (facts["hidden"] // facts["heads"])
-        total = analytic_parameters(facts["layers"], facts["hidden"], facts["intermediate"], kv_dim,
-                                    facts["vocab"], facts["tied_embeddings"])
-        dtypes, source = {"unknown": total}, "config"
+        dtypes, source = {"unknown": _analytic_count(facts)}, "config"
     if spec == DEMO_MODEL or facts["name"] in ("", None):
         facts["name"] = "SmolLM2-135M-Instruct"
     return ModelFacts(**facts, parameters=sum(dtypes.values()), parameter_source=source, dtypes=dtypes)
@@ -232,9 +235,7 @@ def model_facts(spec: str) -> ModelFacts:
 def facts_from_config(config: dict, name: str = "model") -> ModelFacts:
     """Facts from a config mapping alone (no weights): the analytic parameter count."""
     facts = _config_facts(config, name)
-    kv_dim = facts["kv_heads"] * (facts["hidden"] // facts["heads"])
-    total = analytic_parameters(facts["layers"], facts["hidden"], facts["intermediate"], kv_dim,
-                                facts["vocab"], facts["tied_embeddings"])
+    total = _analytic_count(facts)
     return ModelFacts(**facts, parameters=total, parameter_source="config", dtypes={"unknown": total})
 
 

@@ -29,12 +29,19 @@ def test_missing_and_uncached_models_say_what_to_do(tmp_path, monkeypatch):
         resolve_model(str(tmp_path / "empty"))
 
 
-def test_repo_id_in_local_hf_cache(tmp_path, monkeypatch):
-    snapshot = tmp_path / "hub" / "models--someorg--tiny" / "snapshots" / "abc123"
+def fake_hf_cache(hub, repo_id: str):
+    """The Hugging Face cache layout for one repo: snapshots/<hash>/config.json and refs/main."""
+    root = hub / f"models--{repo_id.replace('/', '--')}"
+    snapshot = root / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--someorg--tiny" / "refs").mkdir()
-    (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("abc123")
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("abc123")
+    return snapshot
+
+
+def test_repo_id_in_local_hf_cache(tmp_path, monkeypatch):
+    snapshot = fake_hf_cache(tmp_path / "hub", "someorg/tiny")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_model("someorg/tiny").path == str(snapshot)
 
@@ -45,11 +52,7 @@ def test_find_models_lists_directories_gguf_and_cache(tiny_project, tmp_path, mo
     import sys
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
-    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc")
+    fake_hf_cache(tmp_path / "hub", "org/cached")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = subprocess.run([sys.executable, "-m", "tui.cli", "models", str(tiny_project), "--json"],
                          capture_output=True, text=True, env=env, timeout=60)

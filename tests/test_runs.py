@@ -129,3 +129,12 @@ def test_list_and_resolve(tmp_path):
         resolve_run("nope", ws)
     with pytest.raises(RunError):
         resolve_run("../../etc", ws)
+
+
+def test_completed_run_is_not_resumed(run):
+    write_atomic(run.status_path, json.dumps({"state": "completed", "heartbeat": time.time()}))
+    for detach in ([], ["--detach"]):
+        result = subprocess.run([sys.executable, "-m", "tui.cli", "resume", str(run.path), *detach],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "completed; start a new run" in result.stderr
+    assert not run.log_path.exists()  # no engine was started

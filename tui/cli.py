@@ -224,9 +224,6 @@ def cmd_resume(args) -> int:
         else:
             print(f"resuming {run.id} from {checkpoint.name if checkpoint else 'step 0'}")
         return 0
-    state = run.status().get("state")
-    if state == "completed":
-        raise CliError(f"run {run.id} completed; start a new run to train further")
     for reason in skipped:
         print(f"skipping {reason}")
     return _foreground(run, resume=True, as_json=args.json)
@@ -235,8 +232,7 @@ def cmd_resume(args) -> int:
 def cmd_attach(args) -> int:
     run = resolve_run(args.run, args.workspace)
     if args.plain or not sys.stdout.isatty():
-        status = follow(run)
-        return 0 if status.get("state") in ("completed", "stopped") else 1
+        return _exit_code(follow(run))
     from tui.app import run_app
 
     run_app(args.workspace, attach=str(run.path))
