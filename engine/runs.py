@@ -27,7 +27,8 @@ import yaml
 
 SCHEMA_VERSION = 1
 HEARTBEAT_SECONDS = 1.0
-# A heartbeat older than this, with the pid gone, means the engine died.
+# A heartbeat older than this, with no pid alive, means the engine died (a recorded pid that is
+# gone while engine.lock is free means it at once).
 STALE_AFTER_SECONDS = 10.0
 
 ACTIVE_STATES = {"starting", "running", "paused", "evaluating", "checkpointing", "stopping"}
@@ -140,12 +141,14 @@ class Run:
         return status
 
     def engine_dead(self, status: dict) -> bool:
-        heartbeat = float(status.get("heartbeat") or 0)
-        if time.time() - heartbeat < STALE_AFTER_SECONDS:
-            return False
         if status.get("host") not in (None, socket.gethostname()):
             return False  # another machine's pid cannot be checked from here
-        return not pid_alive(status.get("pid"))
+        if pid_alive(status.get("pid")):
+            return False
+        if status.get("pid") and not self.engine_running():
+            return True  # its pid is gone and nobody holds the lock: no need to wait for staleness
+        heartbeat = float(status.get("heartbeat") or 0)
+        return time.time() - heartbeat >= STALE_AFTER_SECONDS
 
     def engine_running(self) -> bool:
         """True while an engine holds this run's lock (engine.worker takes it for its whole life)."""

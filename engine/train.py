@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -30,14 +29,11 @@ from engine.health import EarlyStopping, HealthMonitor
 from engine.models import resolve_model
 from engine.runs import (COMPLETE_MARKER, HEARTBEAT_SECONDS, EventWriter, Run, ensure_private_dir,
                          write_atomic)
+from engine.stopping import SIGNALS, StopNow
 from engine.tokenize import FALLBACK_CHAT_TEMPLATE, encode_examples
 
 OOM_ADVICE = ("out of memory: try per_device_train_batch_size 1 with gradient_accumulation_steps, "
               "gradient_checkpointing: true, method: qlora, or a shorter max_seq_length")
-
-
-class StopNow(Exception):
-    """Leave at once, without a checkpoint (stop_now, or a second signal)."""
 
 
 def rank() -> int:
@@ -124,7 +120,6 @@ class RunCallback(TrainerCallback):
         self.r = recipe
         self.health = HealthMonitor(recipe.cfg.divergence_factor, recipe.cfg.grad_spike_factor)
         self.early = EarlyStopping(recipe.cfg.early_stopping_patience, recipe.cfg.early_stopping_threshold)
-        self.signals = 0
         self.paused = False
         self._last_log = (time.time(), 0)
         self._evaluating = False
@@ -137,8 +132,8 @@ class RunCallback(TrainerCallback):
     def _poll(self) -> dict:
         """Requested actions from commands (rank 0) and signals, agreed across ranks."""
         wants = dict.fromkeys(("stop", "stop_now", "pause", "resume", "checkpoint", "eval"), False)
-        wants["stop"] = self.signals >= 1
-        wants["stop_now"] = self.signals >= 2
+        wants["stop"] = SIGNALS.count >= 1
+        wants["stop_now"] = SIGNALS.count >= 2
         if self.r.writes:
             for command in self.r.run.pending_commands():
                 wants[command["command"]] = True
@@ -449,7 +444,6 @@ class Recipe:
                 self._restore_best(self.previous_status)
         self.set_state("running", step=self.start_step, resumed_from=str(resume_from) if resume_from else None)
         self.started_at = time.time()
-        self._install_signal_handlers()
         output = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = self.trainer.state.global_step
         runtime = output.metrics.get("train_runtime") or 0
@@ -486,15 +480,6 @@ class Recipe:
             os.replace(tmp, out)
             self.event("state", state="saved", path=str(out))
             self.board.update(output=str(out))
-
-    def _install_signal_handlers(self) -> None:
-        def handle(signum, _frame):
-            self.callback.signals += 1
-            if self.callback.signals >= 2:
-                raise StopNow(signal.Signals(signum).name)
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
 
     def cleanup(self) -> None:
         if self.writes:

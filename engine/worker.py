@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -18,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a ty
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.config import ConfigError, parse_config  # noqa: E402
-from engine.runs import Run, RunError  # noqa: E402
+from engine.runs import Run, RunError, write_atomic  # noqa: E402
+from engine.stopping import SIGNALS, StopNow  # noqa: E402
 
 
 def acquire_lock(run: Run):
@@ -54,19 +57,32 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    SIGNALS.arm()  # first; spawn starts us with stop signals blocked until now, so none is lost
     parser = argparse.ArgumentParser(prog="python -m engine.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     run = Run(args.run_dir.resolve())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        lock = acquire_lock(run) if rank0 else None
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # the running engine's files are left alone
+        return 2
     try:
         cfg = parse_config(run.config(), base_dir=run.path)
-        lock = acquire_lock(run) if int(os.environ.get("RANK", "0")) == 0 else None
-    except (ConfigError, RunError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if rank0:
+            write_atomic(run.status_path, json.dumps({**run.status(), "state": "failed", "pid": os.getpid(),
+                                                      "heartbeat": time.time(), "error": f"config: {exc}"}))
         return 2
-
-    from engine.train import Recipe, StopNow
+    try:
+        from engine.train import Recipe  # seconds of torch import
+    except StopNow:
+        return _stopped_before_start(run, rank0)
+    if SIGNALS.count:
+        return _stopped_before_start(run, rank0)
 
     recipe = Recipe(cfg, run, resume=args.resume)
     code = 0
@@ -92,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _stopped_before_start(run: Run, rank0: bool) -> int:
+    """A stop signal arrived while the engine started: nothing trained, nothing to save."""
+    if rank0:
+        write_atomic(run.status_path, json.dumps({**run.status(), "state": "stopped", "pid": os.getpid(),
+                                                  "heartbeat": time.time(),
+                                                  "reason": "stop signal before training started"}))
+    return 0
 
 
 def _step(recipe) -> int | None:
