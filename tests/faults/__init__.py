@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,8 @@ def run_suite(faults: list[Fault], seed: int, env: Env, trials: int | None = Non
         row = {"fault": f.name, "trials": n, "survived": sum(o.survived for o in outcomes),
                "lost": sum(o.lost for o in outcomes), "seconds": round(time.time() - started, 1),
                "failures": [o.detail for o in outcomes if not o.survived],
-               "notes": sorted({o.detail for o in outcomes if o.survived and o.detail})}
+               "notes": [f"{n}x {d}" for d, n in Counter(o.detail for o in outcomes if o.survived and o.detail)
+                         .most_common()]}
         rows.append(row)
         report(format_row(row))
     return rows
