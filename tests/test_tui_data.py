@@ -74,6 +74,34 @@ async def test_quit_and_reopen_resumes_with_every_verdict(tmp_path, dataset):
         assert "[BAD]" in screen_text(pilot.app)
 
 
+async def test_reopen_resumes_where_undo_search_or_spot_check_moved(tmp_path, dataset):
+    """Found by the fault suite (app killed during data review): undo, a search and a spot-check
+    moved to another example without storing it as the position, so reopening showed another one."""
+    async def reopened_at() -> int:
+        async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+            return (await loaded(pilot)).current()
+
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("g", "g", "j", "u")  # undo goes back to the second example
+        assert screen.current() == 1
+    assert await reopened_at() == 1
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("slash", *"error", "enter")
+        await pilot.pause()
+        shown = screen.current()
+        assert shown not in (None, 1)
+    assert await reopened_at() == shown
+    async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("r", "enter")
+        await pilot.pause()
+        shown = screen.current()
+        assert screen.spot is not None and shown == screen.spot[0]
+    assert await reopened_at() == shown
+
+
 async def test_next_flagged_filter_and_bulk_verdict(tmp_path, dataset):
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
         screen = await loaded(pilot)

@@ -86,6 +86,7 @@ class DataScreen(ModeScreen):
         self.template = None
         self.first = None
         self.loading = False
+        self.remembered: str | None = None  # the example whose hash is stored as the position
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="data-head")
@@ -190,7 +191,7 @@ class DataScreen(ModeScreen):
         self.filter = self.store.get_meta("filter", "all")
         self.spot = None
         self._apply_filter(self.filter, keep_position=False)
-        where = self.store.get_meta("position")
+        where = self.remembered = self.store.get_meta("position")
         if where in self.hashes:
             index = self.hashes.index(where)
             if index not in self.view:
@@ -236,6 +237,7 @@ class DataScreen(ModeScreen):
             pos_line.update(Text(f"filter {self.filter}: no examples match · f to change the filter"))
             body.update("")
             return
+        self._remember_position()  # whatever moved it (a key, undo, a filter, a spot-check), before it shows
         ex = self.result.examples[index]
         review = self.reviews.get(self.hashes[index]) or {}
         line = Text()
@@ -305,16 +307,17 @@ class DataScreen(ModeScreen):
         return True
 
     def _remember_position(self) -> None:
+        """Store the example shown as the place to reopen at (committed; only when it changed)."""
         index = self.current()
-        if index is not None and self.store is not None:
+        if index is not None and self.store is not None and self.hashes[index] != self.remembered:
             self.store.set_meta("position", self.hashes[index])
+            self.remembered = self.hashes[index]
 
     # ---- keys ----
     def action_move(self, delta: int) -> None:
         if not self._ready() or not self.view:
             return
         self.pos = max(0, min(len(self.view) - 1, self.pos + delta))
-        self._remember_position()
         self.refresh_view()
 
     def action_verdict(self, verdict: str) -> None:
@@ -325,7 +328,6 @@ class DataScreen(ModeScreen):
         self.reviews[key] = self.store.get(key)
         if self.pos < len(self.view) - 1:
             self.pos += 1
-        self._remember_position()
         self.refresh_view()
 
     def action_undo(self) -> None:
@@ -430,7 +432,6 @@ class DataScreen(ModeScreen):
             i = self.view[pos]
             if i in self.flags or i in self.duplicate_of:
                 self.pos = pos
-                self._remember_position()
                 self.refresh_view()
                 return
         self.notify("No flagged example in this view.")
