@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from engine.runs import ensure_private_dir
+
 CHOICES = ("A", "B", "tie", "skip")
 Z95 = 1.959963984540054
 
@@ -89,7 +91,7 @@ class ABStore:
 
     def __init__(self, path: str | Path, pairs: Iterable[dict | tuple] = (), seed: str | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.path.parent, tighten=False)  # <run>/eval/: created owner-only
         self.lock = threading.Lock()  # the UI judges on its thread, a worker may read on another
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")

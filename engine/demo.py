@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from engine.models import demo_gguf, demo_model_dir
+from engine.runs import PRIVATE_UMASK, ensure_private_dir
 
 INSTRUCTION = "Extract the person's name, age and city from the text. Answer with JSON only."
 FIRST = ["Maria", "John", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Fatima", "Ivan", "Chloe", "Kwame",
@@ -94,7 +95,7 @@ def clean_copy(path: Path) -> tuple[Path, list[str]]:
 
 def write_demo_data(out_dir: Path, train_size: int = 300, test_size: int = 40) -> dict[str, Path]:
     """train.jsonl (with planted defects) and a clean, disjoint test.jsonl."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out_dir)  # in the workspace, which this may be the first thing to create
     train = demo_rows(train_size, seed=1)
     train = train + planted_defects(train)
     random.Random(2).shuffle(train)
@@ -117,18 +118,18 @@ def prepare_demo_model() -> Path:
         "import sys, torch\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "d, f, out = sys.argv[1:4]\n"
-        "tok = AutoTokenizer.from_pretrained(d, gguf_file=f)\n"
-        "model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)\n"
+        "tok = AutoTokenizer.from_pretrained(d, gguf_file=f, trust_remote_code=False)\n"
+        "model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, trust_remote_code=False)\n"
         "model.hf_quantizer = None  # dequantized to fp32 already; drop the GGUF marker so it saves\n"
         "if hasattr(model.config, 'quantization_config'): del model.config.quantization_config\n"
         "model.save_pretrained(out); tok.save_pretrained(out)\n"
     )
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(partial.parent)  # ~/.cache/tunedeck/models, owner-only like everything tunedeck keeps
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     result = subprocess.run([sys.executable, "-c", code, str(gguf.parent), gguf.name, str(partial)],
-                            env=env, capture_output=True, text=True)
+                            env=env, capture_output=True, text=True, umask=PRIVATE_UMASK)
     if result.returncode != 0:
         raise RuntimeError(f"converting {gguf} failed:\n{result.stderr[-2000:]}")
     os.replace(partial, target)

@@ -82,7 +82,8 @@ class Models:
             path, dtype=dtype, local_files_only=True, trust_remote_code=bool(cfg.get("trust_remote_code")), **kw
         ).to(device).eval()
         adapter, full = run_dir / "adapter", run_dir / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter.is_dir() else full)
+        self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter.is_dir() else full,
+                                                       trust_remote_code=bool(cfg.get("trust_remote_code")))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         base = load(ref.path, gguf_file=ref.gguf_file)
@@ -118,7 +119,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     from engine.data import load_examples
     from engine.metrics import score_rows
     from engine.probes import BUILTIN_PROBES, GENERAL_TEXT, load_user_probes, verdict
-    from engine.runs import Run
+    from engine.runs import Run, ensure_private_dir
 
     run = Run(run_dir)
     cfg = run.config()
@@ -169,8 +170,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     report["forgetting"] = verdict(probes, base_probe, tuned_probe, base_ppl, tuned_ppl)
     report["seconds"] = round(time.time() - started, 1)
     report["rows"] = rows
-    out = run.path / "eval"
-    out.mkdir(exist_ok=True, mode=0o700)
+    out = ensure_private_dir(run.path / "eval")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown_report(report))
     return report
@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge-endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     parser.add_argument("--judge-model", default="default", help="model name the judge endpoint serves")
     args = parser.parse_args(argv)
+    from engine.runs import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)  # the report and everything else written under the run: owner-only
     try:
         report = evaluate_run(args.run_dir, args.data, args.baseline, args.limit, args.shots, args.probes,
                               args.task, args.format, args.max_new_tokens,

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from engine.data import DataError, LoadResult, content_hash
+from engine.runs import ensure_private_dir
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -27,7 +28,7 @@ def write_examples(messages_list: list[list[dict]], path: str | Path, fmt: str |
     """Write conversations (`messages` rows); written to a temporary name, then renamed."""
     path = Path(path)
     fmt = output_format(path, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent, tighten=False)  # folders it creates are owner-only; yours stay as they are
     tmp = path.with_name(path.name + ".partial")
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,17 +17,45 @@ from pathlib import Path
 
 from engine.config import RunConfig, load_config
 from engine.data import fingerprint
-from engine.runs import ACTIVE_STATES, Run, RunError, create_run, pid_alive, write_atomic
+from engine.runs import (ACTIVE_STATES, Run, RunError, create_run, ensure_private_dir, pid_alive,
+                         write_atomic)
 from engine.stopping import STOP_SIGNALS
+
+
+DDP_DIR = ".ddp"  # in the run directory: the rendezvous and process-group files of a torchrun launch
 
 
 def worker_command(run: Run, resume: bool, nproc_per_node: int) -> list[str]:
     worker = ["-m", "engine.worker", "--run-dir", str(run.path)] + (["--resume"] if resume else [])
     if nproc_per_node > 1:
-        # One process per GPU under DDP; rank 0 alone writes the run directory.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={nproc_per_node}", *worker]
+        # One process per GPU under DDP; rank 0 alone writes the run directory. Not --standalone: its
+        # rendezvous is a TCP store that listens on every interface (:: even for a 127.0.0.1 endpoint);
+        # a file store in the run directory needs no port at all (see ddp_env).
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={run.path / DDP_DIR / 'rendezvous'}", "--rdzv-conf=store_type=file",
+                f"--rdzv-id={run.id}", "--local-addr=127.0.0.1", *worker]
     return [sys.executable, *worker]
+
+
+def loopback_interface() -> str:
+    """The name of the interface that carries 127.0.0.1 (`lo` on Linux)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addresses):
+            return name
+    return "lo"
+
+
+def ddp_env(run: Run) -> dict[str, str]:
+    """What a torchrun launch needs so that nothing listens beyond loopback: the agent opens no TCP
+    store for its workers, the ranks join through a file store (engine.train.init_distributed), and
+    gloo's and NCCL's own sockets are bound to the loopback interface (one node: nothing else is needed)."""
+    loopback = loopback_interface()
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            "TUNEDECK_DDP_STORE": str(run.path / DDP_DIR / "process-group"),
+            "GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback}
 
 
 def spawn(run: Run, resume: bool = False, detach: bool = True) -> subprocess.Popen:
@@ -49,6 +78,10 @@ def _start_engine(run: Run, resume: bool, detach: bool, status: dict) -> subproc
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     nproc = int(cfg.get("nproc_per_node") or 1)
+    if nproc > 1:
+        shutil.rmtree(run.path / DDP_DIR, ignore_errors=True)  # a store left by an earlier launch would mislead
+        ensure_private_dir(run.path / DDP_DIR)
+        env.update(ddp_env(run))
     # A single engine starts with stop signals blocked (the mask survives exec) and unblocks them once
     # its handler is armed, so a SIGTERM during interpreter start-up stops the run instead of killing it.
     # torchrun is left as it is: it forwards signals to its workers itself.

@@ -16,6 +16,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from engine.runs import ensure_private_dir
+
 VERDICTS = ("good", "bad", "skip")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review (hash TEXT PRIMARY KEY, verdict TEXT, note TEXT, edit TEXT, updated REAL);
@@ -40,9 +42,23 @@ def store_path(dataset: str | Path) -> Path:
 
 
 class ReviewStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readable_as: str | Path | None = None):
+        """`readable_as`: the dataset reviewed. The store holds copies of its examples (edits, notes),
+        so a new store is never more readable than it: owner read-write plus the dataset's read bits
+        (SQLite gives its -wal and -shm files the same mode); 0600 without a dataset."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.path.parent, tighten=False)  # new folders 0700; the dataset's own folder as it is
+        if not self.path.exists():
+            mode = 0o600
+            if readable_as is not None:
+                try:
+                    mode |= os.stat(readable_as).st_mode & 0o044
+                except OSError:
+                    pass
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))  # empty = a new database
+            except FileExistsError:
+                pass
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -50,7 +66,7 @@ class ReviewStore:
 
     @classmethod
     def for_dataset(cls, dataset: str | Path) -> "ReviewStore":
-        return cls(store_path(dataset))
+        return cls(store_path(dataset), readable_as=dataset)
 
     def close(self) -> None:
         self.db.close()

@@ -47,9 +47,38 @@ def default_workspace() -> Path:
     return Path(os.environ.get("TUNEDECK_WORKSPACE", Path.home() / "tunedeck")).expanduser()
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create a directory readable by its owner only: datasets and adapters are often private."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+# The engine and the eval/export processes run under this umask: what they write is owner-only.
+PRIVATE_UMASK = 0o077
+
+
+def ensure_private_dir(path: Path, tighten: bool = True) -> Path:
+    """A directory readable by its owner only: datasets and adapters are often private.
+
+    It and every missing parent are created 0700 (mkdir's mode covers only the last component of
+    `parents=True` and is masked by the umask; an explicit chmod makes it exactly 0700). An
+    existing directory is tightened to its owner when `tighten` (tunedeck's own directories: runs/,
+    a run's subdirectories, caches) and left as it is otherwise (a directory the user made or named,
+    such as a workspace that already exists or the folder of an output path)."""
+    path = Path(path)
+    missing, parent = [], path
+    while not parent.exists() and parent.parent != parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made by another process meanwhile: treat it as existing
+            if not directory.is_dir():
+                raise
+            continue
+        os.chmod(directory, 0o700)
+    if tighten and not missing:
+        mode = path.stat().st_mode & 0o7777
+        if mode & 0o077:
+            try:
+                os.chmod(path, mode & ~0o077)
+            except PermissionError:
+                pass  # someone else's directory: nothing we may change
     return path
 
 
@@ -265,7 +294,7 @@ def create_run(workspace: Path, config: dict, *, name: str = "run", argv: list[s
     """Make a run directory with config.yaml, run.json and a `starting` status."""
     import hashlib
 
-    runs_dir = ensure_private_dir(ensure_private_dir(workspace) / "runs")
+    runs_dir = ensure_private_dir(ensure_private_dir(workspace, tighten=False) / "runs")
     run = Run(runs_dir / new_run_id(name))
     ensure_private_dir(run.path)
     ensure_private_dir(run.control_dir)

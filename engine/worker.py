@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a ty
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.config import ConfigError, parse_config  # noqa: E402
-from engine.runs import Run, RunError, write_atomic  # noqa: E402
+from engine.runs import PRIVATE_UMASK, Run, RunError, write_atomic  # noqa: E402
 from engine.stopping import SIGNALS, StopNow  # noqa: E402
 
 
@@ -52,12 +52,39 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}", OOM_ADVICE
     if isinstance(exc, OSError) and exc.errno == 28:
         return f"disk full: {exc}", "free disk space, then `tunedeck resume` from the last complete checkpoint"
+    refused = refused_pickle(exc)
+    if refused is not None:
+        return refused
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {first}", "see engine.log for the traceback"
 
 
+def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
+    """torch.load(weights_only=True) met a pickled object that is not a tensor (a planted or foreign
+    checkpoint): say which file and which object, not torch's advice to load it without weights_only."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    path, tb = None, exc.__traceback__
+    while tb is not None:  # the file is torch.load's argument, in its frame
+        code = tb.tb_frame.f_code
+        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            f = tb.tb_frame.f_locals.get("f")
+            path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+        tb = tb.tb_next
+    return (f"refused to unpickle {path or 'a checkpoint or weights file'}: it holds Python objects"
+            f"{f' ({found.group(1)})' if found else ''}, not only tensors, and loading it could run code",
+            "tunedeck loads .bin/.pt/.pth files with weights_only: resume from an earlier checkpoint "
+            "(delete this one), or use safetensors weights from a source you trust")
+
+
 def main(argv: list[str] | None = None) -> int:
     SIGNALS.arm()  # first; spawn starts us with stop signals blocked until now, so none is lost
+    os.umask(PRIVATE_UMASK)  # all the Trainer, peft and TensorBoard write under the run is owner-only
     parser = argparse.ArgumentParser(prog="python -m engine.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")

@@ -25,7 +25,7 @@ from textual.widgets import ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
 from engine.ab import ABStore, Pair, pairs_from_report
-from engine.runs import Run, RunError, list_runs
+from engine.runs import Run, RunError, ensure_private_dir, list_runs
 from tui.follow import fmt_age
 from tui.screens.base import ModeScreen
 from tui.widgets.eval_views import (answer_text, example_view, forgetting_view, metrics_view,
@@ -364,7 +364,7 @@ class EvalScreen(ModeScreen):
         source = run.path / "eval" / "report.md"
         if not source.is_file():
             raise RunError(f"{run.id} has no eval/report.md; run `tunedeck eval {run.id}` again to write it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent, tighten=False)  # reports/ is created owner-only
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.copyfile(source, tmp)
         tmp.replace(path)  # a reader never sees half a report

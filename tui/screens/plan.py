@@ -311,8 +311,10 @@ class PlanScreen(ModeScreen):
     def write_config(self, result: Computed, path: Path) -> None:
         import yaml
 
+        from engine.runs import ensure_private_dir
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(path.parent, tighten=False)  # configs/ is created owner-only
             path.write_text(yaml.safe_dump(result.plan.config(result.inputs.model, str(result.data_path)),
                                            sort_keys=False))
         except OSError as exc:
