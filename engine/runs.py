@@ -123,6 +123,28 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+# Status fields that readers do arithmetic with; a damaged file's wrong types are dropped.
+NUMERIC_STATUS_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm",
+                         "tokens_seen", "tokens_per_second", "eta_seconds", "heartbeat", "pid",
+                         "best_metric", "best_step", "cuda_memory_gb")
+
+
+def _sane(status: dict) -> dict:
+    """A status object readers can trust the types of: an unknown state reads `unknown`."""
+    status = {k: v for k, v in status.items() if k not in NUMERIC_STATUS_FIELDS
+              or isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not isinstance(status.get("warnings", []), list):
+        del status["warnings"]
+    for key in ("error", "model", "method", "host", "run_id"):
+        if key in status and status[key] is not None and not isinstance(status[key], str):
+            status[key] = str(status[key])
+    state = status.get("state")
+    if not isinstance(state, str) or state not in ACTIVE_STATES | FINAL_STATES:
+        status["error"] = status.get("error") or f"status.json has no known state ({str(state)[:40]})"
+        status["state"] = "unknown"
+    return status
+
+
 @dataclass
 class Run:
     """One run directory, with helpers to read and write its files."""
@@ -159,12 +181,13 @@ class Run:
         if status is None:
             reason = "status.json is missing" if not self.status_path.exists() else "status.json is damaged"
             status = {"state": "unknown", "error": reason}
+        status = _sane(status)
         status.setdefault("run_id", self.id)
         if status.get("state") in ACTIVE_STATES and self.engine_dead(status):
             status["state"] = "crashed"
             status["error"] = status.get("error") or (
-                f"engine (pid {status.get('pid')}) is gone and its last heartbeat is "
-                f"{time.time() - float(status.get('heartbeat', 0)):.0f}s old; "
+                f"engine (pid {status.get('pid')}) is gone, last heartbeat "
+                f"{time.time() - float(status.get('heartbeat', 0)):.0f}s ago; "
                 f"see {self.log_path} and run `tunedeck resume {self.id}`"
             )
         return status
@@ -237,14 +260,15 @@ class Run:
         return cmd_id
 
     def pending_commands(self) -> list[dict]:
-        """Commands not yet applied, oldest first; damaged files are moved aside."""
+        """Commands not yet applied, oldest first; damaged files and repeats are moved aside."""
         if not self.control_dir.is_dir():
             return []
         commands = []
+        done = self.control_dir / "done"
         for p in sorted(self.control_dir.glob("cmd-*.json")):
             data = read_json(p)
-            if data is None or data.get("command") not in COMMANDS:
-                self._retire_command(p)
+            if data is None or data.get("command") not in COMMANDS or (done / p.name).exists():
+                self._retire_command(p)  # damaged, or delivered again after it was applied: once is enough
                 continue
             data["_path"] = str(p)
             commands.append(data)
