@@ -7,6 +7,8 @@ people can carry their habits over.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,10 @@ import yaml
 
 class ConfigError(ValueError):
     """One line naming the key or path at fault and what to do."""
+
+
+class _Refused(ConfigError):
+    """A value of the right type that no type of the key can take (not finite, a NUL character)."""
 
 
 @dataclass
@@ -99,6 +105,22 @@ class RunConfig:
 PATH_KEYS = ("data", "eval_data", "test_data")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
+# Bounds of the numbers that TrainingArguments, peft and the health monitor would otherwise refuse (or
+# misuse) only after the run has started: (low, high, low inclusive), None for no bound.
+FLOAT_RANGES = {
+    "num_train_epochs": (0.0, None, False),
+    "warmup_steps": (0.0, None, True),  # below 1 a fraction of the steps, else a number of steps
+    "weight_decay": (0.0, None, True),
+    "max_grad_norm": (0.0, None, True),  # 0 turns clipping off; a negative norm would flip the gradients
+    "lora_dropout": (0.0, 1.0, True),
+    "early_stopping_threshold": (0.0, None, True),
+    "divergence_factor": (1.0, None, False),  # loss this many times its running minimum: at most 1 is always
+    "grad_spike_factor": (1.0, None, False),
+}
+MAX_INT = 2**31 - 1  # no count or length is larger; a larger one overflows a C int downstream
+_SHORT = reprlib.Repr()  # a value in a message: one short line, even for a huge or deeply nested one
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
 POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "max_seq_length", "logging_steps", "lora_r",
                      "nproc_per_node", "eval_steps", "save_steps", "save_total_limit",
@@ -113,6 +135,11 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
+def _short(value: Any) -> str:
+    text = _SHORT.repr(value)
+    return text if len(text) <= 160 else text[:150] + "...]"
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """The value as the declared type, or ConfigError naming the key."""
     origin = typing.get_origin(hint)
@@ -120,6 +147,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         for option in typing.get_args(hint):
             try:
                 return _coerce(key, value, option)
+            except _Refused:
+                raise
             except ConfigError:
                 continue
     elif origin is Literal:
@@ -129,6 +158,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if any("\x00" in v for v in value):
+                raise _Refused(f"config key {key!r}: contains a NUL character: {_short(value)}")
             return value
     elif hint is type(None):
         if value is None:
@@ -141,26 +172,33 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is float:
         # YAML reads 1e-3 (without a dot) as a string; accept it as the number it means.
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise _Refused(f"config key {key!r}: expected a finite number, got {_short(value)}")
+            return number
     elif hint is str:
         if isinstance(value, str):
+            if "\x00" in value:
+                raise _Refused(f"config key {key!r}: contains a NUL character: {_short(value)}")
             return value
-    raise ConfigError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r}")
+    raise ConfigError(f"config key {key!r}: expected {_type_name(hint)}, got {_short(value)}")
 
 
 def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = True) -> RunConfig:
     """Validate a mapping into a RunConfig; relative paths are taken from `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError("config must be a YAML mapping of keys to values, e.g. `model: ./my-model`")
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(set(raw) - set(FIELDS), key=str)  # YAML keys may be numbers, dates, null
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(FIELDS)}")
+        raise ConfigError(f"unknown config key {_short(unknown[0])}; known keys: {', '.join(FIELDS)}")
     for key in ("model", "data"):
         if raw.get(key) in (None, ""):
             raise ConfigError(f"config key {key!r} is required")
@@ -168,6 +206,19 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
     for key in POSITIVE_INT_KEYS:
         if values.get(key) is not None and values[key] < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {values[key]}")
+    for key, value in values.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+            raise ConfigError(f"config key {key!r} must be at most {MAX_INT}, got {_short(value)}")
+    for key, (low, high, inclusive) in FLOAT_RANGES.items():
+        value = values.get(key)
+        if value is not None and (value < low or (value == low and not inclusive)
+                                  or (high is not None and value >= high)):
+            bounds = f"{'at least' if inclusive else 'above'} {low:g}" + (f" and below {high:g}" if high else "")
+            raise ConfigError(f"config key {key!r} must be {bounds}, got {value:g}")
+    if not 0 <= values.get("seed", 0) < 2**32:
+        raise ConfigError(f"config key 'seed' must be in [0, 2**32), got {values['seed']}")
+    if values.get("lora_target_modules") == []:
+        raise ConfigError("config key 'lora_target_modules' must name at least one module, or be all-linear")
     if values.get("max_steps", -1) == 0 or values.get("max_steps", -1) < -1:
         raise ConfigError("config key 'max_steps' must be a positive number of steps, or -1 to use epochs")
     if not 0 <= values.get("validation_split", 0.1) < 1:
@@ -178,21 +229,47 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
     base = base_dir or Path.cwd()
     for key in PATH_KEYS:
         if values.get(key):
-            path = (base / Path(values[key]).expanduser()).resolve()
-            if check_paths and not path.exists():
+            path = _resolve(key, base / _expand(key, values[key]))
+            if check_paths and not _exists(key, path):
                 raise ConfigError(f"config key {key!r}: file not found: {path}")
             values[key] = str(path)
     model = values["model"]
-    local = (base / Path(model).expanduser())
-    if model.startswith((".", "/", "~")) or local.exists():
-        if check_paths and not local.exists():
-            raise ConfigError(f"config key 'model': not found: {local.resolve()}")
-        values["model"] = str(local.resolve())
+    local = (base / _expand("model", model))
+    if model.startswith((".", "/", "~")) or _exists("model", local):
+        if check_paths and not _exists("model", local):
+            raise ConfigError(f"config key 'model': not found: {_resolve('model', local)}")
+        values["model"] = str(_resolve("model", local))
     return RunConfig(**values)
 
 
+def _expand(key: str, value: str) -> Path:
+    """`~` and `~user` expanded; an unknown user is the config's mistake, not a crash."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"config key {key!r}: cannot expand {_short(value)}: no such user's home directory") from None
+
+
+def _exists(key: str, path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # a name too long: the config's mistake, in one line
+        raise ConfigError(f"config key {key!r}: cannot use {_short(str(path))}: {exc.strerror or exc}") from None
+
+
+def _resolve(key: str, path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a name too long, a loop of symbolic links
+        raise ConfigError(f"config key {key!r}: cannot use {_short(str(path))}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
 def load_config(path: str | Path) -> RunConfig:
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"config file {str(path)!r}: no such user's home directory") from None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -201,8 +278,16 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     try:
         raw = yaml.safe_load(text)  # safe: a config can never construct Python objects
+    except RecursionError:
+        raise ConfigError(f"config {path} is not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]  # a ReaderError has no `problem`
+        raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+    except Exception as exc:  # noqa: BLE001 - the safe constructors raise plain errors for a bad typed scalar
+        # (`!!int abc` ValueError, `!!bool maybe` KeyError, `!!timestamp x` AttributeError, an int of 5000 digits)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config {path} is not valid YAML: a value cannot be read as its type: "
+                          f"{first[:200]}") from None
     return parse_config(raw, base_dir=path.parent.resolve())

@@ -6,7 +6,9 @@ or prompt/completion rows; plain text (one example per line); CSV and Parquet
 with an optional column mapping; a `datasets` directory written by
 `save_to_disk` (Arrow files, read with pyarrow). The format is detected from the
 file and can be overridden. A malformed row is reported with its file and line
-and skipped; it never stops the load.
+and skipped; it never stops the load. Bytes that are not UTF-8 spoil only the
+row (line, record) that holds them; a JSON array that breaks off keeps the rows
+before the break.
 
 Numbering: `Example.line` is the 1-based line of a JSONL or text file, and the
 0-based index plus one for formats made of records (JSON array, CSV, Parquet,
@@ -19,6 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +34,12 @@ FORMATS = ("jsonl", "json", "text", "csv", "parquet", "arrow")
 LINE_FORMATS = {"jsonl", "text"}
 LABEL_FIELDS = ("label", "category", "class")
 MAX_LINE_BYTES = 16 << 20  # a longer line is reported, not parsed: it is almost always a broken export
+# A lone surrogate: a `\udXXX` JSON escape without its pair, or (from a surrogateescape decode) a byte that is not
+# UTF-8. Such text cannot be encoded, printed or tokenized, so the row is reported instead of loaded.
+SURROGATE = re.compile("[\ud800-\udfff]")
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
 
 
 @dataclass(slots=True)
@@ -40,7 +50,7 @@ class Example:
     label: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # a file of a million bad lines keeps a million of these
 class Problem:
     source: str
     line: int
@@ -69,6 +79,17 @@ class DataError(ValueError):
     """The file as a whole cannot be read; the message says what to do."""
 
 
+def _short(value: object) -> str:
+    """A value for a one-line reason: bounded in length and depth, printable whatever it holds."""
+    text = _SHORT.repr(value)
+    return _safe(text if len(text) <= 120 else text[:110] + "...")
+
+
+def _safe(text: str) -> str:
+    """Text with lone surrogates written as escapes, so that it can always be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if SURROGATE.search(text) else text
+
+
 def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[dict]:
     """Normalise one row to messages, or raise ValueError with the reason.
 
@@ -87,8 +108,8 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("content"), str):
                 raise ValueError(f"message {i} needs a string 'content'")
-            if m.get("role") not in ROLES:
-                raise ValueError(f"message {i} has unknown role {m.get('role')!r}")
+            if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
+                raise ValueError(f"message {i} has unknown role {_short(m.get('role'))}")
             out.append({"role": m["role"], "content": m["content"]})
     elif "conversations" in row:
         turns = _maybe_json(row["conversations"])
@@ -98,9 +119,10 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
         for i, t in enumerate(turns):
             if not isinstance(t, dict) or not isinstance(t.get("value"), str):
                 raise ValueError(f"turn {i} needs a string 'value'")
-            role = SHAREGPT_ROLES.get(str(t.get("from", "")).lower())
+            speaker = t.get("from", "")
+            role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
             if role is None:
-                raise ValueError(f"turn {i} has unknown speaker {t.get('from')!r}")
+                raise ValueError(f"turn {i} has unknown speaker {_short(speaker)}")
             out.append({"role": role, "content": t["value"]})
     elif "instruction" in row and "output" in row:
         fields = [row["instruction"], row.get("input") or "", row["output"]]
@@ -115,13 +137,17 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
     elif isinstance(row.get("text"), str):
         out = [{"role": "assistant", "content": row["text"]}]  # plain text: every token is trained on
     else:
-        keys = ", ".join(sorted(map(str, row)))[:120]
+        keys = _safe(", ".join(sorted(map(str, row)))[:120])
         raise ValueError("unknown row format: expected 'messages', 'conversations', "
                          f"'instruction'+'output' or 'prompt'+'completion' (has: {keys})")
     if isinstance(row.get("system"), str) and row["system"].strip() and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": row["system"]})
     if out[-1]["role"] != "assistant":
         raise ValueError("conversation does not end with an assistant message")
+    for i, m in enumerate(out):
+        if SURROGATE.search(m["content"]):
+            raise ValueError(f"message {i} is not valid Unicode (a byte that is not UTF-8, or a lone "
+                             "surrogate \\u escape)")
     return out
 
 
@@ -130,7 +156,7 @@ def _maybe_json(value):
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     if hasattr(value, "tolist"):
         value = value.tolist()
@@ -143,7 +169,7 @@ def _label(row: object, label_field: str | None) -> str | None:
     for key in (label_field,) if label_field else LABEL_FIELDS:
         value = row.get(key)
         if isinstance(value, (str, int, bool)):
-            return str(value)
+            return _safe(str(value))
     return None
 
 
@@ -163,7 +189,7 @@ def detect_format(path: str | Path) -> str:
     if suffix in known:
         return known[suffix]
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()  # a byte order mark is not content
     if head.startswith(b"PAR1"):
         return "parquet"
     if head.startswith(b"["):
@@ -182,7 +208,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield i, json.loads(line.decode("utf-8"))
+                yield i, json.loads(line.decode("utf-8-sig" if i == 1 else "utf-8"))  # -sig: a byte order mark
             except UnicodeDecodeError:
                 yield i, ValueError("invalid UTF-8")
             except RecursionError:
@@ -210,14 +236,20 @@ def _lines(f) -> Iterator[bytes | Exception]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
-    raw = path.read_bytes()
-    try:
-        rows = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        yield 1, ValueError(f"invalid UTF-8 at byte {exc.start}")
+    # Bytes that are not UTF-8 become lone surrogates: a row holding them is reported (row_to_messages),
+    # the rows around it still load.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    start = _JSON_SPACE.match(text).end()
+    if text.startswith("[", start):
+        yield from _json_array_rows(text, start + 1)
         return
-    except ValueError as exc:
-        yield 1, ValueError(f"not valid JSON: {exc}")
+    try:
+        rows = json.loads(text)
+    except RecursionError:
+        yield 1, ValueError("not valid JSON: nested too deeply")
+        return
+    except json.JSONDecodeError as exc:
+        yield 1, ValueError(_json_error(text, exc))
         return
     if isinstance(rows, dict):  # {"data": [...]} and similar wrappers
         lists = [v for v in rows.values() if isinstance(v, list)]
@@ -228,13 +260,59 @@ def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(rows, 1)
 
 
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_array_rows(text: str, pos: int) -> Iterator[tuple[int, object]]:
+    """The elements of a JSON array one at a time, so that the rows before a break still load
+    (a truncated export, a bad byte between rows); the break is reported as the next row."""
+    decoder = json.JSONDecoder()
+    pos = _JSON_SPACE.match(text, pos).end()
+    if text.startswith("]", pos):
+        return
+    index = 0
+    while True:
+        index += 1
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except RecursionError:
+            yield index, ValueError("not valid JSON: nested too deeply; the rows after it cannot be read")
+            return
+        except json.JSONDecodeError as exc:
+            yield index, ValueError(_json_error(text, exc) + "; the rows after it cannot be read")
+            return
+        yield index, row
+        pos = _JSON_SPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+            continue
+        if not text.startswith("]", pos):
+            where = "the file ends" if pos >= len(text) else f"found {_short(text[pos:pos + 20])}"
+            yield index + 1, ValueError(f"not valid JSON at {_json_where(text, pos)}: expected ',' or ']' "
+                                        f"after row {index}, {where}")
+        elif _JSON_SPACE.match(text, pos + 1).end() < len(text):
+            yield index + 1, ValueError(f"not valid JSON at {_json_where(text, pos + 1)}: text after the closing ']'")
+        return
+
+
+def _json_where(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    return f"line {line} column {pos - text.rfind(chr(10), 0, pos)}"
+
+
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    if exc.pos < len(text) and "\udc80" <= text[exc.pos] <= "\udcff":
+        return f"invalid UTF-8 at {_json_where(text, exc.pos)}"
+    return f"not valid JSON at {_json_where(text, exc.pos)}: {exc.msg}"
+
+
 def _text_rows(path: Path) -> Iterator[tuple[int, object]]:
     for i, line in _jsonl_lines_raw(path):
         if isinstance(line, Exception):
             yield i, line
             continue
         try:
-            text = line.decode("utf-8").rstrip("\r\n")
+            text = line.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             yield i, ValueError("invalid UTF-8")
             continue
@@ -248,23 +326,29 @@ def _jsonl_lines_raw(path: Path):
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, object]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield 1, ValueError(f"invalid UTF-8 at byte {exc.start}")
-        return
+    # A byte that is not UTF-8 spoils its row, not the file: decode leniently, report the rows holding one.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))  # the default, 128 KB, is one long answer
     reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
-    try:
-        for i, row in enumerate(reader, 1):
-            if None in row:
-                yield i, ValueError(f"row has {len(reader.fieldnames or []) + len(row[None])} cells, "
-                                    f"the header {len(reader.fieldnames or [])}")
-                continue
-            yield i, row
-    except csv.Error as exc:
-        yield reader.line_num, ValueError(f"broken CSV: {exc}")
+    i = 0
+    while True:
+        i += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # reported; the reader goes on at the next line
+            yield i, ValueError(f"broken CSV at line {reader.line_num}: {exc}")
+            continue
+        if None in row:
+            yield i, ValueError(f"row has {len(reader.fieldnames or []) + len(row[None])} cells, "
+                                f"the header {len(reader.fieldnames or [])}")
+            continue
+        if any(isinstance(v, str) and SURROGATE.search(v) for v in row.values()):
+            yield i, ValueError("invalid UTF-8")
+            continue
+        yield i, row
 
 
 def _arrow_tables(path: Path, fmt: str):
@@ -331,17 +415,20 @@ def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, s
     fmt = fmt or detect_format(path)
     result = LoadResult(format=fmt)
     source = str(path)
+    reasons: dict[str, str] = {}  # one string per distinct reason: a million bad lines share a few
     try:
         for n, (line, row) in enumerate(iter_rows(path, fmt), 1):
             if progress is not None and n % 10_000 == 0:
                 progress(n)
             if isinstance(row, Exception):
-                result.problems.append(Problem(source, line, str(row)))
+                reason = str(row)
+                result.problems.append(Problem(source, line, reasons.setdefault(reason, reason)))
                 continue
             try:
                 result.examples.append(Example(row_to_messages(row, columns), source, line, _label(row, label_field)))
-            except ValueError as exc:
-                result.problems.append(Problem(source, line, str(exc)))
+            except (ValueError, RecursionError) as exc:
+                reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+                result.problems.append(Problem(source, line, reasons.setdefault(reason, reason)))
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     return result

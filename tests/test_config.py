@@ -65,3 +65,48 @@ def test_cli_prints_one_line_and_exits_nonzero(project, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(tmp_path / "nope.yaml")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+BASE = "model: ./model\ndata: ./train.jsonl\n"
+# A billion laughs: 8 levels of 9 aliases, 43 million strings once expanded.
+LAUGHS = "report_to: [" + ", ".join(f"&{k} [" + ", ".join([f"*{p}"] * 9 if p else ['"x"'] * 9) + "]"
+                                     for p, k in zip([None, *"abcdefg"], "abcdefgh")) + "]\n"
+
+
+@pytest.mark.parametrize("text,needle", [
+    # found by the fault suite (tests/faults/input_faults.py): each raised something other than
+    # ConfigError (a traceback on the command line), printed several lines, or took a run to find out
+    (BASE + "1: x\nfoo: 2\n", "unknown config key 1"),  # TypeError sorting int and str keys
+    ("model: '~nosuchuser/m'\ndata: ./train.jsonl\n", "'model': cannot expand '~nosuchuser/m'"),  # RuntimeError
+    ("model: ./model\ndata: '~nosuchuser/d'\n", "'data': cannot expand"),
+    ('model: "./model\\0"\ndata: ./train.jsonl\n', "'model': contains a NUL character"),  # ValueError
+    ("model: ./model\ndata: ./" + "a" * 5000 + "\n", "'data': cannot use"),  # OSError: file name too long
+    ("model: ./loop\ndata: ./train.jsonl\n", "'model': cannot use"),  # RuntimeError: symlink loop
+    ("[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),  # RecursionError
+    (BASE + "max_steps: 3\x01\n", "unacceptable character #x0001"),  # a ReaderError printed two lines
+    (LAUGHS + BASE, "'report_to': expected"),  # a repr of 43M strings
+    (BASE + "num_train_epochs: -5\n", "'num_train_epochs' must be above 0"),
+    (BASE + "warmup_steps: -1\n", "'warmup_steps' must be at least 0"),
+    (BASE + "weight_decay: -0.1\n", "'weight_decay' must be at least 0"),
+    (BASE + "max_grad_norm: -1\n", "'max_grad_norm' must be at least 0"),
+    (BASE + "lora_dropout: 1\n", "'lora_dropout' must be at least 0 and below 1"),
+    (BASE + "early_stopping_threshold: -1\n", "'early_stopping_threshold' must be at least 0"),
+    (BASE + "divergence_factor: 0.5\n", "'divergence_factor' must be above 1"),
+    (BASE + "grad_spike_factor: 1\n", "'grad_spike_factor' must be above 1"),
+    (BASE + "seed: -1\n", "'seed' must be in [0, 2**32)"),
+    (BASE + "max_seq_length: 100000000000000000000\n", "'max_seq_length' must be at most 2147483647"),
+    (BASE + "num_train_epochs: .inf\n", "'num_train_epochs': expected a finite number"),
+    (BASE + "learning_rate: .nan\n", "'learning_rate': expected a finite number"),
+    (BASE + "learning_rate: 1" + "0" * 400 + "\n", "'learning_rate': expected a finite number"),
+    (BASE + "lora_target_modules: []\n", "'lora_target_modules' must name at least one module"),
+    (BASE + "max_steps: !!int 'abc'\n", "cannot be read as its type"),  # ValueError from PyYAML's constructor
+    (BASE + "x: !!bool 'maybe'\n", "cannot be read as its type"),  # KeyError
+    (BASE + "x: !!timestamp 'soon'\n", "cannot be read as its type"),  # AttributeError
+    (BASE + "max_steps: 1" + "0" * 5000 + "\n", "cannot be read as its type"),  # int() digit limit
+])
+def test_fault_suite_configs_give_one_line(project, text, needle):
+    (project / "loop").symlink_to(project / "loop")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(project, text))
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 1000

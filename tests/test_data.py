@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +56,79 @@ def test_real_alpaca_json_array():
     assert len(result.examples) + len(result.problems) == 7473
     assert len(result.examples) > 7400
     assert result.examples[0].messages[1]["role"] == "assistant"
+
+
+def test_rows_that_crashed_the_loader_are_reported(tmp_path):
+    """Found by the fault suite (tests/faults/input_faults.py): each of these raised, or reached the
+    command line as text it could not print."""
+    deep = "[" * 900 + "]" * 900
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join([
+        '{"prompt": "p", "completion": "c"}',
+        '{"messages": [{"role": ' + deep + ', "content": "x"}]}',  # TypeError: unhashable type: 'list'
+        '{"messages": "' + "[" * 100_000 + '"}',  # RecursionError from the nested-JSON-in-a-string path
+        '{"prompt": "\\ud800", "completion": "c"}',  # a lone surrogate: cannot be printed or tokenized
+        '{"\\udc80": 1}',
+        '{"conversations": [{"from": "' + "x" * 100_000 + '", "value": "v"}]}',
+    ]) + "\n")
+    result = load_examples(path)
+    assert len(result.examples) == 1
+    reasons = {p.line: p.reason for p in result.problems}
+    assert sorted(reasons) == [2, 3, 4, 5, 6]
+    assert "unknown role [[[...]]]" in reasons[2] and "must be a non-empty list" in reasons[3]
+    assert "not valid Unicode" in reasons[4] and "unknown row format" in reasons[5]
+    assert all(len(r) < 300 for r in reasons.values())  # a huge value is shown short
+    for reason in reasons.values():
+        reason.encode("utf-8")  # printable
+    lint = subprocess.run([sys.executable, "-m", "tui.cli", "data", "lint", str(path)], capture_output=True, timeout=60,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert lint.returncode == 0 and b"Traceback" not in lint.stderr, lint.stderr[-500:]
+    assert b"1 examples, 5 skipped" in lint.stdout
+
+
+def test_json_array_keeps_the_rows_before_a_break(tmp_path):
+    row = '{"prompt": "p", "completion": "c"}'
+    cases = {
+        "truncated.json": (f"[{row}, {row}, {row[:20]}", 2, 3, "the rows after it cannot be read"),
+        "no-close.json": (f"[{row}, {row}", 2, 3, "the file ends"),
+        "bad-byte-in-row.json": (f'[{row}, {{"prompt": "p\xff", "completion": "c"}}, {row}]', 2, 2,
+                                 "not valid Unicode"),
+        "bad-byte-between.json": (f"[{row}, \xff {row}]", 1, 2, "invalid UTF-8 at line 1"),
+        "trailing.json": (f"[{row}] and more", 1, 2, "text after the closing"),
+        "deep.json": ("[" * 100_000, 0, 1, "nested too deeply"),
+    }
+    for name, (text, kept, bad_line, needle) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
+        result = load_examples(path)
+        assert len(result.examples) == kept, name
+        assert [p.line for p in result.problems] == [bad_line], (name, result.problems)
+        assert needle in result.problems[0].reason, (name, result.problems)
+
+
+def test_csv_bad_bytes_and_long_fields_spoil_only_their_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'prompt,completion\np,c\n\xff,c\np,"' + b"x" * 200_000 + b'"\np,"'
+                     + b"y" * (17 << 20) + b'"\np,c\n')
+    result = load_examples(path)
+    assert [e.line for e in result.examples] == [1, 3, 5]  # the 200 KB answer is kept; so is the row after
+    assert [(p.line, p.reason.split(" at ")[0].split(":")[0]) for p in result.problems] == [
+        (2, "invalid UTF-8"), (4, "broken CSV")]
+
+
+def test_byte_order_mark_is_not_content(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"prompt": "p", "completion": "c"}\n')
+    (tmp_path / "b").write_bytes(bom + b' [{"prompt": "p", "completion": "c"}]')
+    (tmp_path / "c.txt").write_bytes(bom + b"hello\n")
+    assert len(load_examples(tmp_path / "a.jsonl").examples) == 1
+    assert load_examples(tmp_path / "b").format == "json" and len(load_examples(tmp_path / "b").examples) == 1
+    assert load_examples(tmp_path / "c.txt").examples[0].messages[0]["content"] == "hello"
+
+
+def test_a_million_bad_lines_share_their_reasons(tmp_path):
+    path = tmp_path / "junk.jsonl"
+    path.write_bytes(b"x\n" * 1000)
+    problems = load_examples(path).problems
+    assert len(problems) == 1000 and len({id(p.reason) for p in problems}) == 1
+    assert not hasattr(problems[0], "__dict__")  # slots: a bad line costs a few dozen bytes

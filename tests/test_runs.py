@@ -138,3 +138,58 @@ def test_completed_run_is_not_resumed(run):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "completed; start a new run" in result.stderr
     assert not run.log_path.exists()  # no engine was started
+
+
+def test_run_ids_never_leave_the_workspace(tmp_path):
+    """Found by the fault suite (tests/faults/input_faults.py): a link in WS/runs to a directory
+    outside was used by id (and `stop` wrote control/ there); a directory holding only a
+    config.yaml (a project folder) was taken for a run; a very long name raised OSError."""
+    ws = tmp_path / "ws"
+    inside = create_run(ws, {"model": "m"}, name="inside")
+    outside = create_run(tmp_path / "elsewhere", {"model": "m"}, name="outside")
+    (ws / "runs" / "escape").symlink_to(outside.path)
+    (ws / "runs" / "alias").symlink_to(inside.path)
+    for ref in ("escape", str(ws / "runs" / "escape")):
+        with pytest.raises(RunError, match="outside"):
+            resolve_run(ref, ws)
+    with pytest.raises(RunError, match="no run 'esc'"):  # nor is it found by a prefix
+        resolve_run("esc", ws)
+    assert resolve_run("alias", ws).path == inside.path  # a link that stays inside is fine
+    assert resolve_run(str(outside.path), ws).path == outside.path  # a path given as such is taken as given
+    assert "escape" not in {r.id for r in list_runs(ws)}
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("model: m\n")
+    with pytest.raises(RunError, match="not a run directory"):
+        resolve_run(str(project), ws)
+    for ref in ("a" * 5000, "/" + "a/" * 3000, "../../etc", "a;touch x", "$(touch x)"):
+        with pytest.raises(RunError):
+            resolve_run(ref, ws)
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "stop", "escape", "--workspace", str(ws)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "outside" in result.stderr
+    assert not outside.control_dir.joinpath("done").exists() and list(outside.control_dir.iterdir()) == []
+
+
+def test_unknown_home_in_workspace_is_one_line():
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "runs", "--workspace", "~nosuchuser/ws"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "cannot use the workspace '~nosuchuser/ws'" in result.stderr
+
+
+@pytest.mark.parametrize("damaged", [
+    {"state": 3, "step": "x", "heartbeat": "soon", "pid": [1], "warnings": 5, "loss": {}, "error": 7},
+    {"state": "running", "step": True, "heartbeat": None, "max_steps": "100"},
+    {"state": None},
+    {"state": ["running"], "warnings": {"a": 1}},
+])
+def test_status_with_wrong_types_reads_sane(run, damaged):
+    """A damaged status.json (seen by the fault suite) must not hand readers a non-string state or text steps."""
+    write_atomic(run.status_path, json.dumps(damaged))
+    status = run.status()
+    assert status["state"] in {"unknown", "crashed", "running"}
+    assert isinstance(status["error"] if status["state"] != "running" else "", str)
+    for key in ("step", "heartbeat", "pid", "loss", "max_steps"):
+        assert key not in status or isinstance(status[key], (int, float)) and not isinstance(status[key], bool)
+    assert isinstance(status.get("warnings", []), list)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -418,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.workspace = (getattr(args, "workspace", None) or default_workspace()).expanduser().resolve()
+    try:
+        args.workspace = (getattr(args, "workspace", None) or default_workspace()).expanduser().resolve()
+    except RuntimeError as exc:  # ~user of a user that does not exist, a loop of symbolic links
+        given = getattr(args, "workspace", None) or os.environ.get("TUNEDECK_WORKSPACE", "~/tunedeck")
+        print(f"tunedeck: error: cannot use the workspace {str(given)!r}: {exc}", file=sys.stderr)
+        return 2
     args.json = getattr(args, "json", False)
     func = getattr(args, "func", cmd_app)
     try:
