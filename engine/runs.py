@@ -267,7 +267,8 @@ class Run:
         done = self.control_dir / "done"
         for p in sorted(self.control_dir.glob("cmd-*.json")):
             data = read_json(p)
-            if data is None or data.get("command") not in COMMANDS or (done / p.name).exists():
+            command = data.get("command") if data else None
+            if not isinstance(command, str) or command not in COMMANDS or (done / p.name).exists():
                 self._retire_command(p)  # damaged, or delivered again after it was applied: once is enough
                 continue
             data["_path"] = str(p)

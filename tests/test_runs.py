@@ -98,9 +98,18 @@ def test_crashed_when_heartbeat_stale_and_pid_gone(run):
     # Same stale heartbeat but a live pid: slow, not dead.
     write_atomic(run.status_path, json.dumps({"state": "running", "pid": os.getpid(), "heartbeat": old}))
     assert run.status()["state"] == "running"
-    # Fresh heartbeat, dead pid: not judged yet.
+    # Fresh heartbeat, dead pid, nobody holds engine.lock: dead at once, no waiting for staleness.
     write_atomic(run.status_path, json.dumps({"state": "running", "pid": dead.pid, "heartbeat": time.time()}))
-    assert run.status()["state"] == "running"
+    assert run.status()["state"] == "crashed"
+    # ... unless an engine holds the lock (the pid on file may be a launcher's), then only staleness counts.
+    import fcntl
+
+    with open(run.lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert run.status()["state"] == "running"
+    # A run just created, no pid yet: starting, not crashed.
+    write_atomic(run.status_path, json.dumps({"state": "starting", "heartbeat": time.time()}))
+    assert run.status()["state"] == "starting"
     # Final states are never re-judged.
     write_atomic(run.status_path, json.dumps({"state": "completed", "pid": dead.pid, "heartbeat": old}))
     assert run.status()["state"] == "completed"
@@ -193,3 +202,18 @@ def test_status_with_wrong_types_reads_sane(run, damaged):
     for key in ("step", "heartbeat", "pid", "loss", "max_steps"):
         assert key not in status or isinstance(status[key], (int, float)) and not isinstance(status[key], bool)
     assert isinstance(status.get("warnings", []), list)
+
+
+def test_damaged_and_repeated_commands_are_retired_unapplied(run):
+    for name, body in (("cmd-1-list.json", '{"command": ["stop"]}'), ("cmd-2-dict.json", '{"command": {}}'),
+                       ("cmd-3-text.json", "not json")):
+        (run.control_dir / name).write_text(body)
+    first = run.send_command("pause")
+    (applied,) = run.pending_commands()
+    assert applied["id"] == first
+    run.retire_command(applied)
+    # The same command file delivered again (a retry, a second app relaying it): applied once only.
+    done = run.control_dir / "done" / f"cmd-{first}.json"
+    (run.control_dir / done.name).write_text(done.read_text())
+    assert run.pending_commands() == []
+    assert not list(run.control_dir.glob("cmd-*.json"))
