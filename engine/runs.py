@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ def ensure_private_dir(path: Path, tighten: bool = True) -> Path:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write temp, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -69,6 +69,7 @@ class StatusBoard:
         self.run, self.writes = run, writes
         self.fields = {"run_id": run.id, "pid": os.getpid(), "host": socket.gethostname(), **initial}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
 
@@ -84,10 +85,14 @@ class StatusBoard:
     def flush(self) -> None:
         if not self.writes:
             return
-        with self._lock:
-            self.fields["heartbeat"] = time.time()
-            text = json.dumps(self.fields, default=str, allow_nan=True)
-        write_atomic(self.run.status_path, text)
+        # One writer at a time, snapshot and write together: the heartbeat thread and the training
+        # thread both flush, and an older snapshot must not replace a newer state (the fault suite
+        # caught the two renaming one temp file at once).
+        with self._write_lock:
+            with self._lock:
+                self.fields["heartbeat"] = time.time()
+                text = json.dumps(self.fields, default=str, allow_nan=True)
+            write_atomic(self.run.status_path, text)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

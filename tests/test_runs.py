@@ -217,3 +217,27 @@ def test_damaged_and_repeated_commands_are_retired_unapplied(run):
     (run.control_dir / done.name).write_text(done.read_text())
     assert run.pending_commands() == []
     assert not list(run.control_dir.glob("cmd-*.json"))
+
+
+def test_write_atomic_from_two_threads_at_once(tmp_path):
+    """The engine's heartbeat thread and its training thread both replace status.json; a temp file
+    shared between them made one rename fail (FileNotFoundError) in the fault suite."""
+    import threading
+
+    path, errors = tmp_path / "status.json", []
+
+    def writer(name):
+        for i in range(150):
+            try:
+                write_atomic(path, json.dumps({"writer": name, "i": i}))
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(path.read_text())["i"] == 149
+    assert not list(tmp_path.glob(".*.tmp"))
