@@ -32,7 +32,6 @@ SAVE_STEPS = 10
 EVAL_STEPS = 20
 TIMEOUT = 120
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # tui_fixtures, when run from the suite script
 
 
 class TrialFailed(Exception):
@@ -182,42 +181,37 @@ class Follower:
               what=f"step {step}")
 
 
-def moment_mid_step(rng, f: Follower) -> str:
+def moment_mid_step(rng, f: Follower) -> None:
     f.at_step(rng.randint(3, MAX_STEPS - 5))
     time.sleep(rng.uniform(0, 0.02))
-    return "mid-step"
 
 
-def moment_checkpoint(rng, f: Follower) -> str:
+def moment_checkpoint(rng, f: Follower) -> None:
     step = rng.randrange(SAVE_STEPS, MAX_STEPS, SAVE_STEPS)
     staged = f.run.path / ".staging" / f"checkpoint-{step}"
     until(lambda: f.poll() is not None and staged.exists(), what=f"checkpoint-{step} staging")
     time.sleep(rng.uniform(0, 0.03))  # a tiny checkpoint takes about 26 ms to write
-    return "checkpoint"
 
 
-def moment_eval(rng, f: Follower) -> str:
+def moment_eval(rng, f: Follower) -> None:
     step = rng.randrange(EVAL_STEPS, MAX_STEPS, EVAL_STEPS)
     f.at_step(step)  # the step's log lands just before its evaluation starts
     time.sleep(rng.uniform(0, 0.4))
-    return "evaluation"
 
 
-def moment_paused(rng, f: Follower) -> str:
+def moment_paused(rng, f: Follower) -> None:
     f.at_step(rng.randint(3, MAX_STEPS - 10))
     f.run.send_command("pause")
     until(lambda: f.poll() is not None and f.run.status().get("state") == "paused", what="paused")
     time.sleep(rng.uniform(0, 1.5))
-    return "paused"
 
 
-def moment_startup(rng, f: Follower) -> str:
+def moment_startup(rng, f: Follower) -> None:
     time.sleep(rng.uniform(0, 4.0))
-    return "start-up"
 
 
-MOMENTS = {"mid-step": moment_mid_step, "checkpoint": moment_checkpoint, "evaluation": moment_eval,
-           "paused": moment_paused}
+MOMENTS = {"mid-step": moment_mid_step, "during a checkpoint write": moment_checkpoint,
+           "during an evaluation": moment_eval, "while paused": moment_paused}
 
 
 # ---- SIGKILL ---------------------------------------------------------------------------
@@ -257,7 +251,7 @@ def what_was_hit(run: Run, events: list[dict]) -> str:
 
 
 for _name, _moment in MOMENTS.items():
-    fault(f"SIGKILL {'while ' if _name == 'paused' else 'during '}{_name}", trials=5)(
+    fault(f"SIGKILL {_name}", trials=5)(
         lambda rng, tmp, env, m=_moment: kill_trial(m, rng, tmp, env))
 
 
@@ -268,24 +262,24 @@ def stop_signal_trial(rng, tmp: Path, env: Env) -> Outcome:
     reference(env)
     run = new_run(env, tmp)
     proc = spawn(run)
-    name = rng.choice(["start-up", *MOMENTS])
+    name = rng.choice(["during start-up", *MOMENTS])
     sig = rng.choice([signal.SIGTERM, signal.SIGINT])
-    {"start-up": moment_startup, **MOMENTS}[name](rng, Follower(run, proc))
+    {"during start-up": moment_startup, **MOMENTS}[name](rng, Follower(run, proc))
     sent = time.time()
     os.kill(proc.pid, sig)
     try:
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return Outcome(False, detail=f"{sig.name} during {name}: still running after 60 s")
+        return Outcome(False, detail=f"{sig.name} {name}: still running after 60 s")
     took = time.time() - sent
     status = run.status()
-    check(code == 0, f"{sig.name} during {name}: exit {code}, {status.get('error')}")
+    check(code == 0, f"{sig.name} {name}: exit {code}, {status.get('error')}")
     step = int(status.get("step") or 0)
     if status["state"] == "completed":
         check(step == MAX_STEPS, f"completed at step {step}")
         return Outcome(True, detail=f"signal after the last step ({took:.1f}s)")
-    check(status["state"] == "stopped", f"{sig.name} during {name}: state {status['state']}")
+    check(status["state"] == "stopped", f"{sig.name} {name}: state {status['state']}")
     if step:
         check(max(complete_steps(run), default=None) == step,
               f"stopped at step {step} but the newest complete checkpoint is {max(complete_steps(run), default=None)}")
@@ -455,7 +449,7 @@ def second_engine_trial(rng, tmp: Path, env: Env) -> Outcome:
 @fault("two followers, the same commands twice", trials=3)
 def two_followers_trial(rng, tmp: Path, env: Env) -> Outcome:
     reference(env)
-    run = new_run(env, tmp, max_steps=MAX_STEPS)
+    run = new_run(env, tmp)
     proc = spawn(run)
     followers = [subprocess.Popen([sys.executable, "-m", "tui.cli", "attach", run.id, "--plain",
                                    "--workspace", str(tmp / "ws")], stdout=subprocess.PIPE,
