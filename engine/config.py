@@ -226,6 +226,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
     lr = values.get("learning_rate")
     if lr is not None and not 0 < lr < 10:
         raise ConfigError(f"config key 'learning_rate' must be positive and below 10, got {lr}")
+    if check_paths:
+        _check_reporters(values.get("report_to") or [])
     base = base_dir or Path.cwd()
     for key in PATH_KEYS:
         if values.get(key):
@@ -240,6 +242,22 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
             raise ConfigError(f"config key 'model': not found: {_resolve('model', local)}")
         values["model"] = str(_resolve("model", local))
     return RunConfig(**values)
+
+
+# report_to backends and the packages the Trainer needs for them (any one will do).
+REPORTER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                     "comet_ml": ("comet_ml",), "clearml": ("clearml",), "trackio": ("trackio",)}
+
+
+def _check_reporters(reporters: list[str]) -> None:
+    """A backend whose package is missing fails the Trainer after the model loaded: say so before."""
+    import importlib.util
+
+    for name in reporters:
+        packages = REPORTER_PACKAGES.get(name, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ConfigError(f"config key 'report_to': {name} needs the {packages[0]} package; "
+                              f"`pip install {packages[0]}` or leave {name} out")
 
 
 def _expand(key: str, value: str) -> Path:

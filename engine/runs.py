@@ -34,6 +34,8 @@ STALE_AFTER_SECONDS = 10.0
 
 ACTIVE_STATES = {"starting", "running", "paused", "evaluating", "checkpointing", "stopping"}
 FINAL_STATES = {"completed", "stopped", "failed", "crashed"}
+# What `resume` may pick up: also `unknown` (status.json damaged), since spawn refuses a live engine.
+RESUMABLE_STATES = {"stopped", "crashed", "failed", "unknown"}
 COMMANDS = {"stop", "stop_now", "pause", "resume", "checkpoint", "eval"}
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, load_config, parse_config
 
 
 @pytest.fixture
@@ -110,3 +110,17 @@ def test_fault_suite_configs_give_one_line(project, text, needle):
         load_config(write(project, text))
     assert needle in str(err.value)
     assert "\n" not in str(err.value) and len(str(err.value)) < 1000
+
+
+def test_report_to_a_missing_package_is_one_line(tmp_path, monkeypatch):
+    """Found by CI: without tensorboard installed, `report_to: [tensorboard]` failed the run after the
+    model had loaded; now the config is refused before anything starts."""
+    import engine.config
+
+    monkeypatch.setitem(engine.config.REPORTER_PACKAGES, "tensorboard", ("no_such_package_for_tunedeck",))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    raw = {"model": str(tmp_path / "m"), "data": str(tmp_path / "d.jsonl"), "report_to": ["tensorboard"]}
+    with pytest.raises(ConfigError, match="report_to.*tensorboard needs the no_such_package_for_tunedeck package"):
+        parse_config(raw)
+    parse_config({**raw, "report_to": ["none"]})

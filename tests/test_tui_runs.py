@@ -248,6 +248,27 @@ async def test_resume_and_new_run_call_the_launcher(tmp_path, monkeypatch):
         assert calls[-1] == ("start", "cfg.yaml")
 
 
+async def test_run_with_damaged_status_shows_why_and_resumes(tmp_path, monkeypatch):
+    """A garbage status.json (fault suite: damaged run directories) reads `unknown`, says so, and can
+    be resumed: spawn itself refuses when an engine still holds the run."""
+    import engine.launch
+
+    run = make_run(tmp_path, name="damaged", steps=5)
+    run.status_path.write_bytes(b"\x00garbage")
+    calls = []
+    monkeypatch.setattr(engine.launch, "resume_detached", lambda r: calls.append(r.id) or r)
+    app = make_app(tmp_path, mode="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(app.screen.rows) == 1)
+        assert app.screen.rows[0]["state"] == "unknown"
+        assert "status.json is damaged" in screen_text(app)
+        await pilot.press("enter")
+        await caught_up(pilot, app)
+        assert "UNKNOWN" in screen_text(app) and "status.json is damaged" in screen_text(app)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: calls == [run.id])
+
+
 async def test_resume_refused_for_a_running_run(tmp_path, monkeypatch):
     import engine.launch
 
@@ -259,7 +280,7 @@ async def test_resume_refused_for_a_running_run(tmp_path, monkeypatch):
         await pilot.press("r")
         await pilot.pause(0.2)
         assert isinstance(app.screen, RunsScreen)
-        assert any("only a stopped, failed or crashed run resumes" in n.message for n in app._notifications)
+        assert any("only a stopped, failed, crashed or unknown run resumes" in n.message for n in app._notifications)
 
 
 async def test_launch_failure_shows_the_error_modal(tmp_path, monkeypatch):

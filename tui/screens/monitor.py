@@ -20,14 +20,13 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from engine.runs import ACTIVE_STATES, Run, RunError
+from engine.runs import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
 from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
 from tui.messages import ErrorReported, RunUpdated
 from tui.screens.base import ModeScreen
 from tui.widgets.plot import BraillePlot, PlotSeries
 from tui.widgets.textplot import meter
 
-RESUMABLE = {"stopped", "crashed", "failed"}
 COMMAND_WORDS = {"stop": "stop (save, then exit)", "stop_now": "stop now", "pause": "pause",
                  "resume": "resume", "checkpoint": "checkpoint", "eval": "evaluate"}
 
@@ -193,7 +192,7 @@ class MonitorScreen(ModeScreen):
         box.border_title = f"events · {len(view.warnings)} warning{'s' if len(view.warnings) != 1 else ''}"
         lines: list[tuple[str, str]] = []
         reported = {e.get("message") for e in view.errors}
-        if state in {"crashed", "failed"} and view.status.get("error") and view.status["error"] not in reported:
+        if state in {"crashed", "failed", "unknown"} and view.status.get("error") and view.status["error"] not in reported:
             lines.append((f"✗ {view.status['error']}", "bold"))
         for e in reversed(view.errors[-2:]):
             advice = f" → {e['advice']}" if e.get("advice") else ""
@@ -225,7 +224,7 @@ class MonitorScreen(ModeScreen):
         state = self._state()
         if state not in ACTIVE_STATES:
             self.notify(f"The run is {state}; commands reach a running engine only."
-                        + (" Press r to resume it." if state in RESUMABLE else ""), severity="warning")
+                        + (" Press r to resume it." if state in RESUMABLE_STATES else ""), severity="warning")
             return
         try:
             cid = self.run.send_command(command)
@@ -261,8 +260,8 @@ class MonitorScreen(ModeScreen):
 
     def action_resume_run(self) -> None:
         state = self._state()
-        if state not in RESUMABLE:
-            self.notify(f"The run is {state}; only a stopped, failed or crashed run resumes.", severity="warning")
+        if state not in RESUMABLE_STATES:
+            self.notify(f"The run is {state}; only a stopped, failed, crashed or unknown run resumes.", severity="warning")
             return
         self.resume()
 

@@ -11,12 +11,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from engine.runs import Run, list_runs
+from engine.runs import RESUMABLE_STATES, Run, list_runs
 from tui.follow import fmt_age, fmt_num
 from tui.messages import RunsListed
 from tui.screens.base import ModeScreen
 
-RESUMABLE = {"stopped", "crashed", "failed"}
 REFRESH_SECONDS = 2.0
 
 
@@ -128,7 +127,7 @@ class RunsScreen(ModeScreen):
         for w in row["warnings"][:2]:
             text.append(f"warning: {w if isinstance(w, str) else w.get('message', w)}\n")
         hint = "Enter attach · n new run"
-        if row["state"] in RESUMABLE:
+        if row["state"] in RESUMABLE_STATES:
             hint += " · r resume"
         text.append(hint, "dim")
         detail.update(text)
@@ -162,8 +161,8 @@ class RunsScreen(ModeScreen):
         row = self.selected()
         if row is None:
             self.notify("No run selected.", severity="warning")
-        elif row["state"] not in RESUMABLE:
-            self.notify(f"{row['id']} is {row['state']}: only a stopped, failed or crashed run resumes.",
+        elif row["state"] not in RESUMABLE_STATES:
+            self.notify(f"{row['id']} is {row['state']}: only a stopped, failed, crashed or unknown run resumes.",
                         severity="warning")
         else:
             self.resume_run(Run(Path(row["path"])))
