@@ -6,19 +6,13 @@ The engine tests drive the real engine subprocess on the tiny model, like test_t
 from __future__ import annotations
 
 import ast
-import fcntl
 import importlib.util
 import json
 import os
-import pty
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +22,7 @@ import pytest
 import yaml
 
 from conftest import dump, events, log_steps, start, wait_final, wait_for
+from pty_app import PtyApp
 from engine.runs import Run, create_run, ensure_private_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,45 +280,16 @@ def test_torchrun_listens_on_loopback_only(write_config, workspace):
 
 def test_app_listens_on_no_port(tmp_path):
     """The real app in a pseudo-terminal, visiting every screen."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100", LINES="30")
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "--workspace", str(tmp_path / "ws")],
-                            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
-    os.close(slave)
-    screen = bytearray()
-
-    def drain():  # the app blocks on a full terminal buffer unless someone reads it
-        while True:
-            try:
-                ready, _, _ = select.select([master], [], [], 0.5)
-                if ready:
-                    chunk = os.read(master, 65536)
-                    if not chunk:
-                        return
-                    screen.extend(chunk)
-                elif proc.poll() is not None:
-                    return
-            except OSError:
-                return
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    app = PtyApp("--workspace", str(tmp_path / "ws"))
     try:
-        wait_for(lambda: b"GPU" in screen, timeout=60, what="the app to draw")
+        app.wait_for(b"GPU", 60)
         for key in b"23451":
-            os.write(master, bytes([key]))
+            app.press(bytes([key]))
             time.sleep(0.5)
-        assert proc.poll() is None, bytes(screen[-2000:])
-        assert listening(proc.pid) == []
-        os.write(master, b"\x11")  # ctrl+q
-        proc.wait(timeout=20)
+        assert app.proc.poll() is None, bytes(app.screen[-2000:])
+        assert listening(app.proc.pid) == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        reader.join(timeout=5)
-        os.close(master)
+        app.close()
 
 
 # ---- no remote code ------------------------------------------------------------

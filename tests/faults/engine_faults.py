@@ -443,34 +443,48 @@ def second_engine_trial(rng, tmp: Path, env: Env) -> Outcome:
     return Outcome(True)
 
 
-@fault("two followers, the same commands twice", trials=3)
-def two_followers_trial(rng, tmp: Path, env: Env) -> Outcome:
-    reference(env)
-    run = new_run(env, tmp)
+@fault("two apps attached, the same command twice", trials=3)
+def two_apps_trial(rng, tmp: Path, env: Env) -> Outcome:
+    """Two real apps (`tunedeck attach RUN` in pseudo-terminals) follow one run: both press `p`,
+    which must pause it once; one resumes it; a command file delivered twice is applied once; both
+    press `s`, which must stop it once with a checkpoint; both show the end."""
+    from pty_app import PtyApp
+
+    run = new_run(env, tmp, max_steps=100000, save_steps=50000, eval_steps=50000)  # runs until stopped
     proc = spawn(run)
-    followers = [subprocess.Popen([sys.executable, "-m", "tui.cli", "attach", run.id, "--plain",
-                                   "--workspace", str(tmp / "ws")], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, cwd=ROOT) for _ in range(2)]
     f = Follower(run, proc)
-    f.at_step(rng.randint(3, 30))
-    for command in ("pause", "pause"):  # both apps press pause
-        run.send_command(command)
-    until(lambda: f.poll() is not None and run.status().get("state") == "paused", what="paused")
-    time.sleep(rng.uniform(0, 0.5))
-    replay = run.send_command("checkpoint")  # a command file delivered twice with the same id
-    until(lambda: f.poll() and any(e.get("id") == replay for e in f.events), what="checkpoint ack")
-    done = run.control_dir / "done" / f"cmd-{replay}.json"
-    shutil.copy(done, run.control_dir / done.name)
-    for command in ("resume", "resume"):
-        run.send_command(command)
-    status = finish(run, proc)
-    outputs = [p.communicate(timeout=30)[0] for p in followers]
-    check(status["state"] == "completed", f"run ended {status['state']}")
+    f.at_step(3)
+    apps = [PtyApp("attach", run.id, "--workspace", str(tmp / "ws")) for _ in range(2)]
+    try:
+        for app in apps:
+            app.wait_for(b"RUNNING")
+        for app in rng.sample(apps, 2):  # both press pause, in either order
+            app.press(b"p")
+        until(lambda: f.poll() is not None and run.status().get("state") == "paused", what="paused")
+        replay = run.send_command("checkpoint")  # a command file delivered twice, with one id
+        until(lambda: any(e.get("id") == replay for e in f.poll()), what="checkpoint ack")
+        done = run.control_dir / "done" / f"cmd-{replay}.json"
+        shutil.copy(done, run.control_dir / done.name)
+        resumer = rng.choice(apps)
+        resumer.wait_for(b"PAUSED")
+        resumer.press(b"p")  # paused, so `p` sends resume
+        until(lambda: f.poll() is not None and run.status().get("state") == "running", what="running again")
+        time.sleep(rng.uniform(0, 1.0))
+        for app in rng.sample(apps, 2):
+            app.press(b"s")  # stop: checkpoint, then exit
+        status = finish(run, proc)
+        for app in apps:
+            app.wait_for(b"STOPPED", 30)
+    finally:
+        for app in apps:
+            app.close()
+    check(status["state"] == "stopped", f"run ended {status['state']}")
     events = all_events(run)
-    states = [e["state"] for e in events if e["type"] == "state" and e["state"] in ("paused", "running")]
-    check(states.count("paused") == 1, f"paused {states.count('paused')} times for two pause commands")
-    acks = [e for e in events if e["type"] == "command_ack" and e["id"] == replay]
-    check(len(acks) == 1, f"a command with one id was applied {len(acks)} times")
-    for out in outputs:
-        check("completed" in out, f"a follower did not see the end: {out[-300:]}")
+    states = [e["state"] for e in events if e["type"] == "state"]
+    check(states.count("paused") == 1 and states.count("stopped") == 1, f"states {states}")
+    acks = sorted(e["command"] for e in events if e["type"] == "command_ack")
+    # The second `s` may land after the engine's last poll: then it is left unapplied in control/.
+    check(acks in (["checkpoint", "pause", "pause", "resume", "stop"],
+                   ["checkpoint", "pause", "pause", "resume", "stop", "stop"]), f"acknowledged {acks}")
+    check(max(complete_steps(run), default=None) == status.get("step"), "no checkpoint at the stop")
     return Outcome(True)
