@@ -256,3 +256,27 @@ def test_best_evaluation_survives_resume(write_config, workspace):
     assert stopped and stopped[0]["step"] == 30  # one evaluation worse than the carried best: patience 1
     assert [e["checkpoint"] for e in evs if e.get("state") == "best_loaded"] == [str(best)]
     assert best.is_dir()  # rotation kept the best checkpoint
+
+
+def test_sigterm_during_start_up_stops_the_run(write_config, workspace):
+    """A signal sent the moment the engine is spawned, before Python has armed any handler: spawn starts
+    the worker with stop signals blocked, so it is delivered once the handler is armed, not lost."""
+    run, proc = start(write_config(), workspace)
+    kill(proc, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    status = run.status()
+    assert status["state"] == "stopped", dump(run)
+    assert not log_steps(run)  # nothing trained
+
+
+def test_config_the_worker_cannot_parse_leaves_the_run_failed(write_config, workspace):
+    from engine.config import load_config
+    from engine.launch import create_from_config
+
+    run = create_from_config(load_config(write_config()), workspace)
+    run.config_path.write_text(yaml.safe_dump({**run.config(), "learning_rate": -1}))  # damaged after creation
+    worker = subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 2 and "config key 'learning_rate'" in worker.stderr
+    status = run.status()
+    assert status["state"] == "failed" and status["error"].startswith("config: config key 'learning_rate'")
