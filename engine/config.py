@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from engine.brief import brief
 
 
 class ConfigError(ValueError):
@@ -118,9 +119,6 @@ FLOAT_RANGES = {
     "grad_spike_factor": (1.0, None, False),
 }
 MAX_INT = 2**31 - 1  # no count or length is larger; a larger one overflows a C int downstream
-_SHORT = reprlib.Repr()  # a value in a message: one short line, even for a huge or deeply nested one
-_SHORT.maxstring = _SHORT.maxother = 80
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
 POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "max_seq_length", "logging_steps", "lora_r",
                      "nproc_per_node", "eval_steps", "save_steps", "save_total_limit",
@@ -136,8 +134,7 @@ def _type_name(hint: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = _SHORT.repr(value)
-    return text if len(text) <= 160 else text[:150] + "...]"
+    return brief(value, 160)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

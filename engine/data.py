@@ -22,10 +22,11 @@ import csv
 import io
 import json
 import re
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+from engine.brief import SURROGATE, brief, printable
 
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -34,12 +35,6 @@ FORMATS = ("jsonl", "json", "text", "csv", "parquet", "arrow")
 LINE_FORMATS = {"jsonl", "text"}
 LABEL_FIELDS = ("label", "category", "class")
 MAX_LINE_BYTES = 16 << 20  # a longer line is reported, not parsed: it is almost always a broken export
-# A lone surrogate: a `\udXXX` JSON escape without its pair, or (from a surrogateescape decode) a byte that is not
-# UTF-8. Such text cannot be encoded, printed or tokenized, so the row is reported instead of loaded.
-SURROGATE = re.compile("[\ud800-\udfff]")
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 4, 4
 
 
 @dataclass(slots=True)
@@ -79,17 +74,6 @@ class DataError(ValueError):
     """The file as a whole cannot be read; the message says what to do."""
 
 
-def _short(value: object) -> str:
-    """A value for a one-line reason: bounded in length and depth, printable whatever it holds."""
-    text = _SHORT.repr(value)
-    return _safe(text if len(text) <= 120 else text[:110] + "...")
-
-
-def _safe(text: str) -> str:
-    """Text with lone surrogates written as escapes, so that it can always be printed."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8") if SURROGATE.search(text) else text
-
-
 def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[dict]:
     """Normalise one row to messages, or raise ValueError with the reason.
 
@@ -109,7 +93,7 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
             if not isinstance(m, dict) or not isinstance(m.get("content"), str):
                 raise ValueError(f"message {i} needs a string 'content'")
             if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
-                raise ValueError(f"message {i} has unknown role {_short(m.get('role'))}")
+                raise ValueError(f"message {i} has unknown role {brief(m.get('role'))}")
             out.append({"role": m["role"], "content": m["content"]})
     elif "conversations" in row:
         turns = _maybe_json(row["conversations"])
@@ -122,7 +106,7 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
             speaker = t.get("from", "")
             role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
             if role is None:
-                raise ValueError(f"turn {i} has unknown speaker {_short(speaker)}")
+                raise ValueError(f"turn {i} has unknown speaker {brief(speaker)}")
             out.append({"role": role, "content": t["value"]})
     elif "instruction" in row and "output" in row:
         fields = [row["instruction"], row.get("input") or "", row["output"]]
@@ -137,7 +121,7 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
     elif isinstance(row.get("text"), str):
         out = [{"role": "assistant", "content": row["text"]}]  # plain text: every token is trained on
     else:
-        keys = _safe(", ".join(sorted(map(str, row)))[:120])
+        keys = printable(", ".join(sorted(map(str, row)))[:120])
         raise ValueError("unknown row format: expected 'messages', 'conversations', "
                          f"'instruction'+'output' or 'prompt'+'completion' (has: {keys})")
     if isinstance(row.get("system"), str) and row["system"].strip() and out[0]["role"] != "system":
@@ -169,7 +153,7 @@ def _label(row: object, label_field: str | None) -> str | None:
     for key in (label_field,) if label_field else LABEL_FIELDS:
         value = row.get(key)
         if isinstance(value, (str, int, bool)):
-            return _safe(str(value))
+            return printable(str(value))
     return None
 
 
@@ -287,7 +271,7 @@ def _json_array_rows(text: str, pos: int) -> Iterator[tuple[int, object]]:
             pos = _JSON_SPACE.match(text, pos + 1).end()
             continue
         if not text.startswith("]", pos):
-            where = "the file ends" if pos >= len(text) else f"found {_short(text[pos:pos + 20])}"
+            where = "the file ends" if pos >= len(text) else f"found {brief(text[pos:pos + 20])}"
             yield index + 1, ValueError(f"not valid JSON at {_json_where(text, pos)}: expected ',' or ']' "
                                         f"after row {index}, {where}")
         elif _JSON_SPACE.match(text, pos + 1).end() < len(text):

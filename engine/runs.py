@@ -26,6 +26,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from engine.brief import brief
+
 SCHEMA_VERSION = 1
 HEARTBEAT_SECONDS = 1.0
 # A heartbeat older than this, with no pid alive, means the engine died (a recorded pid that is
@@ -316,8 +318,8 @@ def resolve_run(ref: str | Path, workspace: Path | None = None) -> Run:
         return Run(ref_path.resolve())
     if not RUN_ID_RE.match(ref):
         if is_dir:
-            raise RunError(f"{_short(ref)} is a directory but not a run directory (no run.json)")
-        raise RunError(f"no run {_short(ref)} in {runs_dir}; a run is an id from `tunedeck runs` or a run directory")
+            raise RunError(f"{brief(ref, 400)} is a directory but not a run directory (no run.json)")
+        raise RunError(f"no run {brief(ref, 400)} in {runs_dir}; a run is an id from `tunedeck runs` or a run directory")
     candidate = runs_dir / ref
     if candidate.is_dir():
         return Run(_inside_runs(candidate, runs_dir, ref))
@@ -327,10 +329,6 @@ def resolve_run(ref: str | Path, workspace: Path | None = None) -> Run:
     if len(matches) > 1:
         raise RunError(f"run {ref!r} is ambiguous: {', '.join(r.id for r in matches[:5])}")
     raise RunError(f"no run {ref!r} in {runs_dir}; list them with `tunedeck runs`")
-
-
-def _short(ref: str) -> str:
-    return repr(ref) if len(ref) <= 200 else repr(ref[:100]) + "..." + repr(ref[-40:])
 
 
 def _inside_runs(path: Path, runs_dir: Path, ref: str) -> Path:
