@@ -378,12 +378,11 @@ DAMAGES = {
 async def _app_shows(workspace: Path, run: Run) -> str:
     """The screen text of the Runs list, then of the monitor attached to the run."""
     from tui.app import TunedeckApp
-    from tui_fixtures import screen_text
+    from tui_fixtures import no_gpu_snapshot, screen_text
 
     shown = []
     for attach in (None, run.id):
-        app = TunedeckApp(workspace, mode="runs", attach=attach, gpu_interval=60,
-                          gpu_sampler=lambda ws: {"gpus": [], "host": {}, "reason": "none"})
+        app = TunedeckApp(workspace, mode="runs", attach=attach, gpu_interval=60, gpu_sampler=no_gpu_snapshot)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(1.0)
             shown.append(screen_text(app))
