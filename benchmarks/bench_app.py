@@ -91,7 +91,8 @@ def timed(code: str) -> float:
 
 def write_run(ws: Path, n: int) -> str:
     """A run with n events written the way EventWriter writes them (directly, for speed)."""
-    from engine.runs import create_run, write_atomic
+    from engine.core.files import write_atomic
+    from engine.runs.workspace import create_run
 
     run = create_run(ws, {"model": "tiny", "method": "lora"}, name=f"bench-{n}")
     with open(run.events_path, "w", encoding="utf-8") as f:

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data import load_examples  # noqa: E402
-from engine.dedup import dedup, exact_clusters, example_text  # noqa: E402
-from engine.lint import lint  # noqa: E402
+from engine.data.dedup import dedup, exact_clusters, example_text  # noqa: E402
+from engine.data.lint import lint  # noqa: E402
+from engine.data.load import load_examples  # noqa: E402
 
 SHARED = Path("/work/shared/data")
 WORDS = ("alpha beta gamma delta model data train token answer question river stone light "
@@ -106,10 +106,10 @@ def main() -> None:
         print(f"  {r['file']:28s} {r['rows']:>9,} rows  parse {r['parse_s']:.2f}s  lint {r['lint_s']:.2f}s  "
               f"exact {r['exact_s']:.2f}s  {r['rows_per_s']:,.0f} rows/s  = {r['vs_parse']:.1f}x parse time  "
               f"({r['flags']} flags, {r['exact_dups']} exact dups)")
-    from engine.models import demo_model_dir
+    from engine.models.find import demo_model_dir
 
     if (demo_model_dir() / "tokenizer.json").is_file():
-        from engine.tokens import LightTokenizer
+        from engine.data.template import LightTokenizer
 
         tok = LightTokenizer(str(demo_model_dir()))
         ex = load_examples(SHARED / "gsm8k_train.json").examples

@@ -17,8 +17,6 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k_train.json"
 
@@ -27,8 +25,8 @@ PLAIN_TRAINER = textwrap.dedent("""
     import json, sys, torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, Trainer, TrainingArguments
-    from engine.data import load_examples
-    from engine.tokenize import encode_examples
+    from engine.data.load import load_examples
+    from engine.training.labels import encode_examples
     model_dir, data, steps, batch, seq, out = sys.argv[1:7]
     tok = AutoTokenizer.from_pretrained(model_dir)
     convs = [ex.messages for ex in load_examples(data).examples]
@@ -55,7 +53,7 @@ def prepare(tmp: Path, rows: int, model: str) -> tuple[Path, Path]:
         from engine.demo import prepare_demo_model
 
         return prepare_demo_model(), data_path
-    from engine.tiny import build_tiny_model
+    from engine.testing import build_tiny_model
 
     corpus = [f"{r['instruction']} {r['output']}" for r in data]
     # Big enough that compute, not per-step bookkeeping, dominates.
@@ -63,15 +61,15 @@ def prepare(tmp: Path, rows: int, model: str) -> tuple[Path, Path]:
 
 
 def worker_run(tmp: Path, model_dir: Path, data: Path, steps: int, batch: int, seq: int, **overrides) -> dict:
-    from engine.config import parse_config
-    from engine.launch import create_from_config
-    from engine.runs import EventReader
+    from engine.runs.events import EventReader
+    from engine.runs.launch import create_from_config
+    from engine.training.config import parse_config
 
     cfg = parse_config({"model": str(model_dir), "data": str(data), "method": "lora", "max_steps": steps,
                         "per_device_train_batch_size": batch, "max_seq_length": seq, "validation_split": 0,
                         "save_steps": 10 ** 6, "learning_rate": 2e-4, "lora_dropout": 0.05, **overrides})
     run = create_from_config(cfg, tmp / "ws")
-    subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path)], check=True,
+    subprocess.run([sys.executable, "-m", "engine.training.worker", "--run-dir", str(run.path)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     final = [e for e in EventReader(run.events_path).read_new() if e.get("state") == "completed"][-1]
     return {"tokens_per_second": final["train_tokens_per_second"], "runtime": final["train_runtime"]}

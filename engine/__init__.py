@@ -1,0 +1,1 @@
+"""Everything that is not UI: one subpackage per concern (see each __init__), plus `hardware` (GPU and host probe), `demo` and `testing` (tiny random models for tests and benchmarks). Never imports textual, rich or tui."""

@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.models import demo_gguf, demo_model_dir
-from engine.runs import PRIVATE_UMASK, ensure_private_dir
+from engine.core.files import PRIVATE_UMASK, ensure_private_dir
+from engine.models.find import demo_gguf, demo_model_dir
 
 INSTRUCTION = "Extract the person's name, age and city from the text. Answer with JSON only."
 FIRST = ["Maria", "John", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Fatima", "Ivan", "Chloe", "Kwame",
@@ -79,12 +79,12 @@ def planted_defects(rows: list[dict]) -> list[dict]:
 def clean_copy(path: Path) -> tuple[Path, list[str]]:
     """The training file without rows that lint marks as errors and without exact duplicates,
     written beside it; and what was removed, one line each. The source stays as it is."""
-    from engine.data import load_examples
-    from engine.dedup import dedup
-    from engine.lint import lint
+    from engine.data.dedup import dedup
+    from engine.data.lint import ERROR_RULES, lint
+    from engine.data.load import load_examples
 
     examples = load_examples(path).examples
-    removed = {f.index: f"line {examples[f.index].line}: {f.rule}" for f in lint(examples) if f.severity == "error"}
+    removed = {f.index: f"line {examples[f.index].line}: {f.rule}" for f in lint(examples) if f.rule in ERROR_RULES}
     for i in dedup(examples, similarity=None)["exact"].duplicates():
         removed.setdefault(i, f"line {examples[i].line}: exact duplicate")
     out = path.with_name(path.stem + ".clean.jsonl")

@@ -4,7 +4,7 @@ attached to a real training run of a tiny model (trained here, on the CPU, in ab
     python scripts/screenshots.py [--out screenshots] [--workspace WS --run RUN_ID] [--only data,eval,plan]
 
 With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
-report in the shape engine.evaluate writes (tests/eval_fixtures.py). --only takes some of
+report in the shape engine.evaluation.run writes (tests/eval_fixtures.py). --only takes some of
 gpu, plan, monitor, eval. SVGs come from Textual's own
 screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
 """
@@ -30,8 +30,8 @@ def start_tiny_run(tmp: Path, workspace: Path):
     """A real engine run on a tiny random Llama: long enough to be caught mid-run."""
     import yaml
 
-    from engine.launch import start_detached
-    from engine.tiny import build_tiny_model, learnable_rows, write_jsonl
+    from engine.runs.launch import start_detached
+    from engine.testing import build_tiny_model, learnable_rows, write_jsonl
 
     build_tiny_model(tmp / "tiny-model")
     write_jsonl(tmp / "train.jsonl", learnable_rows(400))
@@ -62,7 +62,7 @@ def eval_workspace(workspace: Path) -> Path:
     from eval_fixtures import make_report, write_report
     from tui_fixtures import make_run
 
-    from engine.ab import ABStore, pairs_from_report
+    from engine.evaluation.ab import ABStore, pairs_from_report
 
     report = make_report()
     report["baseline"].update(loss=1.9, perplexity=6.7, shots=3)

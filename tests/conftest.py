@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.runs import FINAL_STATES, EventReader, Run
-from engine.tiny import build_tiny_model, learnable_rows, write_jsonl
+from engine.runs.events import EventReader
+from engine.runs.protocol import FINAL_STATES, Run
+from engine.testing import build_tiny_model, learnable_rows, write_jsonl
 
 CONTRACT_CONFIG = {
     "model": "./tiny-model", "data": "./train.jsonl", "method": "lora", "max_steps": 40,
@@ -76,8 +77,8 @@ def log_steps(run: Run) -> list[int]:
 
 def start(config_path: Path, workspace: Path, resume_run: Run | None = None):
     """Create and spawn a run the way `tunedeck train --detach` does; returns (run, process)."""
-    from engine.config import load_config
-    from engine.launch import create_from_config, spawn
+    from engine.runs.launch import create_from_config, spawn
+    from engine.training.config import load_config
 
     run = resume_run or create_from_config(load_config(config_path), workspace)
     return run, spawn(run, resume=resume_run is not None)

@@ -1,11 +1,12 @@
-"""An evaluation report in exactly the shape engine.evaluate writes to `<run>/eval/report.json`."""
+"""An evaluation report in exactly the shape engine.evaluation.run writes to `<run>/eval/report.json`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from engine.runs import Run, write_atomic
+from engine.core.files import write_atomic
+from engine.runs.protocol import Run
 
 PEOPLE = (("Maria", 34, "Lisbon"), ("Kenji", 27, "Osaka"), ("Amara", 45, "Lagos"), ("Lukas", 19, "Graz"),
           ("Sofia", 62, "Porto"), ("Omar", 31, "Cairo"))

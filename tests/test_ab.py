@@ -1,4 +1,4 @@
-"""engine.ab: the blind A/B store survives a killed process, keeps its random order, counts right."""
+"""engine.evaluation.ab: the blind A/B store survives a killed process, keeps its random order, counts right."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.ab import ABStore, pairs_from_report, summarise, wilson_interval
+from engine.evaluation.ab import ABStore, pairs_from_report, summarise, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_wilson_interval_on_hand_made_counts():
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from engine.ab import ABStore
+from engine.evaluation.ab import ABStore
 store = ABStore({path!r})
 for pair, choice in zip(store.pairs(), ["A", "B", "tie", "skip", "A", "B", "A"]):
     store.judge(pair.id, choice)

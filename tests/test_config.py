@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.config import ConfigError, load_config, parse_config
+from engine.training.config import ConfigError, load_config, parse_config
 
 
 @pytest.fixture
@@ -115,9 +115,9 @@ def test_fault_suite_configs_give_one_line(project, text, needle):
 def test_report_to_a_missing_package_is_one_line(tmp_path, monkeypatch):
     """Found by CI: without tensorboard installed, `report_to: [tensorboard]` failed the run after the
     model had loaded; now the config is refused before anything starts."""
-    import engine.config
+    import engine.training.config
 
-    monkeypatch.setitem(engine.config.REPORTER_PACKAGES, "tensorboard", ("no_such_package_for_tunedeck",))
+    monkeypatch.setitem(engine.training.config.REPORTER_PACKAGES, "tensorboard", ("no_such_package_for_tunedeck",))
     (tmp_path / "m").mkdir()
     (tmp_path / "d.jsonl").write_text("{}\n")
     raw = {"model": str(tmp_path / "m"), "data": str(tmp_path / "d.jsonl"), "report_to": ["tensorboard"]}

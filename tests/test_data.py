@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.data import DataError, load_examples
+from engine.data.load import DataError, load_examples
 
 SHARED = "/work/shared/data/gsm8k_train.json"
 

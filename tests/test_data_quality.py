@@ -9,15 +9,13 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
-from engine.data import content_hash, detect_format, first_example, load_examples
-from engine.dedup import dedup, near_clusters
+from engine.data.dedup import dedup, near_clusters
+from engine.data.export import export
+from engine.data.lint import LintConfig, lint
+from engine.data.load import content_hash, detect_format, first_example, load_examples
+from engine.data.review import ReviewStore
+from engine.data.split import leakage, split_indices
 from engine.demo import write_demo_data
-from engine.export import export
-from engine.lint import LintConfig, lint
-from engine.review import ReviewStore
-from engine.split import leakage, split_indices
 
 SHARED = "/work/shared/data"
 
@@ -57,7 +55,7 @@ def test_lint_rules_on_small_cases():
                        {"role": "assistant", "content": "hello"}],
         "truncated-answer": qa("List three colours", "The colours are red, green and"),
     }
-    from engine.data import Example
+    from engine.data.load import Example
 
     examples = [Example(m, "mem", i + 1) for i, m in enumerate(cases.values())]
     found = {(f.index, f.rule) for f in lint(examples)}
@@ -90,7 +88,7 @@ def test_near_duplicate_cluster_keeps_the_first():
 
 
 def test_split_is_seeded_stratified_and_keeps_clusters_together(tmp_path):
-    from engine.data import Example
+    from engine.data.load import Example
 
     examples = [Example(qa(f"question number {i} about topic {i % 7}", f"answer {i}"), "m", i + 1,
                         label="pos" if i % 4 == 0 else "neg") for i in range(400)]
@@ -197,7 +195,7 @@ def test_review_store_survives_a_killed_process(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from engine.review import ReviewStore
+        from engine.data.review import ReviewStore
         store = ReviewStore({str(db)!r})
         for i in range(50):
             store.set_verdict(f"h{{i}}", "good" if i % 2 else "bad")
@@ -213,7 +211,7 @@ def test_review_store_survives_a_killed_process(tmp_path):
 
 
 def test_cli_lint_and_dedup_json_contract(tmp_path, capsys):
-    from tui.cli import main
+    from tui.cli.main import main
 
     src = tmp_path / "d.json"
     src.write_text(json.dumps([{"prompt": "p", "completion": "c"}, {"prompt": "q", "completion": ""},

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.data import load_examples
+from engine.data.load import load_examples
 from engine.demo import write_demo_data
 
 

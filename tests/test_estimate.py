@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.estimate import GiB, Assumptions, advice_to_fit, estimate
-from engine.models import facts_from_config, model_facts
+from engine.models.facts import facts_from_config, model_facts
+from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate
 
 LLAMA_32_3B = dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
                    num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
@@ -116,7 +116,7 @@ def test_exact_parameter_counts(tiny_project):
 
 
 def test_gguf_metadata_count_without_loading():
-    from engine.models import demo_gguf
+    from engine.models.find import demo_gguf
 
     try:
         path = demo_gguf()

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-
 from conftest import dump, start, wait_final
-from engine.tiny import learnable_rows, write_jsonl
+
+from engine.testing import learnable_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ scripts/fault_suite.py). A trial fails with the check that did not hold."""
 from __future__ import annotations
 
 import pytest
-
 from faults import Env, load_all, run_trial
 
 FAULTS = load_all()

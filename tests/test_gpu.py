@@ -1,4 +1,4 @@
-"""engine.gpu against a stand-in NVML: no driver, no GPU, failing fields, MIG, hidden pids."""
+"""engine.hardware against a stand-in NVML: no driver, no GPU, failing fields, MIG, hidden pids."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-from engine import gpu as gpu_mod
-from engine.gpu import GpuProbe, format_snapshot, snapshot
+from engine import hardware as gpu_mod
+from engine.hardware import GpuProbe, format_snapshot, snapshot
 
 
 class NVMLError(Exception):
@@ -32,7 +30,7 @@ class NVMLError_NotSupported(NVMLError):
 
 
 class FakeNvml:
-    """The subset of pynvml that engine.gpu calls; `fail` names calls that raise NotSupported."""
+    """The subset of pynvml that engine.hardware calls; `fail` names calls that raise NotSupported."""
 
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
@@ -228,7 +226,7 @@ def test_this_machine_never_crashes(tmp_path):
 def test_engine_gpu_does_not_import_torch_or_ui():
     import subprocess
 
-    code = ("import sys, engine.gpu as g; from pathlib import Path; g.snapshot(Path('.')); "
+    code = ("import sys, engine.hardware as g; from pathlib import Path; g.snapshot(Path('.')); "
             "bad = [m for m in ('torch', 'textual', 'rich', 'tui') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(gpu_mod.__file__).parents[1])

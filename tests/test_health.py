@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.health import EarlyStopping, HealthMonitor
+from engine.training.health import EarlyStopping, HealthMonitor
 
 
 def codes(warnings):

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from engine.judge import JudgeError, judge_rows, score
+from engine.evaluation.judge import JudgeError, judge_rows, score
 
 
 @pytest.fixture

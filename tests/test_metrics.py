@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from engine.metrics import (exact_match, format_checker, json_field_f1, key_phrase_recall, label_accuracy,
-                            matches_regex, matches_schema, normalised_match, rouge_l, score_rows, token_f1)
-from engine.probes import BUILTIN_PROBES, Probe, load_user_probes, verdict
+from engine.evaluation.metrics import (
+    exact_match,
+    format_checker,
+    json_field_f1,
+    key_phrase_recall,
+    label_accuracy,
+    matches_regex,
+    matches_schema,
+    normalised_match,
+    rouge_l,
+    score_rows,
+    token_f1,
+)
+from engine.evaluation.probes import BUILTIN_PROBES, Probe, load_user_probes, verdict
 
 REF = '{"name": "Maria Silva", "age": 34, "city": "Lisbon"}'
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine.models import ModelError, resolve_model
+from engine.models.find import ModelError, resolve_model
 
 
 def test_directory_and_gguf(tiny_project, tmp_path):

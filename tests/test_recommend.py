@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import yaml
-
-from engine.config import load_config
-from engine.models import facts_from_config
-from engine.recommend import Situation, decide, plan
 from test_estimate import LLAMA_7B
+
+from engine.models.facts import facts_from_config
+from engine.plan.recommend import Situation, decide, plan
+from engine.training.config import load_config
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "memory_used_mib": 0}
 T4 = {"name": "Tesla T4", "memory_total_mib": 15360, "memory_used_mib": 0}
@@ -66,8 +66,8 @@ def test_epochs_and_rank_by_data_size(examples, epochs, rank):
 @pytest.mark.parametrize("method,billions,lr", [("lora", 7, 2e-4), ("lora", 70, 1e-4), ("full", 1, 2e-5),
                                                 ("full", 13, 1e-5)])
 def test_learning_rate_by_method_and_size(method, billions, lr):
-    from engine.estimate import Assumptions
-    from engine.recommend import hyperparameters
+    from engine.plan.memory import Assumptions
+    from engine.plan.recommend import hyperparameters
 
     model = facts_from_config(LLAMA_7B)
     model.parameters = int(billions * 1e9)
@@ -79,8 +79,8 @@ def test_learning_rate_by_method_and_size(method, billions, lr):
 @pytest.mark.parametrize("batch,gpus,examples,accumulation", [(4, 1, 2000, 4), (8, 1, 20000, 4), (4, 4, 20000, 2),
                                                                (16, 2, 2000, 1)])
 def test_effective_batch_through_accumulation(batch, gpus, examples, accumulation):
-    from engine.estimate import Assumptions
-    from engine.recommend import hyperparameters
+    from engine.plan.memory import Assumptions
+    from engine.plan.recommend import hyperparameters
 
     hps = {h.key: h.value for h in hyperparameters(facts_from_config(LLAMA_7B), "lora",
                                                    Situation(clean_examples=examples),

@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from engine.runs import (COMPLETE_MARKER, EventReader, EventWriter, Run, RunError, create_run, list_runs,
-                         resolve_run, write_atomic)
+from engine.core.files import write_atomic
+from engine.runs.events import EventReader, EventWriter
+from engine.runs.protocol import COMPLETE_MARKER, RunError
+from engine.runs.workspace import create_run, list_runs, resolve_run
 
 
 @pytest.fixture

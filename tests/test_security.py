@@ -20,10 +20,12 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import yaml
-
 from conftest import dump, events, log_steps, start, wait_final, wait_for
 from pty_app import PtyApp
-from engine.runs import Run, create_run, ensure_private_dir
+
+from engine.core.files import ensure_private_dir
+from engine.runs.protocol import Run
+from engine.runs.workspace import create_run
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = {"127.0.0.1", "::1"}
@@ -188,7 +190,7 @@ def test_config_and_report_folders_the_app_creates_are_private(tmp_path, umask_0
 
 def test_review_store_is_private_in_the_cache_and_no_more_readable_than_its_dataset(tmp_path, monkeypatch,
                                                                                   umask_022):
-    from engine.review import ReviewStore, store_path
+    from engine.data.review import ReviewStore, store_path
 
     home = tmp_path / "home"
     home.mkdir()
@@ -484,7 +486,7 @@ shutil.copytree(a, b)
 """
 GOOD_SNIPPET = """
 yaml.safe_load(text)
-subprocess.run([sys.executable, "-m", "engine.worker"], shell=False)
+subprocess.run([sys.executable, "-m", "engine.training.worker"], shell=False)
 torch.load(path, weights_only=True)
 AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
 AutoTokenizer.from_pretrained(path, **common)
@@ -499,8 +501,8 @@ def test_the_checker_flags_what_it_should():
 
 
 def test_no_unsafe_yaml_shell_pickle_or_loose_directory_in_the_source():
-    allowed = {"engine/runs.py": {"mkdir"},  # ensure_private_dir itself
-               "engine/tiny.py": {"mkdir"}}  # throwaway test models in a temporary directory
+    allowed = {"engine/core/files.py": {"mkdir"},  # ensure_private_dir itself
+               "engine/testing.py": {"mkdir"}}  # throwaway test models in a temporary directory
     problems = []
     for path in sorted([*ROOT.glob("engine/**/*.py"), *ROOT.glob("tui/**/*.py")]):
         rel = str(path.relative_to(ROOT))
@@ -511,12 +513,10 @@ def test_no_unsafe_yaml_shell_pickle_or_loose_directory_in_the_source():
 
 def test_pyarrow_that_unpickles_nothing_is_required():
     """pyarrow 14.0.0 and older unpickle extension types named in a Parquet/Arrow file (CVE-2023-47248)."""
+    import pyarrow
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.version import Version
-
-    import pyarrow
 
     deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
     spec = next(d.specifier for d in deps if d.name == "pyarrow")

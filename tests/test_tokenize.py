@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from engine.tokenize import FALLBACK_CHAT_TEMPLATE, IGNORE_INDEX, encode_examples
+from engine.data.template import FALLBACK_CHAT_TEMPLATE
+from engine.training.labels import IGNORE_INDEX, encode_examples
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import dump, events, kill, log_steps, start, wait_final, wait_for
-from engine.runs import COMPLETE_MARKER, Run
+
+from engine.runs.protocol import COMPLETE_MARKER, Run
 
 
 def losses(run: Run) -> list[float]:
@@ -175,7 +174,7 @@ def test_huge_learning_rate_warns(write_config, workspace):
 def test_second_engine_on_same_run_is_refused(write_config, workspace):
     run, proc = start(write_config(max_steps=5000, save_steps=10000, eval_steps=10000), workspace)
     wait_for(lambda: len(log_steps(run)) >= 2, what="training to start")
-    second = subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path)],
+    second = subprocess.run([sys.executable, "-m", "engine.training.worker", "--run-dir", str(run.path)],
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 2
     assert "already being trained" in second.stderr
@@ -213,7 +212,7 @@ def test_two_process_torchrun_has_one_writer(write_config, workspace):
 def test_out_of_memory_is_explained():
     import torch
 
-    from engine.worker import describe_failure
+    from engine.training.worker import describe_failure
 
     message, advice = describe_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert message.startswith("OutOfMemoryError: CUDA out of memory")
@@ -270,12 +269,12 @@ def test_sigterm_during_start_up_stops_the_run(write_config, workspace):
 
 
 def test_config_the_worker_cannot_parse_leaves_the_run_failed(write_config, workspace):
-    from engine.config import load_config
-    from engine.launch import create_from_config
+    from engine.runs.launch import create_from_config
+    from engine.training.config import load_config
 
     run = create_from_config(load_config(write_config()), workspace)
     run.config_path.write_text(yaml.safe_dump({**run.config(), "learning_rate": -1}))  # damaged after creation
-    worker = subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path)],
+    worker = subprocess.run([sys.executable, "-m", "engine.training.worker", "--run-dir", str(run.path)],
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode == 2 and "config key 'learning_rate'" in worker.stderr
     status = run.status()

@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tui_fixtures import assert_snapshot, no_gpu_snapshot, screen_text  # noqa: E402
 
-from engine.data import content_hash, load_examples  # noqa: E402
+from engine.data.load import content_hash, load_examples  # noqa: E402
+from engine.data.review import ReviewStore  # noqa: E402
 from engine.demo import write_demo_data  # noqa: E402
-from engine.review import ReviewStore  # noqa: E402
 from tui.app import TunedeckApp  # noqa: E402
 
 SIZE = (80, 24)

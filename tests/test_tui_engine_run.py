@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import dump, kill, start  # noqa: E402
-from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
+from test_tui_app import SIZE, make_app  # noqa: E402
 from tui_fixtures import screen_text  # noqa: E402
 
-import engine.runs  # noqa: E402
+import engine.runs.protocol  # noqa: E402
 from tui.screens.monitor import MonitorScreen  # noqa: E402
 
 pytestmark = pytest.mark.asyncio
@@ -74,7 +74,7 @@ async def test_attach_mid_run_then_stop_is_acknowledged(write_config, workspace)
 
 
 async def test_killed_engine_is_shown_as_crashed(write_config, workspace, monkeypatch):
-    monkeypatch.setattr(engine.runs, "STALE_AFTER_SECONDS", 1.0)
+    monkeypatch.setattr(engine.runs.protocol, "STALE_AFTER_SECONDS", 1.0)
     run, proc = start(write_config(max_steps=5000, save_steps=1000, eval_steps=1000), workspace)
     try:
         app = make_app(workspace, attach=run.id)

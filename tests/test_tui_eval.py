@@ -13,7 +13,7 @@ from eval_fixtures import make_report, write_report  # noqa: E402
 from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
 from tui_fixtures import assert_snapshot, make_run, screen_text  # noqa: E402
 
-from engine.ab import ABStore  # noqa: E402
+from engine.evaluation.ab import ABStore  # noqa: E402
 from tui.screens.choose_run import RunChooser  # noqa: E402
 from tui.screens.error import ErrorScreen  # noqa: E402
 from tui.screens.eval import EvalScreen  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tui_fixtures import make_run  # noqa: E402
 
-from engine.runs import EventWriter  # noqa: E402
+from engine.runs.events import EventWriter  # noqa: E402
 from tui.follow import BucketSeries, RunFollower, fmt_age, fmt_duration, fmt_num  # noqa: E402
 
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
 from tui_fixtures import assert_snapshot, one_gpu_snapshot, screen_text  # noqa: E402
 
-from engine.config import load_config  # noqa: E402
-from engine.tiny import build_tiny_model, learnable_rows, write_jsonl  # noqa: E402
+from engine.testing import build_tiny_model, learnable_rows, write_jsonl  # noqa: E402
+from engine.training.config import load_config  # noqa: E402
 from tui.screens.error import ErrorScreen  # noqa: E402
 from tui.screens.plan import PlanScreen  # noqa: E402
 from tui.screens.prompt import PathPrompt  # noqa: E402

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
 from tui_fixtures import assert_snapshot, dead_pid, make_run, screen_text, write_status  # noqa: E402
 
-from engine.runs import EventWriter, Run  # noqa: E402
+from engine.runs.events import EventWriter  # noqa: E402
+from engine.runs.protocol import Run  # noqa: E402
 from tui.screens.monitor import MonitorScreen  # noqa: E402
 from tui.screens.prompt import Confirm, PathPrompt  # noqa: E402
 from tui.screens.runs import RunsScreen  # noqa: E402
@@ -223,17 +224,17 @@ async def test_failed_run_snapshot(snap_ws):
 
 
 async def test_resume_and_new_run_call_the_launcher(tmp_path, monkeypatch):
-    import engine.launch
+    import engine.runs.launch
 
     crashed = make_run(tmp_path, name="dead", pid=dead_pid(), heartbeat=time.time() - 120)
     calls = []
-    monkeypatch.setattr(engine.launch, "resume_detached", lambda run: calls.append(("resume", run.id)) or run)
+    monkeypatch.setattr(engine.runs.launch, "resume_detached", lambda run: calls.append(("resume", run.id)) or run)
 
     def fake_start(config_path, workspace):
         calls.append(("start", config_path.name))
         return make_run(workspace, name="fresh", steps=1)
 
-    monkeypatch.setattr(engine.launch, "start_detached", fake_start)
+    monkeypatch.setattr(engine.runs.launch, "start_detached", fake_start)
     app = make_app(tmp_path, mode="runs")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: len(app.screen.rows) == 1)
@@ -251,12 +252,12 @@ async def test_resume_and_new_run_call_the_launcher(tmp_path, monkeypatch):
 async def test_run_with_damaged_status_shows_why_and_resumes(tmp_path, monkeypatch):
     """A garbage status.json (fault suite: damaged run directories) reads `unknown`, says so, and can
     be resumed: spawn itself refuses when an engine still holds the run."""
-    import engine.launch
+    import engine.runs.launch
 
     run = make_run(tmp_path, name="damaged", steps=5)
     run.status_path.write_bytes(b"\x00garbage")
     calls = []
-    monkeypatch.setattr(engine.launch, "resume_detached", lambda r: calls.append(r.id) or r)
+    monkeypatch.setattr(engine.runs.launch, "resume_detached", lambda r: calls.append(r.id) or r)
     app = make_app(tmp_path, mode="runs")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: len(app.screen.rows) == 1)
@@ -270,10 +271,10 @@ async def test_run_with_damaged_status_shows_why_and_resumes(tmp_path, monkeypat
 
 
 async def test_resume_refused_for_a_running_run(tmp_path, monkeypatch):
-    import engine.launch
+    import engine.runs.launch
 
     make_run(tmp_path)
-    monkeypatch.setattr(engine.launch, "resume_detached", lambda run: pytest.fail("must not resume"))
+    monkeypatch.setattr(engine.runs.launch, "resume_detached", lambda run: pytest.fail("must not resume"))
     app = make_app(tmp_path, mode="runs")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: len(app.screen.rows) == 1)
@@ -284,14 +285,14 @@ async def test_resume_refused_for_a_running_run(tmp_path, monkeypatch):
 
 
 async def test_launch_failure_shows_the_error_modal(tmp_path, monkeypatch):
-    import engine.launch
-    from engine.runs import RunError
+    import engine.runs.launch
+    from engine.runs.protocol import RunError
     from tui.screens.error import ErrorScreen
 
     def refuse(config_path, workspace):
         raise RunError(f"{config_path}: no such config file; write one with `tunedeck plan`")
 
-    monkeypatch.setattr(engine.launch, "start_detached", refuse)
+    monkeypatch.setattr(engine.runs.launch, "start_detached", refuse)
     app = make_app(tmp_path, mode="runs")
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n", *"missing.yaml", "enter")

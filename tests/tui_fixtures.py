@@ -12,7 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine.runs import EventWriter, Run, create_run, write_atomic
+from engine.core.files import write_atomic
+from engine.runs.events import EventWriter
+from engine.runs.protocol import Run
+from engine.runs.workspace import create_run
 
 SNAPSHOT_DIR = Path(__file__).parent / "snapshots"
 UPDATE_ENV = "TUNEDECK_UPDATE_SNAPSHOTS"
@@ -62,7 +65,7 @@ def one_gpu_snapshot(workspace: Path) -> dict:
            "memory_utilization_pct": 40, "temperature_c": 54, "power_w": 312.0, "power_limit_w": 400.0,
            "fan_pct": None, "sm_clock_mhz": 1410, "sm_clock_max_mhz": 1410, "mem_clock_mhz": 1593,
            "compute_capability": "8.0", "bf16": True, "mig": False,
-           "processes": [{"pid": 4242, "memory_mib": 40000, "user": "alice", "command": "python -m engine.worker"},
+           "processes": [{"pid": 4242, "memory_mib": 40000, "user": "alice", "command": "python -m engine.training.worker"},
                          {"pid": 777, "memory_mib": None, "user": None, "command": None,
                           "hidden": "pid not visible here (another container or user)"}]}
     return {"time": 0, "gpus": [gpu], "host": dict(HOST), "driver_version": "550.54", "cuda_version": "12.4"}

@@ -12,20 +12,22 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tui.messages import ErrorReported
+from tui.modes import MODES as MODE_TITLES
 from tui.screens.data import DataScreen
 from tui.screens.eval import EvalScreen
 from tui.screens.gpu import GpuScreen
 from tui.screens.plan import PlanScreen
 from tui.screens.runs import RunsScreen
 
-MODE_TITLES = {"gpu": "GPU", "plan": "Plan", "data": "Data", "runs": "Runs", "eval": "Eval"}
+
+SCREENS = {screen.MODE: screen for screen in (GpuScreen, PlanScreen, DataScreen, RunsScreen, EvalScreen)}
 
 
 class TunedeckApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "tunedeck"
     ENABLE_COMMAND_PALETTE = True
-    MODES = {"gpu": GpuScreen, "plan": PlanScreen, "data": DataScreen, "runs": RunsScreen, "eval": EvalScreen}
+    MODES = {mode: SCREENS[mode] for mode in MODE_TITLES}  # a mode without its screen fails here, at import
     BINDINGS = [
         *(Binding(str(i), f"app.switch_mode('{mode}')", title, id=f"mode.{mode}", show=False)
           for i, (mode, title) in enumerate(MODE_TITLES.items(), start=1)),
@@ -44,14 +46,14 @@ class TunedeckApp(App):
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(self.MODES)}")
         self.attach = attach
         if gpu_sampler is None:
-            from engine.gpu import snapshot as gpu_sampler
+            from engine.hardware import snapshot as gpu_sampler
         self.gpu_sampler = gpu_sampler
         self.gpu_interval = gpu_interval
 
     async def on_mount(self) -> None:
         await self.switch_mode(self.start_mode)
         if self.attach is not None:
-            from engine.runs import resolve_run
+            from engine.runs.workspace import resolve_run
             from tui.screens.monitor import MonitorScreen
 
             await self.push_screen(MonitorScreen(resolve_run(self.attach, self.workspace)))
@@ -91,7 +93,7 @@ def run_app(workspace: Path, mode: str | None = None, attach: str | None = None,
     """Open the app; with `attach` (a run id or directory) it opens on that run's monitor."""
     workspace = Path(workspace).expanduser()
     if attach is not None:
-        from engine.runs import resolve_run
+        from engine.runs.workspace import resolve_run
 
         resolve_run(attach, workspace)  # fail with the RunError's one line before the screen opens
     TunedeckApp(workspace, mode=mode, attach=attach, data=data).run()

@@ -1,6 +1,6 @@
 """Following a run's events for the monitor, with memory that stays bounded.
 
-`RunFollower` reads `events.jsonl` by byte offset (through engine.runs.EventReader),
+`RunFollower` reads `events.jsonl` by byte offset (through engine.runs.events.EventReader),
 so each poll costs in proportion to the new bytes only, and keeps what the
 monitor draws: downsampled curves, the latest warnings and errors, command
 acknowledgements. A million events fold into a few hundred buckets per curve.
@@ -15,7 +15,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.runs import EventReader, Run
+from engine.runs.events import EventReader
+from engine.runs.protocol import Run
 
 SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm")
 

@@ -61,7 +61,7 @@ class Env:
     def project(self) -> Path:
         """A directory with tiny-model/ and train.jsonl."""
         if "project" not in self._cache:
-            from engine.tiny import build_tiny_model, learnable_rows, write_jsonl
+            from engine.testing import build_tiny_model, learnable_rows, write_jsonl
 
             project = self.root / "project"
             if not (project / "train.jsonl").exists():

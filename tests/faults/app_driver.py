@@ -81,8 +81,9 @@ async def data_loaded(pilot) -> None:
 
 
 def data_app(dataset: Path):
-    from tui.app import TunedeckApp
     from tui_fixtures import no_gpu_snapshot
+
+    from tui.app import TunedeckApp
 
     return TunedeckApp(dataset.parent / "ws", mode="data", data=dataset, gpu_sampler=no_gpu_snapshot)
 
@@ -116,8 +117,9 @@ async def ab_loaded(pilot) -> None:
 
 
 def ab_app(workspace: Path):
-    from tui.app import TunedeckApp
     from tui_fixtures import no_gpu_snapshot
+
+    from tui.app import TunedeckApp
 
     return TunedeckApp(workspace, mode="eval", gpu_sampler=no_gpu_snapshot, gpu_interval=10.0)
 

@@ -334,7 +334,7 @@ def demo_dataset(env: Env) -> Path:
 
 
 def stored_reviews(dataset: Path) -> tuple[dict, str | None]:
-    from engine.review import ReviewStore, store_path
+    from engine.data.review import ReviewStore, store_path
 
     path = store_path(dataset)
     problem = sqlite_sound(path)
@@ -402,7 +402,7 @@ def evaluated_workspace(workspace: Path) -> Path:
 
 
 def stored_judgements(report: Path) -> tuple[dict, str | None]:
-    from engine.ab import ABStore
+    from engine.evaluation.ab import ABStore
 
     path = report.parent / "ab.sqlite"
     problem = sqlite_sound(path)

@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 import yaml
-
-from engine.config import load_config
-from engine.launch import create_from_config, spawn, worker_command
-from engine.runs import COMPLETE_MARKER, FINAL_STATES, EventReader, Run, RunError, write_atomic
 from conftest import wait_for
+
+from engine.core.files import write_atomic
+from engine.runs.events import EventReader
+from engine.runs.launch import create_from_config, spawn, worker_command
+from engine.runs.protocol import COMPLETE_MARKER, FINAL_STATES, Run, RunError
+from engine.training.config import load_config
 from faults import Env, Outcome, fault
 
 MAX_STEPS = 60
@@ -55,7 +57,7 @@ def eval_data(env: Env) -> Path:
     """A held-out set large enough that an evaluation takes a few tenths of a second to hit."""
     path = env.project / "eval.jsonl"
     if not path.exists():
-        from engine.tiny import learnable_rows, write_jsonl
+        from engine.testing import learnable_rows, write_jsonl
 
         write_jsonl(path, learnable_rows(600, seed=7))
     return path
@@ -377,8 +379,9 @@ DAMAGES = {
 
 async def _app_shows(workspace: Path, run: Run) -> str:
     """The screen text of the Runs list, then of the monitor attached to the run."""
-    from tui.app import TunedeckApp
     from tui_fixtures import no_gpu_snapshot, screen_text
+
+    from tui.app import TunedeckApp
 
     shown = []
     for attach in (None, run.id):
@@ -422,7 +425,7 @@ def second_engine_trial(rng, tmp: Path, env: Env) -> Outcome:
     time.sleep(rng.uniform(0, 5.0))  # during the first one's start-up or its training
     how = rng.choice(["worker", "resume"])
     if how == "worker":
-        second = subprocess.run([sys.executable, "-m", "engine.worker", "--run-dir", str(run.path), "--resume"],
+        second = subprocess.run([sys.executable, "-m", "engine.training.worker", "--run-dir", str(run.path), "--resume"],
                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
         check(second.returncode == 2 and "already being trained" in second.stderr,
               f"second worker: exit {second.returncode}: {second.stderr.strip()[-200:]}")

@@ -1,4 +1,4 @@
-"""engine.worker with a full disk while one checkpoint is written.
+"""engine.training.worker with a full disk while one checkpoint is written.
 
     ENOSPC_CHECKPOINT=checkpoint-30 ENOSPC_NTH=1 python tests/faults/enospc_worker.py --run-dir DIR
 
@@ -20,8 +20,8 @@ import torch
 import transformers.modeling_utils  # noqa: F401
 import transformers.trainer  # noqa: F401
 
-import engine.train  # noqa: F401
-from engine.worker import main
+import engine.training.recipes.sft  # noqa: F401
+from engine.training.worker import main
 
 TARGET = os.environ["ENOSPC_CHECKPOINT"]
 NTH = int(os.environ.get("ENOSPC_NTH", "0"))

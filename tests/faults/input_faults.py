@@ -1,8 +1,8 @@
 """Bad input, drawn at random (issue 7): datasets, configs, run ids and paths.
 
 Every trial makes fresh bad input from its `rng` and checks a property on it through the
-real code: engine.data.load_examples (what `tunedeck data` reads with, and the engine's
-training read, Recipe._conversations), engine.config.load_config, engine.runs.resolve_run,
+real code: engine.data.load.load_examples (what `tunedeck data` reads with, and the engine's
+training read, Recipe._conversations), engine.training.config.load_config, engine.runs.workspace.resolve_run,
 and the real command line (`python -m tui.cli`) in a subprocess.
 
 - datasets: every bad line is reported with its line number, every good line loads unchanged
@@ -37,9 +37,10 @@ from typing import Literal
 
 import yaml
 
-from engine.config import ConfigError, RunConfig, load_config
-from engine.data import MAX_LINE_BYTES, load_examples
-from engine.runs import RUN_ID_RE, RunError, create_run, list_runs, resolve_run
+from engine.data.load import MAX_LINE_BYTES, load_examples
+from engine.runs.protocol import RUN_ID_RE, RunError
+from engine.runs.workspace import create_run, list_runs, resolve_run
+from engine.training.config import ConfigError, RunConfig, load_config
 from faults import Env, Outcome, fault
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -466,7 +467,7 @@ def check_lint_cli(check: Checks, planted: Planted, as_json: bool, measure: bool
 
 def check_engine_reader(check: Checks, planted: Planted, env: Env) -> None:
     """The training engine's read (Recipe._conversations) goes through the same loader."""
-    recipe = env.cached("engine.train.Recipe", lambda: __import__("engine.train", fromlist=["Recipe"]).Recipe)
+    recipe = env.cached("engine.training.recipes.sft.Recipe", lambda: __import__("engine.training.recipes.sft", fromlist=["Recipe"]).Recipe)
     events: list[dict] = []
     fake = types.SimpleNamespace(cfg=types.SimpleNamespace(system_prompt=None),
                                  event=lambda type, **fields: events.append({"type": type, **fields}))
@@ -641,7 +642,7 @@ KEYS = [f.name for f in dataclasses.fields(RunConfig)]
 
 
 def accepts(hint, value) -> bool:
-    """Whether a value is of the key's declared type (the spec engine.config enforces)."""
+    """Whether a value is of the key's declared type (the spec engine.training.config enforces)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(accepts(a, value) for a in typing.get_args(hint))

@@ -13,7 +13,7 @@ from tui.widgets.modebar import ModeBar
 
 def advice_for(error: BaseException) -> str:
     """What a person can do about an exception, in one sentence."""
-    from engine.runs import RunError
+    from engine.runs.protocol import RunError
 
     if isinstance(error, RunError):
         return ""  # a RunError's message already says what to do
@@ -63,7 +63,7 @@ def _where(error: BaseException) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    from engine.runs import RunError
+    from engine.runs.protocol import RunError
 
     if isinstance(error, RunError):
         return str(error)

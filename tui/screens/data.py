@@ -134,11 +134,12 @@ class DataScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data-load", name="loading the dataset", exit_on_error=False)
     def load_dataset(self, path: Path) -> None:
-        from engine.data import first_example, load_examples
-        from engine.dedup import dedup
-        from engine.lint import lint
-        from engine.stats import dataset_stats
         from textual.worker import get_current_worker
+
+        from engine.data.dedup import dedup
+        from engine.data.lint import lint
+        from engine.data.load import first_example, load_examples
+        from engine.data.stats import dataset_stats
 
         worker = get_current_worker()
         first = first_example(path)
@@ -174,8 +175,8 @@ class DataScreen(ModeScreen):
             self.query_one("#data-example", Static).update(conversation_text(message.example.messages))
 
     def on_dataset_loaded(self, message: DatasetLoaded) -> None:
-        from engine.data import content_hash
-        from engine.review import ReviewStore
+        from engine.data.load import content_hash
+        from engine.data.review import ReviewStore
 
         if message.path != self.path:
             return
@@ -272,7 +273,7 @@ class DataScreen(ModeScreen):
         if text:
             text.append("\n")
         if self.show_template:
-            from engine.tokens import ChatTemplate
+            from engine.data.template import ChatTemplate
 
             template = self.template or ChatTemplate()
             rendered, spans, tokens, trained = template.trained_view(messages)
@@ -283,7 +284,7 @@ class DataScreen(ModeScreen):
         return text
 
     def _render_head(self) -> None:
-        from engine.stats import sparkline
+        from engine.data.stats import sparkline
 
         s = self.stats
         counts = {v: sum(1 for r in self.reviews.values() if r.get("verdict") == v) for v in ("good", "bad", "skip")}
@@ -396,7 +397,7 @@ class DataScreen(ModeScreen):
         self.app.push_screen(PathPrompt("Search", "Show examples containing:", ""), chosen)
 
     def action_filter(self) -> None:
-        from engine.lint import RULES
+        from engine.data.lint import RULES
         from tui.screens.prompt import PathPrompt
 
         if not self._ready():
@@ -412,7 +413,7 @@ class DataScreen(ModeScreen):
             + (f" ({rules})" if rules else "") + ":", self.filter), chosen)
 
     def set_filter(self, spec: str) -> None:
-        from engine.lint import RULES
+        from engine.data.lint import RULES
 
         known = {"all", "flagged", "unreviewed", "good", "bad", "skip", "duplicate", "dup"} | set(RULES)
         if spec not in known and not spec.startswith("/"):
@@ -506,7 +507,7 @@ class DataScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data-model", name="loading the tokenizer", exit_on_error=False)
     def load_template(self, model: str) -> None:
-        from engine.tokens import LightTokenizer
+        from engine.data.template import LightTokenizer
 
         tokenizer = LightTokenizer(model)
         self.app.call_from_thread(self._template_loaded, tokenizer)
@@ -537,8 +538,8 @@ class DataScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data-write", name="splitting the dataset", exit_on_error=False)
     def split_dataset(self, out_dir: Path) -> None:
-        from engine.export import write_examples
-        from engine.split import split_indices
+        from engine.data.export import write_examples
+        from engine.data.split import split_indices
 
         parts = split_indices(self.result.examples, seed=0)
         stem = self.path.name.split(".")[0]
@@ -564,12 +565,11 @@ class DataScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data-write", name="exporting the dataset", exit_on_error=False)
     def export_dataset(self, out: Path) -> None:
-        from engine.export import export
-        from engine.lint import RULES
+        from engine.data.export import export
+        from engine.data.lint import ERROR_RULES
 
         flags = [f for fl in self.flags.values() for f in fl]
-        drop = {r for r, v in RULES.items() if v.severity == "error"}
-        report = export(self.result, out, reviews=dict(self.reviews), flags=flags, drop_rules=drop,
+        report = export(self.result, out, reviews=dict(self.reviews), flags=flags, drop_rules=ERROR_RULES,
                         duplicates=set(self.duplicate_of))
         self.app.call_from_thread(self.notify, f"Exported {report['kept']} examples to {out}; removed "
                                                f"{report['removed']} (see {Path(report['report']).name})")

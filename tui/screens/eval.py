@@ -3,7 +3,7 @@
 Opens on the newest run that has `eval/report.json` (o picks another). Three views:
 the metrics with deltas and the forgetting verdict (m), one example at a time with both
 answers (e, j/k), and the blind A/B review (r). A/B judgements go to
-`<run>/eval/ab.sqlite` and are committed before the next pair shows (engine.ab), so a
+`<run>/eval/ab.sqlite` and are committed before the next pair shows (engine.evaluation.ab), so a
 closed terminal loses nothing and reopening resumes at the next unjudged pair. Reading
 the report and opening the store happen in a worker; failures go to the app's modal.
 """
@@ -24,12 +24,19 @@ from textual.message import Message
 from textual.widgets import ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
-from engine.ab import ABStore, Pair, pairs_from_report
-from engine.runs import Run, RunError, ensure_private_dir, list_runs
+from engine.core.files import ensure_private_dir
+from engine.evaluation.ab import ABStore, Pair, pairs_from_report
+from engine.runs.protocol import Run, RunError
+from engine.runs.workspace import list_runs
 from tui.follow import fmt_age
 from tui.screens.base import ModeScreen
-from tui.widgets.eval_views import (answer_text, example_view, forgetting_view, metrics_view,
-                                    win_rate_line)
+from tui.widgets.eval_views import (
+    answer_text,
+    example_view,
+    forgetting_view,
+    metrics_view,
+    win_rate_line,
+)
 
 VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r", "A/B review"))
 CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}

@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from engine.runs import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
+from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
 from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
 from tui.messages import ErrorReported, RunUpdated
 from tui.screens.base import ModeScreen
@@ -267,7 +267,7 @@ class MonitorScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", name="resuming the run", exit_on_error=False)
     def resume(self) -> None:
-        from engine.launch import resume_detached
+        from engine.runs.launch import resume_detached
 
         resumed = resume_detached(self.run)
         self.app.call_from_thread(self.notify, f"Resumed {resumed.id}")

@@ -1,6 +1,6 @@
 """Plan mode (2): should you fine-tune, which method fits, hyperparameters, time and cost; writes a config.
 
-The form on the left feeds engine.recommend.plan in a worker (it reads model file headers, no torch);
+The form on the left feeds engine.plan.recommend.plan in a worker (it reads model file headers, no torch);
 the right side shows the decision path, a memory bar per method, hyperparameters and time. `w`
 writes the run configuration that `tunedeck train` runs as it is.
 """
@@ -76,7 +76,7 @@ class PlanScreen(ModeScreen):
         self._data_cache: tuple | None = None  # (path, mtime, count, tokens per example)
 
     def compose_body(self) -> ComposeResult:
-        from engine.recommend import TASKS
+        from engine.plan.recommend import TASKS
 
         with Horizontal(id="plan-main"):
             with VerticalScroll(id="plan-form") as form:
@@ -163,9 +163,9 @@ class PlanScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="plan", name="Plan", exit_on_error=False)
     def compute(self, inputs: Inputs) -> Computed | None:
-        from engine.estimate import Assumptions
-        from engine.models import model_facts
-        from engine.recommend import Situation, plan
+        from engine.models.facts import model_facts
+        from engine.plan.memory import Assumptions
+        from engine.plan.recommend import Situation, plan
 
         facts = model_facts(inputs.model)
         data_path, counted, tokens = self._read_data(inputs.data)
@@ -186,7 +186,7 @@ class PlanScreen(ModeScreen):
         """The data file's example count and mean tokens per example (about 4 characters a token)."""
         if not text:
             return None, None, None
-        from engine.data import load_examples
+        from engine.data.load import load_examples
 
         path = Path(text).expanduser().resolve()
         if not path.is_file():
@@ -209,7 +209,7 @@ class PlanScreen(ModeScreen):
             self._show()
         elif event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
-            from engine.models import ModelError
+            from engine.models.find import ModelError
 
             if isinstance(error, ModelError):
                 advice = "Type another model in the Model field: a directory, a .gguf file, a cached repo id, or demo."
@@ -311,7 +311,7 @@ class PlanScreen(ModeScreen):
     def write_config(self, result: Computed, path: Path) -> None:
         import yaml
 
-        from engine.runs import ensure_private_dir
+        from engine.core.files import ensure_private_dir
 
         try:
             ensure_private_dir(path.parent, tighten=False)  # configs/ is created owner-only

@@ -11,7 +11,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from engine.runs import RESUMABLE_STATES, Run, list_runs
+from engine.runs.protocol import RESUMABLE_STATES, Run
+from engine.runs.workspace import list_runs
 from tui.follow import fmt_age, fmt_num
 from tui.messages import RunsListed
 from tui.screens.base import ModeScreen
@@ -169,7 +170,7 @@ class RunsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", name="starting the run", exit_on_error=False)
     def start_run(self, config_path: Path) -> None:
-        from engine.launch import start_detached
+        from engine.runs.launch import start_detached
 
         run = start_detached(config_path, self.app.workspace)
         self.app.call_from_thread(self.notify, f"Started {run.id}")
@@ -177,7 +178,7 @@ class RunsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", name="resuming the run", exit_on_error=False)
     def resume_run(self, run: Run) -> None:
-        from engine.launch import resume_detached
+        from engine.runs.launch import resume_detached
 
         resumed = resume_detached(run)
         self.app.call_from_thread(self.notify, f"Resumed {resumed.id}")

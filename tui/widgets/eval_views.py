@@ -11,23 +11,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-# (key, label, kind): kind says how to print it and which direction is better.
-CORRECTNESS = (("exact_match", "exact match", "rate"), ("normalised_match", "normalised match", "rate"),
-               ("task_metric", "task metric", "score"))
-FORMAT = (("format_compliance", "format compliance", "rate"),)
-FIT = (("loss", "loss", "lower"), ("perplexity", "perplexity", "ppl"))
+from engine.evaluation.report import METRICS, format_value, present
+
+# The report's metric groups as sections, in this order (the judge's only when it ran).
+SECTIONS = (("correctness", "correctness"), ("format", "format (apart from correctness)"),
+            ("fit", "fit to the references"), ("judge", "LLM judge"))
 SECTION_STYLE = {"better": "bold green", "worse": "bold red", "same": "dim"}
 LABEL_STYLE = "bold"
-
-
-def fmt_value(value, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "rate":
-        return f"{value * 100:.1f}%"
-    if kind == "score" or (kind == "lower" and abs(value) < 100):
-        return f"{value:.3f}"
-    return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
 def fmt_delta(base, tuned, kind: str) -> tuple[str, str]:
@@ -59,17 +49,19 @@ def metrics_table(report: dict) -> Table:
     table.add_column("delta", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
     task_name = report.get("task_metric")
-    groups = (("correctness", CORRECTNESS), ("format (apart from correctness)", FORMAT),
-              ("fit to the references", FIT))
-    for title, rows in groups:
+    measured = set(present(report, ["baseline", "tuned"]))
+    for group, title in SECTIONS:
+        # correctness, format and fit are always shown (a '-' says what was not measured); the judge when it ran
+        rows = [m for m in METRICS if m.group == group and (group != "judge" or m in measured)]
+        if not rows:
+            continue
         table.add_row(Text(title, style="italic dim"))
-        for key, label, kind in rows:
-            if key == "task_metric" and task_name:
-                label = f"task: {task_name}"
-            b = None if base is None else base.get(key)
-            t = tuned.get(key)
-            delta, verdict = fmt_delta(b, t, kind)
-            table.add_row(f"  {label}", fmt_value(b, kind), Text(fmt_value(t, kind), style="bold"),
+        for m in rows:
+            label = f"task: {task_name}" if m.key == "task_metric" and task_name else m.label
+            b = None if base is None else base.get(m.key)
+            t = tuned.get(m.key)
+            delta, verdict = fmt_delta(b, t, m.kind)
+            table.add_row(f"  {label}", format_value(b, m.kind), Text(format_value(t, m.kind), style="bold"),
                           delta, Text(verdict, style=SECTION_STYLE.get(verdict, "")))
     return table
 
@@ -107,7 +99,7 @@ def forgetting_view(forgetting: dict | None) -> Text:
     ppl = forgetting.get("perplexity") or {}
     if (ppl.get("base") is not None or ppl.get("tuned") is not None) and "perplexity" not in verdict:
         text.append("\nperplexity on general text: ")
-        text.append(f"{fmt_value(ppl.get('base'), 'ppl')} base → {fmt_value(ppl.get('tuned'), 'ppl')} tuned")
+        text.append(f"{format_value(ppl.get('base'), 'ppl')} base → {format_value(ppl.get('tuned'), 'ppl')} tuned")
         if ppl.get("base") and ppl.get("tuned") is not None:
             text.append(f" ({(ppl['tuned'] / ppl['base'] - 1) * 100:+.0f}%)")
     improved = set(forgetting.get("improved") or [])

@@ -5,8 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-MODES = (("gpu", "1", "GPU"), ("plan", "2", "Plan"), ("data", "3", "Data"), ("runs", "4", "Runs"),
-         ("eval", "5", "Eval"))
+from tui.modes import MODES
 
 
 class ModeBar(Static):
@@ -28,7 +27,7 @@ class ModeBar(Static):
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="crop")
         text.append(" tunedeck ", "bold")
-        for mode, key, label in MODES:
+        for key, (mode, label) in enumerate(MODES.items(), start=1):
             if mode == self.current:
                 text.append(f"[{key} {label}]", self.get_component_rich_style("modebar--current"))
             else:

@@ -1,0 +1,98 @@
+"""Write a reviewed dataset to a new file: verdicts, edits and lint choices applied, with a report.
+
+The source file is never touched. Removed examples are listed with why, by their
+line in the source (the same numbering as `tunedeck data lint`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from engine.core.files import ensure_private_dir
+from engine.data.load import DataError, LoadResult, content_hash
+
+WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
+
+
+def output_format(path: Path, fmt: str | None) -> str:
+    fmt = fmt or {".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "jsonl")
+    if fmt not in WRITE_FORMATS:
+        raise DataError(f"cannot write format {fmt!r}; use one of {', '.join(WRITE_FORMATS)}")
+    return fmt
+
+
+def write_examples(messages_list: list[list[dict]], path: str | Path, fmt: str | None = None) -> Path:
+    """Write conversations (`messages` rows); written to a temporary name, then renamed."""
+    path = Path(path)
+    fmt = output_format(path, fmt)
+    ensure_private_dir(path.parent, tighten=False)  # folders it creates are owner-only; yours stay as they are
+    tmp = path.with_name(path.name + ".partial")
+    if fmt == "jsonl":
+        with open(tmp, "w", encoding="utf-8") as f:
+            for messages in messages_list:
+                f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    elif fmt == "json":
+        tmp.write_text(json.dumps([{"messages": m} for m in messages_list], ensure_ascii=False, indent=1),
+                       encoding="utf-8")
+    elif fmt == "csv":
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["messages"])  # nested turns as JSON text; the loader reads it back
+            for messages in messages_list:
+                writer.writerow([json.dumps(messages, ensure_ascii=False)])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"messages": messages_list}), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flags=(), drop_rules=(),
+                duplicates: set[int] | None = None, drop_verdicts=("bad",)) -> tuple[list[list[dict]], list[dict]]:
+    """(conversations to write, removed [{line, reason}]) in source order."""
+    reviews = reviews or {}
+    flagged: dict[int, list[str]] = {}
+    for flag in flags:
+        if flag.rule in drop_rules:
+            flagged.setdefault(flag.index, []).append(flag.rule)
+    kept, removed = [], []
+    for i, ex in enumerate(result.examples):
+        review = reviews.get(content_hash(ex.messages)) or {}
+        line = result.display_line(ex.line)
+        if review.get("verdict") in drop_verdicts:
+            removed.append({"line": line, "reason": f"verdict {review['verdict']}"
+                            + (f": {review['note']}" if review.get("note") else "")})
+        elif i in flagged:
+            removed.append({"line": line, "reason": "lint: " + ", ".join(dict.fromkeys(flagged[i]))})
+        elif duplicates and i in duplicates:
+            removed.append({"line": line, "reason": "duplicate"})
+        else:
+            kept.append(review.get("edit") or ex.messages)
+    return kept, removed
+
+
+def export(result: LoadResult, out: str | Path, fmt: str | None = None, **plan) -> dict:
+    """Write the kept examples to `out` and `out`.report.json; the report as a dict."""
+    out = Path(out)
+    if out.resolve() == Path(result.examples[0].source if result.examples else out).resolve():
+        raise DataError("export would overwrite the source file; choose another output path")
+    kept, removed = plan_export(result, **plan)
+    write_examples(kept, out, fmt)
+    edited = sum(1 for r in (plan.get("reviews") or {}).values() if r.get("edit"))
+    reasons: dict[str, int] = {}
+    for r in removed:
+        key = r["reason"].split(":")[0] if r["reason"].startswith("verdict") else r["reason"]
+        reasons[key] = reasons.get(key, 0) + 1
+    report = {"source": result.examples[0].source if result.examples else None, "output": str(out),
+              "format": output_format(out, fmt), "kept": len(kept), "removed": len(removed),
+              "removed_by_reason": reasons, "edited_in_review": edited, "skipped_unreadable": len(result.problems),
+              "removed_examples": removed}
+    report_path = out.with_name(out.name + ".report.json")
+    report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    report["report"] = str(report_path)
+    return report

@@ -1,0 +1,147 @@
+"""The review store: verdict, note and edit per example, in SQLite beside the dataset.
+
+Keyed by a hash of the example's original content, so reordering or re-exporting the
+file does not lose a verdict. Every change is committed (WAL, synchronous=FULL)
+before the call returns: the UI shows the next example only after that, so a
+killed terminal loses nothing. Each change records what it replaced, so undo can
+go back any number of steps; a bulk verdict is one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from engine.core.files import ensure_private_dir
+
+VERDICTS = ("good", "bad", "skip")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS review (hash TEXT PRIMARY KEY, verdict TEXT, note TEXT, edit TEXT, updated REAL);
+CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER NOT NULL, hash TEXT NOT NULL,
+    existed INTEGER NOT NULL, verdict TEXT, note TEXT, edit TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def store_path(dataset: str | Path) -> Path:
+    """`<file>.review.sqlite` beside the dataset, or in the user cache when that folder is read-only."""
+    dataset = Path(dataset).resolve()
+    beside = dataset.with_name(dataset.name + ".review.sqlite")
+    # The mode bits as well as access(): root passes access() on a folder marked read-only.
+    writable = os.access(dataset.parent, os.W_OK) and dataset.parent.stat().st_mode & 0o222
+    if beside.exists() or writable:
+        return beside
+    from engine.core.paths import cache_dir
+
+    digest = hashlib.sha1(str(dataset).encode()).hexdigest()[:12]
+    return cache_dir() / "review" / f"{dataset.name}-{digest}.sqlite"
+
+
+class ReviewStore:
+    def __init__(self, path: str | Path, readable_as: str | Path | None = None):
+        """`readable_as`: the dataset reviewed. The store holds copies of its examples (edits, notes),
+        so a new store is never more readable than it: owner read-write plus the dataset's read bits
+        (SQLite gives its -wal and -shm files the same mode); 0600 without a dataset."""
+        self.path = Path(path)
+        ensure_private_dir(self.path.parent, tighten=False)  # new folders 0700; the dataset's own folder as it is
+        if not self.path.exists():
+            mode = 0o600
+            if readable_as is not None:
+                try:
+                    mode |= os.stat(readable_as).st_mode & 0o044
+                except OSError:
+                    pass
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))  # empty = a new database
+            except FileExistsError:
+                pass
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def for_dataset(cls, dataset: str | Path) -> "ReviewStore":
+        return cls(store_path(dataset), readable_as=dataset)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- reading ----
+    def get(self, key: str) -> dict | None:
+        row = self.db.execute("SELECT verdict, note, edit FROM review WHERE hash=?", (key,)).fetchone()
+        if row is None:
+            return None
+        return {"verdict": row[0], "note": row[1], "edit": json.loads(row[2]) if row[2] else None}
+
+    def all(self) -> dict[str, dict]:
+        return {h: {"verdict": v, "note": n, "edit": json.loads(e) if e else None}
+                for h, v, n, e in self.db.execute("SELECT hash, verdict, note, edit FROM review")}
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT verdict, COUNT(*) FROM review WHERE verdict IS NOT NULL GROUP BY verdict"))
+
+    # ---- writing: each call is one committed transaction and one undo step ----
+    def set_verdict(self, key: str, verdict: str | None) -> None:
+        if verdict is not None and verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}")
+        self._change([key], verdict=verdict)
+
+    def set_verdicts(self, keys: list[str], verdict: str) -> None:
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}")
+        self._change(keys, verdict=verdict)
+
+    def set_note(self, key: str, note: str | None) -> None:
+        self._change([key], note=note or None)
+
+    def set_edit(self, key: str, messages: list[dict] | None) -> None:
+        self._change([key], edit=json.dumps(messages, ensure_ascii=False) if messages else None)
+
+    _UNSET = object()
+
+    def _change(self, keys, verdict=_UNSET, note=_UNSET, edit=_UNSET) -> None:
+        with self.db:  # BEGIN ... COMMIT
+            self.db.execute("BEGIN IMMEDIATE")
+            step = (self.db.execute("SELECT COALESCE(MAX(step), 0) FROM history").fetchone()[0]) + 1
+            for key in dict.fromkeys(keys):
+                old = self.db.execute("SELECT verdict, note, edit FROM review WHERE hash=?", (key,)).fetchone()
+                self.db.execute("INSERT INTO history (step, hash, existed, verdict, note, edit) VALUES (?,?,?,?,?,?)",
+                                (step, key, old is not None, *(old or (None, None, None))))
+                v, n, e = old or (None, None, None)
+                v = v if verdict is self._UNSET else verdict
+                n = n if note is self._UNSET else note
+                e = e if edit is self._UNSET else edit
+                self.db.execute("INSERT OR REPLACE INTO review (hash, verdict, note, edit, updated) VALUES (?,?,?,?,?)",
+                                (key, v, n, e, time.time()))
+
+    def undo(self) -> list[str]:
+        """Reverse the last step; the hashes it touched (empty when there is nothing to undo)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            step = self.db.execute("SELECT MAX(step) FROM history").fetchone()[0]
+            if step is None:
+                return []
+            rows = self.db.execute("SELECT hash, existed, verdict, note, edit FROM history WHERE step=? "
+                                   "ORDER BY id DESC", (step,)).fetchall()
+            for key, existed, v, n, e in rows:
+                if existed:
+                    self.db.execute("INSERT OR REPLACE INTO review (hash, verdict, note, edit, updated) "
+                                    "VALUES (?,?,?,?,?)", (key, v, n, e, time.time()))
+                else:
+                    self.db.execute("DELETE FROM review WHERE hash=?", (key,))
+            self.db.execute("DELETE FROM history WHERE step=?", (step,))
+        return [r[0] for r in rows]
+
+    # ---- where the reviewer was ----
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))

@@ -1,0 +1,225 @@
+"""Should you fine-tune, how, with which hyperparameters, and what it costs.
+
+The decision follows the field's practice: measure the prompted model first;
+use retrieval (RAG) when the need is fresh or private knowledge; fine-tune only
+with a measured gap, a stable task and enough clean examples; then LoRA by
+default, QLoRA when memory is short, full fine-tuning only with much data and
+memory. Every suggestion carries its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from engine.models.facts import ModelFacts
+from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate_all
+
+# Clean examples to start with, by task: (minimum, comfortable). Formatting and extraction are
+# learned from hundreds (the demo learns a strict JSON format from 275); knowledge-heavy tasks
+# need thousands.
+DATA_NEEDS = {
+    "classification": (500, 2000), "extraction": (200, 1000), "formatting": (200, 1000),
+    "style": (300, 1500), "dialogue": (500, 3000), "summarisation": (1000, 5000),
+    "reasoning": (1000, 5000), "code": (2000, 10000), "domain": (5000, 20000),
+}
+TASKS = tuple(DATA_NEEDS)
+
+# Dense bf16 tensor throughput, TFLOP/s, by a substring of the GPU name; and a typical
+# on-demand price per GPU-hour in USD (an assumption: pass your own price).
+GPU_SPECS = [("H200", 989, 3.5), ("H100", 989, 2.5), ("A100", 312, 1.5), ("L40S", 362, 1.0),
+             ("A10", 125, 0.75), ("L4", 121, 0.5), ("4090", 165, 0.5), ("3090", 71, 0.3),
+             ("V100", 125, 0.5), ("T4", 65, 0.3)]
+MFU = 0.35  # share of peak reached by a typical fine-tuning step
+CPU_TFLOPS_PER_CORE = 0.04  # measured: SmolLM2-135M LoRA at ~150 tokens/s on 2 cores
+
+
+@dataclass
+class Situation:
+    task: str = "formatting"
+    clean_examples: int | None = None
+    baseline_score: float | None = None  # the prompted model's task metric, 0..1
+    target_score: float | None = None
+    fresh_knowledge: bool = False  # needs facts that change, or private documents
+    task_stable: bool = True
+    reason: str = "quality"  # quality | latency | cost
+    gpus: list[dict] = field(default_factory=list)  # from engine.gpu.snapshot()["gpus"]
+    tokens_per_example: int | None = None  # mean, from the data screen
+    tokens_p99: int | None = None  # 99th percentile of example length in tokens
+    price_per_gpu_hour: float | None = None
+
+
+@dataclass
+class Hyperparameter:
+    key: str
+    value: object
+    reason: str
+
+
+@dataclass
+class Plan:
+    decision: str  # measure_baseline | prompt | rag | collect_data | fine_tune
+    reasons: list[str]
+    method: str | None
+    method_reason: str
+    memory: dict[str, dict]  # method -> estimate dict with "fits"
+    free_memory_gib: float | None
+    fit_advice: list[str]
+    hyperparameters: list[Hyperparameter]
+    time_hours: float | None
+    cost_usd: float | None
+    time_basis: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def config(self, model: str, data: str) -> dict:
+        """A run configuration for `tunedeck train`."""
+        cfg = {"model": model, "data": data, "method": self.method or "lora"}
+        for hp in self.hyperparameters:
+            cfg[hp.key] = hp.value
+        return cfg
+
+
+def decide(s: Situation) -> tuple[str, list[str]]:
+    need_min, need_ok = DATA_NEEDS.get(s.task, (500, 2000))
+    reasons = []
+    if s.fresh_knowledge:
+        return "rag", ["the need is fresh or private knowledge: retrieval keeps it current and citable; "
+                       "fine-tuning teaches format and behaviour, not facts that change"]
+    if not s.task_stable:
+        return "prompt", ["the task still changes: every change would mean new data and a new run; "
+                          "iterate on the prompt until it settles"]
+    if s.baseline_score is None:
+        return "measure_baseline", ["no measured baseline: evaluate the prompted base model (system prompt "
+                                    "plus a few examples) on held-out data first, it often suffices"]
+    if s.target_score is not None and s.baseline_score >= s.target_score:
+        return "prompt", [f"the prompted model already scores {s.baseline_score:.0%} against a target of "
+                          f"{s.target_score:.0%}: fine-tuning would cost more and gain little"]
+    gap = f"{s.baseline_score:.0%} prompted" + (f" vs target {s.target_score:.0%}" if s.target_score else "")
+    reasons.append(f"measured gap: {gap}")
+    if s.clean_examples is None or s.clean_examples < need_min:
+        have = "an unknown number of" if s.clean_examples is None else f"{s.clean_examples:,}"
+        return "collect_data", reasons + [f"{have} clean examples; {s.task} needs about {need_min:,} to start "
+                                          f"and {need_ok:,} to be comfortable: collect and clean more first"]
+    reasons.append(f"{s.clean_examples:,} clean examples for {s.task} (start at {need_min:,})")
+    if s.reason in ("latency", "cost"):
+        reasons.append(f"{s.reason} is a good reason: a tuned small model can replace a prompted large one")
+    return "fine_tune", reasons
+
+
+def choose_method(model: ModelFacts, s: Situation, free: float | None, estimates) -> tuple[str, str]:
+    if free is None:
+        return "lora", "LoRA by default: close to full fine-tuning on most tasks at a fraction of the memory"
+    fits = {m: e.required <= free for m, e in estimates.items()}
+    _, need_ok = DATA_NEEDS.get(s.task, (500, 2000))
+    if fits["full"] and (s.clean_examples or 0) >= max(20000, 4 * need_ok):
+        return "full", "full fine-tuning: it fits and there is much data, where it can beat LoRA"
+    if fits["lora"]:
+        return "lora", "LoRA: fits in memory and is the default; full fine-tuning rarely pays for its memory"
+    if fits["qlora"]:
+        return "qlora", "QLoRA: LoRA does not fit; 4-bit base weights cut memory with a small quality cost"
+    return "qlora", "nothing fits as configured: QLoRA needs the least; see what to change"
+
+
+def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions) -> list[Hyperparameter]:
+    n = s.clean_examples or 1000
+    epochs = 3 if n < 1000 else 2 if n < 10000 else 1
+    billions = model.parameters / 1e9
+    if method == "full":
+        lr = 2e-5 if billions < 10 else 1e-5
+        lr_reason = "full fine-tuning moves every weight: 1e-5..2e-5, lower for larger models"
+    else:
+        lr = 2e-4 if billions < 20 else 1e-4
+        lr_reason = ("LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4 up to 13B, 1e-4 for 33B+); "
+                     "1e-5 is a full fine-tuning rate and barely moves an adapter")
+    effective = 16 if n < 5000 else 32
+    accumulation = max(1, effective // (a.batch_size * max(1, a.gpus)))
+    steps = max(1, n * epochs // (a.batch_size * max(1, a.gpus) * accumulation))
+    every = max(1, steps // 10)
+    if s.tokens_p99:
+        seq_len = min(a.seq_len, 1 << (s.tokens_p99 - 1).bit_length())  # next power of two above p99
+        seq_reason = f"the next power of two above the data's 99th percentile ({s.tokens_p99} tokens)"
+    else:
+        seq_len, seq_reason = a.seq_len, "no data measured: a common default; longer costs memory linearly"
+    hps = [
+        Hyperparameter("learning_rate", lr, lr_reason),
+        Hyperparameter("num_train_epochs", epochs, "fewer passes as data grows: small sets need 3, "
+                       "large ones 1-2; more epochs mostly add overfitting"),
+        Hyperparameter("per_device_train_batch_size", a.batch_size, "the largest that fits the estimate"),
+        Hyperparameter("gradient_accumulation_steps", accumulation,
+                       f"an effective batch of about {effective} steadies updates without more memory"),
+        Hyperparameter("max_seq_length", seq_len, seq_reason),
+        Hyperparameter("lr_scheduler_type", "cosine", "cosine decay with a short warmup is the common default"),
+        Hyperparameter("weight_decay", 0.0 if method != "full" else 0.01,
+                       "adapters are small and start at zero: no decay; full fine-tuning: a light 0.01"),
+        Hyperparameter("eval_steps", every, f"about 10 evaluations over the run's ~{steps} steps"),
+        Hyperparameter("save_steps", every, "a checkpoint at every evaluation, so the best one can be kept"),
+        Hyperparameter("warmup_steps", 0.03, "3% warmup avoids early spikes while Adam's statistics settle"),
+        Hyperparameter("early_stopping_patience", 3, "stop when eval loss has not improved for 3 evaluations"),
+    ]
+    if method != "full":
+        rank = 8 if n < 1000 else 16 if n < 20000 else 32
+        hps += [
+            Hyperparameter("lora_r", rank, "rank 8-16 suffices for format and style; more data can use more"),
+            Hyperparameter("lora_alpha", 2 * rank, "alpha = 2 x rank (scaling 2); note alpha 32 with r 8 is 4x"),
+            Hyperparameter("lora_target_modules", "all-linear",
+                           "all linear layers: the QLoRA paper found attention-only adapters fall short"),
+        ]
+    if method == "qlora" or a.gradient_checkpointing:
+        hps.append(Hyperparameter("gradient_checkpointing", True, "trades ~30% speed for most activation memory"))
+    return hps
+
+
+def gpu_rate(gpus: list[dict]) -> tuple[float, float | None, str]:
+    """(effective FLOP/s across GPUs, price per hour or None, description)."""
+    if not gpus:
+        import os
+
+        cores = os.cpu_count() or 1
+        return cores * CPU_TFLOPS_PER_CORE * 1e12, None, f"CPU, {cores} cores"
+    total, price = 0.0, 0.0
+    for gpu in gpus:
+        name = str(gpu.get("name") or "")
+        spec = next(((t, p) for key, t, p in GPU_SPECS if key in name), (100, 1.0))
+        total += spec[0] * 1e12 * MFU
+        price += spec[1]
+    return total, price, f"{len(gpus)} x {gpus[0].get('name')}"
+
+
+def training_time(model: ModelFacts, method: str, tokens: float, gpus: list[dict], checkpointing: bool):
+    # Forward 2N FLOPs per token, backward 4N (2N with a frozen base: no weight gradients).
+    per_token = 6 if method == "full" else 4
+    if checkpointing:
+        per_token += 2  # one more forward
+    flops = per_token * model.parameters * tokens
+    rate, price, basis = gpu_rate(gpus)
+    if method == "qlora":
+        rate /= 1.4  # dequantising NF4 weights on every use
+    hours = flops / rate / 3600
+    return hours, price, basis
+
+
+def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
+    a = a or Assumptions()
+    decision, reasons = decide(s)
+    free_mib = [g.get("memory_free_mib") or ((g.get("memory_total_mib") or 0) - (g.get("memory_used_mib") or 0))
+                for g in s.gpus]
+    free = min(free_mib) * 2**20 if s.gpus and all(free_mib) else None
+    a = replace(a, gpus=max(1, len(s.gpus)))
+    estimates = estimate_all(model, a)
+    method, method_reason = choose_method(model, s, free, estimates)
+    memory = {m: {**e.to_dict(), "fits": None if free is None else e.required <= free}
+              for m, e in estimates.items()}
+    fit = advice_to_fit(model, method, a, free) if free is not None else []
+    hps = hyperparameters(model, method, s, a)
+    epochs = next(h.value for h in hps if h.key == "num_train_epochs")
+    tokens = (s.clean_examples or 1000) * (s.tokens_per_example or a.seq_len // 2) * epochs
+    checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
+    hours, price, basis = training_time(model, method, tokens, s.gpus, checkpointing)
+    price = s.price_per_gpu_hour * max(1, len(s.gpus)) if s.price_per_gpu_hour is not None else price
+    return Plan(decision=decision, reasons=reasons, method=method, method_reason=method_reason, memory=memory,
+                free_memory_gib=None if free is None else round(free / GiB, 2), fit_advice=fit,
+                hyperparameters=hps, time_hours=round(hours, 3),
+                cost_usd=None if price is None else round(hours * price, 2),
+                time_basis=f"{tokens:,.0f} training tokens on {basis} at {MFU:.0%} of peak"
+                           if s.gpus else f"{tokens:,.0f} training tokens on the {basis}")

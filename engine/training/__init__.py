@@ -1,0 +1,1 @@
+"""Training in the engine subprocess: the config, the worker process, stop signals, health checks, labels from chat examples, distributed setup, the run plumbing every recipe shares, and the recipes. config, signals, health and labels are light; the rest imports torch."""

@@ -1,0 +1,1 @@
+"""Training objectives, one module each, built on engine.training.plumbing: `sft` (supervised fine-tuning)."""

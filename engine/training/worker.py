@@ -1,0 +1,156 @@
+"""The engine process: `python -m engine.training.worker --run-dir DIR [--resume]`.
+
+Started detached by engine.runs.launch (new session, stdio to engine.log), or under
+torchrun for several GPUs. Exit codes: 0 completed or stopped, 1 failed, 2 the
+run could not be started (bad config, locked by another engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a typo'd repo id
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from engine.core.files import PRIVATE_UMASK, write_atomic  # noqa: E402
+from engine.runs.protocol import Run, RunError  # noqa: E402
+from engine.training.config import ConfigError, parse_config  # noqa: E402
+from engine.training.signals import SIGNALS, StopNow  # noqa: E402
+
+
+def acquire_lock(run: Run):
+    """An exclusive lock held for the engine's life: a second engine on the same run refuses."""
+    f = open(run.lock_path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunError(f"run {run.id} is already being trained by {holder}; "
+                       f"stop it first with `tunedeck stop {run.id}`") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(message, what to do) for an exception that ended training."""
+    import torch
+
+    from engine.training.recipes.sft import OOM_ADVICE
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}", OOM_ADVICE
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return f"disk full: {exc}", "free disk space, then `tunedeck resume` from the last complete checkpoint"
+    refused = refused_pickle(exc)
+    if refused is not None:
+        return refused
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}", "see engine.log for the traceback"
+
+
+def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
+    """torch.load(weights_only=True) met a pickled object that is not a tensor (a planted or foreign
+    checkpoint): say which file and which object, not torch's advice to load it without weights_only."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    path, tb = None, exc.__traceback__
+    while tb is not None:  # the file is torch.load's argument, in its frame
+        code = tb.tb_frame.f_code
+        if code.co_name == "load" and code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            f = tb.tb_frame.f_locals.get("f")
+            path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+        tb = tb.tb_next
+    return (f"refused to unpickle {path or 'a checkpoint or weights file'}: it holds Python objects"
+            f"{f' ({found.group(1)})' if found else ''}, not only tensors, and loading it could run code",
+            "tunedeck loads .bin/.pt/.pth files with weights_only: resume from an earlier checkpoint "
+            "(delete this one), or use safetensors weights from a source you trust")
+
+
+def main(argv: list[str] | None = None) -> int:
+    SIGNALS.arm()  # first; spawn starts us with stop signals blocked until now, so none is lost
+    os.umask(PRIVATE_UMASK)  # all the Trainer, peft and TensorBoard write under the run is owner-only
+    parser = argparse.ArgumentParser(prog="python -m engine.training.worker")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    run = Run(args.run_dir.resolve())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        lock = acquire_lock(run) if rank0 else None
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # the running engine's files are left alone
+        return 2
+    try:
+        cfg = parse_config(run.config(), base_dir=run.path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if rank0:
+            write_atomic(run.status_path, json.dumps({**run.status(), "state": "failed", "pid": os.getpid(),
+                                                      "heartbeat": time.time(), "error": f"config: {exc}"}))
+        return 2
+    try:
+        from engine.training.recipes.sft import Recipe  # seconds of torch import
+    except StopNow:
+        return _stopped_before_start(run, rank0)
+    if SIGNALS.count:
+        return _stopped_before_start(run, rank0)
+
+    recipe = Recipe(cfg, run, resume=args.resume)
+    code = 0
+    try:
+        recipe.setup()
+        recipe.train()
+    except StopNow as exc:
+        recipe.set_state("stopped", step=_step(recipe), reason=f"{exc}: stopped at once, no checkpoint")
+    except BaseException as exc:  # noqa: BLE001 - everything ends as a recorded failure
+        traceback.print_exc()
+        message, advice = describe_failure(exc)
+        recipe.event("error", step=_step(recipe), message=message, advice=advice)
+        recipe.set_state("failed", step=_step(recipe), error=f"{message}; {advice}")
+        code = 1
+    finally:
+        recipe.cleanup()
+        if lock is not None:
+            lock.close()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, interpreter teardown can hit a joinable C++ thread in the distributed
+        # backend and abort a rank after a clean finish; everything is written and closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _stopped_before_start(run: Run, rank0: bool) -> int:
+    """A stop signal arrived while the engine started: nothing trained, nothing to save."""
+    if rank0:
+        write_atomic(run.status_path, json.dumps({**run.status(), "state": "stopped", "pid": os.getpid(),
+                                                  "heartbeat": time.time(),
+                                                  "reason": "stop signal before training started"}))
+    return 0
+
+
+def _step(recipe) -> int | None:
+    trainer = getattr(recipe, "trainer", None)
+    return trainer.state.global_step if trainer is not None else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

