@@ -9,12 +9,43 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.files import ensure_private_dir
+from engine.data.dedup import dedup
+from engine.data.lint import ERROR_RULES, RULES, LintConfig, lint
 from engine.data.load import DataError, LoadResult, content_hash
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class DropChoices:
+    """What an export removes; edits are always applied."""
+
+    rules: frozenset[str] = frozenset()  # lint rule ids: examples they flag are removed
+    duplicates: str | None = None  # "exact" or "near": all but the kept example of each cluster
+    similarity: float = 0.8  # the near-duplicate threshold
+    verdicts: tuple[str, ...] = ("bad",)  # examples reviewed with these verdicts are removed
+
+
+# The Data screen's export: `tunedeck data export --drop-rule errors --drop-duplicates near`.
+REVIEWED = DropChoices(rules=ERROR_RULES, duplicates="near")
+
+
+def parse_drop_rules(specs: list[str] | None) -> frozenset[str]:
+    """`--drop-rule` values (repeated or comma-separated rule ids; `errors`: every error-severity rule)."""
+    rules: set[str] = set()
+    for spec in specs or []:
+        for rule in spec.split(","):
+            if rule == "errors":
+                rules |= ERROR_RULES
+            elif rule not in RULES:
+                raise DataError(f"unknown lint rule {rule!r}; rules: {', '.join(RULES)}, or errors")
+            else:
+                rules.add(rule)
+    return frozenset(rules)
 
 
 def output_format(path: Path, fmt: str | None) -> str:
@@ -96,3 +127,15 @@ def export(result: LoadResult, out: str | Path, fmt: str | None = None, **plan) 
     report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     report["report"] = str(report_path)
     return report
+
+
+def export_chosen(result: LoadResult, out: str | Path, choices: DropChoices, reviews: dict[str, dict],
+                  fmt: str | None = None, lint_config: LintConfig | None = None) -> dict:
+    """Lint and deduplicate as `choices` asks, then `export`: the one path of the command line and the Data screen."""
+    flags = lint(result.examples, lint_config) if choices.rules else []
+    duplicates = None
+    if choices.duplicates:
+        found = dedup(result.examples, None if choices.duplicates == "exact" else choices.similarity)
+        duplicates = found["near"].duplicates()
+    return export(result, out, fmt, reviews=reviews, flags=flags, drop_rules=choices.rules, duplicates=duplicates,
+                  drop_verdicts=choices.verdicts)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from pathlib import Path
 
 from engine.data.dedup import dedup, exact_clusters, example_text, near_clusters
+from engine.data.export import write_examples
+from engine.data.load import LoadResult
 
 SPLITS = ("train", "validation", "test")
 
@@ -57,6 +60,20 @@ def split_indices(examples, seed: int = 0, proportions: tuple[float, float, floa
     for name in SPLITS:
         out[name].sort()
     return out
+
+
+def write_splits(result: LoadResult, source: str | Path, out_dir: str | Path, seed: int = 0,
+                 proportions: tuple[float, float, float] | None = None, fmt: str = "jsonl",
+                 similarity: float | None = 0.8) -> dict[str, dict]:
+    """Write `<stem>.train|validation|test.<fmt>` into `out_dir` (the stem: `source`'s name up to its
+    first dot); {"train": {"path", "examples"}, ...}. What `tunedeck data split` and the Data screen write."""
+    parts = split_indices(result.examples, seed=seed, proportions=proportions, similarity=similarity)
+    stem = Path(source).name.split(".")[0]
+    written = {}
+    for name, idx in parts.items():
+        path = write_examples([result.examples[i].messages for i in idx], Path(out_dir) / f"{stem}.{name}.{fmt}", fmt)
+        written[name] = {"path": str(path), "examples": len(idx)}
+    return written
 
 
 def leakage(a_examples, b_examples, similarity: float | None = 0.8) -> dict:

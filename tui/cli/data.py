@@ -123,8 +123,7 @@ def _proportions(text: str | None):
 
 
 def cmd_split(args) -> int:
-    from engine.data.export import write_examples
-    from engine.data.split import leakage, split_indices
+    from engine.data.split import leakage, write_splits
 
     result = _load(args)
     if args.check:
@@ -143,15 +142,9 @@ def cmd_split(args) -> int:
                     print(f"{kind}: {args.file}:{a} ~ {args.check}:{b}")
             print(f"{len(report['exact'])} exact and {len(report['near'])} near copies of {args.file} in {args.check}")
         return 1 if report["exact"] or report["near"] else 0
-    parts = split_indices(result.examples, seed=args.seed, proportions=_proportions(args.proportions),
-                          similarity=args.similarity)
     out_dir = Path(args.out) if args.out else Path(args.file).resolve().parent
-    stem = Path(args.file).name.split(".")[0]
-    written = {}
-    for name, idx in parts.items():
-        path = out_dir / f"{stem}.{name}.{args.to_format}"
-        write_examples([result.examples[i].messages for i in idx], path, args.to_format)
-        written[name] = {"path": str(path), "examples": len(idx)}
+    written = write_splits(result, args.file, out_dir, seed=args.seed, proportions=_proportions(args.proportions),
+                           fmt=args.to_format, similarity=args.similarity)
     if args.json:
         print_json({"seed": args.seed, "splits": written}, ascii=False)
     else:
@@ -161,33 +154,19 @@ def cmd_split(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from engine.data.dedup import dedup
-    from engine.data.export import export
-    from engine.data.lint import ERROR_RULES, RULES, lint
+    from engine.data.export import DropChoices, export_chosen, parse_drop_rules
     from engine.data.review import ReviewStore, store_path
 
     result = _load(args)
-    drop_rules = set()
-    for spec in args.drop_rule or []:
-        for rule in spec.split(","):
-            if rule == "errors":
-                drop_rules |= ERROR_RULES
-            elif rule not in RULES:
-                raise DataError(f"unknown lint rule {rule!r}; rules: {', '.join(RULES)}, or errors")
-            else:
-                drop_rules.add(rule)
-    flags = lint(result.examples, _lint_config(args)) if drop_rules else []
-    duplicates = None
-    if args.drop_duplicates:
-        found = dedup(result.examples, None if args.drop_duplicates == "exact" else args.similarity)
-        duplicates = found["near"].duplicates()
+    choices = DropChoices(rules=parse_drop_rules(args.drop_rule), duplicates=args.drop_duplicates,
+                          similarity=args.similarity, verdicts=() if args.keep_bad else ("bad",))
     reviews = {}
     if store_path(args.file).exists():
         store = ReviewStore.for_dataset(args.file)
         reviews = store.all()
         store.close()
-    report = export(result, args.out, args.to_format, reviews=reviews, flags=flags, drop_rules=drop_rules,
-                    duplicates=duplicates, drop_verdicts=() if args.keep_bad else ("bad",))
+    report = export_chosen(result, args.out, choices, reviews, args.to_format,
+                           _lint_config(args) if choices.rules else None)
     if args.json:
         print_json(report, ascii=False)
     else:
