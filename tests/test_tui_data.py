@@ -31,12 +31,12 @@ def make_app(tmp_path, data=None) -> TunedeckApp:
 
 
 async def loaded(pilot):
-    """Wait for the loading worker; the screen once its dataset is shown."""
+    """Wait for the loading worker; the screen's review session once its dataset is shown."""
     for _ in range(250):
         screen = pilot.app.screen
-        if getattr(screen, "result", None) is not None:
+        if getattr(screen, "session", None) is not None:
             await pilot.pause()
-            return screen
+            return screen.session
         await pilot.pause(0.02)
     raise AssertionError(f"never loaded:\n{screen_text(pilot.app)}")
 
@@ -52,14 +52,14 @@ def verdicts(path: Path) -> dict[int, str]:
 
 async def test_verdict_keys_store_and_undo_steps(tmp_path, dataset):
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("g", "b", "s")
         assert verdicts(dataset) == {1: "good", 2: "bad", 3: "skip"}  # committed before the next one shows
-        assert screen.pos == 3 and "4/305" in screen_text(pilot.app)
+        assert session.pos == 3 and "4/305" in screen_text(pilot.app)
         await pilot.press("u", "u")
-        assert verdicts(dataset) == {1: "good"} and screen.pos == 1
+        assert verdicts(dataset) == {1: "good"} and session.pos == 1
         await pilot.press("k", "k", "j")
-        assert screen.pos == 1
+        assert session.pos == 1
 
 
 async def test_quit_and_reopen_resumes_with_every_verdict(tmp_path, dataset):
@@ -67,8 +67,8 @@ async def test_quit_and_reopen_resumes_with_every_verdict(tmp_path, dataset):
         await loaded(pilot)
         await pilot.press("g", "g", "b", "j", "j")
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
-        assert screen.pos == 5 and "6/305" in screen_text(pilot.app)
+        session = await loaded(pilot)
+        assert session.pos == 5 and "6/305" in screen_text(pilot.app)
         assert "✓2 ✗1" in screen_text(pilot.app)
         await pilot.press("k", "k", "k")
         assert "[BAD]" in screen_text(pilot.app)
@@ -82,37 +82,37 @@ async def test_reopen_resumes_where_undo_search_or_spot_check_moved(tmp_path, da
             return (await loaded(pilot)).current()
 
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("g", "g", "j", "u")  # undo goes back to the second example
-        assert screen.current() == 1
+        assert session.current() == 1
     assert await reopened_at() == 1
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("slash", *"error", "enter")
         await pilot.pause()
-        shown = screen.current()
+        shown = session.current()
         assert shown not in (None, 1)
     assert await reopened_at() == shown
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("r", "enter")
         await pilot.pause()
-        shown = screen.current()
-        assert screen.spot is not None and shown == screen.spot[0]
+        shown = session.current()
+        assert session.spot is not None and shown == session.spot[0]
     assert await reopened_at() == shown
 
 
 async def test_next_flagged_filter_and_bulk_verdict(tmp_path, dataset):
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("right_square_bracket")
-        index = screen.current()
-        assert index in screen.flags or index in screen.duplicate_of
+        index = session.current()
+        assert index in session.flags or index in session.duplicate_of
         await pilot.press("f")
         await pilot.press(*"ctrl+a".split(), "ctrl+k")
         await pilot.press(*"flagged", "enter")
         await pilot.pause()
-        assert screen.filter == "flagged" and len(screen.view) == 6  # 4 linted, 3 duplicates, one both
+        assert session.filter == "flagged" and len(session.view) == 6  # 4 linted, 3 duplicates, one both
         await pilot.press("B")
         await pilot.press("enter")  # the proposed verdict: bad
         await pilot.pause()
@@ -126,21 +126,21 @@ async def test_next_flagged_filter_and_bulk_verdict(tmp_path, dataset):
 
 async def test_spot_check_note_edit_and_export(tmp_path, dataset):
     async with make_app(tmp_path, dataset).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+        session = await loaded(pilot)
         await pilot.press("r", "enter")
         await pilot.pause()
-        assert len(screen.view) == 100 and "spot-check 0/100" in screen_text(pilot.app)
-        first = screen.current()
+        assert len(session.view) == 100 and "spot-check 0/100" in screen_text(pilot.app)
+        first = session.current()
         await pilot.press("g")
         assert "spot-check 1/100" in screen_text(pilot.app)
         await pilot.press("k", "n", *"odd phrasing", "enter")
         await pilot.pause()
-        assert ReviewStore.for_dataset(dataset).get(screen.hashes[first])["note"] == "odd phrasing"
+        assert ReviewStore.for_dataset(dataset).get(session.hashes[first])["note"] == "odd phrasing"
         await pilot.press("e")
         await pilot.pause()
         await pilot.press("ctrl+a", *"{}", "ctrl+s")
         await pilot.pause()
-        edit = ReviewStore.for_dataset(dataset).get(screen.hashes[first])["edit"]
+        edit = ReviewStore.for_dataset(dataset).get(session.hashes[first])["edit"]
         assert edit[-1]["content"].startswith("{}{") and "edited" in screen_text(pilot.app)
         out = tmp_path / "clean.jsonl"
         await pilot.press("x", "ctrl+a", "ctrl+k", *str(out), "enter")

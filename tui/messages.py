@@ -1,16 +1,28 @@
 """Messages between workers, widgets and the app.
 
-High-frequency ones (GPU samples, run updates) carry a complete picture and
-set `can_replace`, so a busy UI drops stale ones instead of queueing them.
+Every worker hands its result to the UI as one of these, handled by an `on_<message>` method;
+its failure goes to ModeScreen's worker-state handler instead. High-frequency ones (GPU samples,
+run updates, indexing progress) carry a complete picture and set `can_replace`, so a busy UI
+drops stale ones instead of queueing them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from tui.follow import RunView
+
+if TYPE_CHECKING:
+    from engine.data.dedup import Clusters
+    from engine.data.load import Example, LoadResult
+    from engine.data.template import LightTokenizer
+    from engine.evaluation.ab import ABStore
+    from engine.runs.protocol import Run
+    from tui.screens.plan import Computed
 
 
 @dataclass
@@ -50,3 +62,101 @@ class ErrorReported(Message):
     title: str
     message: str
     advice: str = ""
+
+
+# ---- Plan ----
+
+
+@dataclass
+class PlanComputed(Message):
+    """The plan worker's answer for the form as it was read."""
+
+    computed: Computed
+
+
+# ---- Data ----
+
+
+@dataclass
+class DatasetIndexing(Message):
+    """How many rows of the dataset the loader has read so far."""
+
+    path: Path
+    rows: int
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DatasetIndexing) and message.path == self.path
+
+
+@dataclass
+class FirstExample(Message):
+    """The dataset's first example, read before the whole file is indexed."""
+
+    path: Path
+    example: Example
+
+
+@dataclass
+class DatasetLoaded(Message):
+    """Everything the worker found: examples, problems, flags, duplicates, statistics."""
+
+    path: Path
+    result: LoadResult
+    flags: list
+    clusters: Clusters
+    stats: dict
+
+
+@dataclass
+class TemplateLoaded(Message):
+    """A model's tokenizer and chat template, for the trained-token view."""
+
+    tokenizer: LightTokenizer
+
+
+@dataclass
+class SplitWritten(Message):
+    """The split files written: {"train": {"path", "examples"}, ...}."""
+
+    out_dir: Path
+    written: dict[str, dict]
+
+
+@dataclass
+class DatasetExported(Message):
+    """The export's report (engine.data.export.export)."""
+
+    out: Path
+    report: dict
+
+
+# ---- Runs ----
+
+
+@dataclass
+class RunLaunched(Message):
+    """An engine process started for a new run, or for a stopped one resumed."""
+
+    run: Run
+    resumed: bool
+
+
+# ---- Eval ----
+
+
+@dataclass
+class ReportLoaded(Message):
+    """What the worker read: the run shown, its report, the A/B store, and the runs one could pick."""
+
+    run: Run | None
+    report: dict | None
+    mtime: float | None
+    store: ABStore | None
+    choices: list[tuple[str, str]]
+
+
+@dataclass
+class ReportExported(Message):
+    """The evaluation report copied to `path`."""
+
+    path: Path

@@ -48,11 +48,12 @@ def data_state(app) -> dict:
     from tui.screens.data import DataScreen
 
     screen = next(s for s in app.screen_stack if isinstance(s, DataScreen))
+    session = screen.session
     reviews = {key: {"verdict": r.get("verdict"), "note": r.get("note"), "edit": r.get("edit")}
-               for key, r in screen.reviews.items() if r and any(r.values())}
-    index = screen.current()
-    state = {"reviews": reviews, "current": screen.hashes[index] if index is not None else None,
-             "index": index, "filter": screen.filter, "modal": type(app.screen).__name__}
+               for key, r in session.reviews.items() if r and any(r.values())}
+    index = session.current()
+    state = {"reviews": reviews, "current": session.hashes[index] if index is not None else None,
+             "index": index, "filter": session.filter, "modal": type(app.screen).__name__}
     problems = []
     counts = re.search(r"✓(\d+) ✗(\d+) ~(\d+)", _text(screen, "#data-head"))
     want = [sum(1 for r in reviews.values() if r["verdict"] == v) for v in ("good", "bad", "skip")]
@@ -60,7 +61,7 @@ def data_state(app) -> dict:
         problems.append(f"head counts {counts and counts.group(0)!r}, reviews say {want}")
     if index is not None:
         shown = re.search(r"\[(GOOD|BAD|SKIP|unreviewed)\]", _text(screen, "#data-pos"))
-        verdict = (reviews.get(screen.hashes[index]) or {}).get("verdict")
+        verdict = (reviews.get(session.hashes[index]) or {}).get("verdict")
         if shown is None or shown.group(1) != (verdict.upper() if verdict else "unreviewed"):
             problems.append(f"example {index} drawn {shown and shown.group(1)!r}, review says {verdict!r}")
     if problems:
@@ -73,7 +74,7 @@ async def data_loaded(pilot) -> None:
 
     for _ in range(1000):
         screen = pilot.app.screen
-        if isinstance(screen, DataScreen) and screen.result is not None:
+        if isinstance(screen, DataScreen) and screen.session is not None:
             await pilot.pause()
             return
         await pilot.pause(0.01)
