@@ -1,5 +1,5 @@
 """Pilot tests of the Data screen: review keys change the store, undo, filters, spot-check, bulk,
-export; quitting and reopening resumes with every verdict; 80x24 snapshots."""
+export and split (the command line's files); quitting and reopening resumes with every verdict; 80x24 snapshots."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from engine.data.load import content_hash, load_examples  # noqa: E402
 from engine.data.review import ReviewStore  # noqa: E402
 from engine.demo import write_demo_data  # noqa: E402
 from tui.app import TunedeckApp  # noqa: E402
+from tui.cli.main import main  # noqa: E402
 
 SIZE = (80, 24)
 pytestmark = pytest.mark.asyncio
@@ -39,6 +40,15 @@ async def loaded(pilot):
             return screen.session
         await pilot.pause(0.02)
     raise AssertionError(f"never loaded:\n{screen_text(pilot.app)}")
+
+
+async def notified(pilot, start: str) -> None:
+    """Wait for a notification that begins with `start` (a worker's result reached the screen)."""
+    for _ in range(200):
+        if any(n.message.startswith(start) for n in pilot.app._notifications):
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"no notification {start!r}: {[n.message for n in pilot.app._notifications]}")
 
 
 def verdicts(path: Path) -> dict[int, str]:
@@ -144,13 +154,20 @@ async def test_spot_check_note_edit_and_export(tmp_path, dataset):
         assert edit[-1]["content"].startswith("{}{") and "edited" in screen_text(pilot.app)
         out = tmp_path / "clean.jsonl"
         await pilot.press("x", "ctrl+a", "ctrl+k", *str(out), "enter")
-        for _ in range(100):
-            if out.exists():
-                break
-            await pilot.pause(0.05)
+        await notified(pilot, "Exported 299 examples")
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(rows) == 305 - 3 - 3  # error-severity flags and duplicates removed
         assert json.loads((tmp_path / "clean.jsonl.report.json").read_text())["removed"] == 6
+        await pilot.press("S", "ctrl+a", "ctrl+k", *str(tmp_path / "splits"), "enter")
+        await notified(pilot, "Split into")
+    # The screen's export and split are the command line's, byte for byte (the CLI reads the same store).
+    assert main(["data", "export", str(dataset), "--out", str(tmp_path / "cli.jsonl"), "--drop-rule", "errors",
+                 "--drop-duplicates", "near"]) == 0
+    assert (tmp_path / "cli.jsonl").read_bytes() == out.read_bytes()
+    assert main(["data", "split", str(dataset), "--out", str(tmp_path / "cli-splits")]) == 0
+    for name in ("train", "validation", "test"):
+        split = f"{dataset.name.split('.')[0]}.{name}.jsonl"
+        assert (tmp_path / "splits" / split).read_bytes() == (tmp_path / "cli-splits" / split).read_bytes()
 
 
 async def test_snapshots(tmp_path, dataset):

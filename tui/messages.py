@@ -140,6 +140,10 @@ class RunLaunched(Message):
     run: Run
     resumed: bool
 
+    @property
+    def notice(self) -> str:
+        return f"{'Resumed' if self.resumed else 'Started'} {self.run.id}"
+
 
 # ---- Eval ----
 

@@ -17,16 +17,13 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tui.messages import (
-    DatasetExported,
-    DatasetIndexing,
-    DatasetLoaded,
-    FirstExample,
-    SplitWritten,
-    TemplateLoaded,
-)
+from engine.data.lint import RULES
+from engine.data.review import VERDICTS
+from tui.messages import DatasetExported, DatasetIndexing, DatasetLoaded, FirstExample, SplitWritten, TemplateLoaded
 from tui.review_session import FILTERS, SPOT_CHECK_N, SPOT_CHECK_SEED, ReviewSession, examine
 from tui.screens.base import ModeScreen
+from tui.screens.edit import EditAnswer
+from tui.screens.prompt import Confirm, PathPrompt
 from tui.widgets.example_view import conversation_text, template_text
 
 
@@ -89,8 +86,6 @@ class DataScreen(ModeScreen):
             "From a shell: tunedeck data review FILE, or tunedeck data lint|dedup|stats|split|export FILE."))
 
     def action_open(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         def chosen(value: str | None) -> None:
             if value:
                 self.open_path(Path(value).expanduser())
@@ -253,8 +248,6 @@ class DataScreen(ModeScreen):
         self.refresh_view()
 
     def action_note(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready() or (index := self.session.current()) is None:
             return
         session = self.session
@@ -268,8 +261,6 @@ class DataScreen(ModeScreen):
                              chosen)
 
     def action_edit(self) -> None:
-        from tui.screens.edit import EditAnswer
-
         if not self._ready() or (index := self.session.current()) is None:
             return
         session = self.session
@@ -281,8 +272,6 @@ class DataScreen(ModeScreen):
         self.app.push_screen(EditAnswer(session.messages(index)[-1]["content"]), edited)
 
     def action_search(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready():
             return
 
@@ -293,9 +282,6 @@ class DataScreen(ModeScreen):
         self.app.push_screen(PathPrompt("Search", "Show examples containing:", ""), chosen)
 
     def action_filter(self) -> None:
-        from engine.data.lint import RULES
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready():
             return
 
@@ -323,8 +309,6 @@ class DataScreen(ModeScreen):
             self.notify("No flagged example in this view.")
 
     def action_spot_check(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready():
             return
 
@@ -343,9 +327,6 @@ class DataScreen(ModeScreen):
                                         str(SPOT_CHECK_N)), chosen)
 
     def action_bulk(self) -> None:
-        from engine.data.review import VERDICTS
-        from tui.screens.prompt import Confirm, PathPrompt
-
         if not self._ready() or not self.session.view:
             return
         count = len(self.session.view)
@@ -373,8 +354,6 @@ class DataScreen(ModeScreen):
         self.refresh_view()
 
     def action_choose_model(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         def chosen(value: str | None) -> None:
             if value:
                 self.load_template(value)
@@ -405,8 +384,6 @@ class DataScreen(ModeScreen):
         return parent if os.access(parent, os.W_OK) else self.app.workspace / "data"
 
     def action_split(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready():
             return
         session = self.session
@@ -427,8 +404,6 @@ class DataScreen(ModeScreen):
         self.notify(f"Split into {message.out_dir}: {sizes}")
 
     def action_export(self) -> None:
-        from tui.screens.prompt import PathPrompt
-
         if not self._ready():
             return
         session = self.session

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -20,7 +19,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.widgets import ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
@@ -29,6 +27,7 @@ from engine.evaluation.ab import ABStore, Pair, pairs_from_report
 from engine.runs.protocol import Run, RunError
 from engine.runs.workspace import list_runs
 from tui.follow import fmt_age
+from tui.messages import ReportExported, ReportLoaded
 from tui.screens.base import ModeScreen
 from tui.widgets.eval_views import (
     answer_text,
@@ -66,17 +65,6 @@ def read_report(run: Run) -> dict:
 
 def default_export_path(workspace: Path, run: Run) -> Path:
     return workspace / "reports" / f"{run.id}.md"
-
-
-@dataclass
-class ReportLoaded(Message):
-    """What the worker read: the run shown, its report, the A/B store, and the runs one could pick."""
-
-    run: Run | None
-    report: dict | None
-    mtime: float | None
-    store: ABStore | None
-    choices: list[tuple[str, str]]
 
 
 class EvalScreen(ModeScreen):
@@ -375,7 +363,10 @@ class EvalScreen(ModeScreen):
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.copyfile(source, tmp)
         tmp.replace(path)  # a reader never sees half a report
-        self.app.call_from_thread(self.notify, f"Report written to {path}")
+        self.post_message(ReportExported(path))
+
+    def on_report_exported(self, message: ReportExported) -> None:
+        self.notify(f"Report written to {message.path}")
 
 
 def _choice_label(run: Run) -> str:

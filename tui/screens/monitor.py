@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
 from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
-from tui.messages import ErrorReported, RunUpdated
+from tui.messages import ErrorReported, RunLaunched, RunUpdated
 from tui.screens.base import ModeScreen
 from tui.widgets.plot import BraillePlot, PlotSeries
 from tui.widgets.textplot import meter
@@ -269,8 +269,10 @@ class MonitorScreen(ModeScreen):
     def resume(self) -> None:
         from engine.runs.launch import resume_detached
 
-        resumed = resume_detached(self.run)
-        self.app.call_from_thread(self.notify, f"Resumed {resumed.id}")
+        self.post_message(RunLaunched(resume_detached(self.run), resumed=True))
+
+    def on_run_launched(self, message: RunLaunched) -> None:
+        self.notify(message.notice)
 
 
 def _size(path) -> int:

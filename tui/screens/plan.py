@@ -19,7 +19,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from tui.messages import ErrorReported
+from tui.messages import ErrorReported, PlanComputed
 from tui.screens.base import ModeScreen
 
 GiB = 1024 ** 3
@@ -162,7 +162,7 @@ class PlanScreen(ModeScreen):
     # ---- the worker ----------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="plan", name="Plan", exit_on_error=False)
-    def compute(self, inputs: Inputs) -> Computed | None:
+    def compute(self, inputs: Inputs) -> None:
         from engine.models.facts import model_facts
         from engine.plan.memory import Assumptions
         from engine.plan.recommend import Situation, plan
@@ -179,8 +179,8 @@ class PlanScreen(ModeScreen):
         assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
-            return None
-        return Computed(result, facts, inputs, data_path, counted, self._gpus)
+            return
+        self.post_message(PlanComputed(Computed(result, facts, inputs, data_path, counted, self._gpus)))
 
     def _read_data(self, text: str) -> tuple[Path | None, int | None, int | None]:
         """The data file's example count and mean tokens per example (about 4 characters a token)."""
@@ -201,13 +201,14 @@ class PlanScreen(ModeScreen):
         self._data_cache = (path, mtime, len(loaded), tokens)
         return path, len(loaded), tokens
 
+    def on_plan_computed(self, message: PlanComputed) -> None:
+        self.result = message.computed
+        self._show()
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "plan":
             return  # ModeScreen's handler runs too (Textual calls each class's handler)
-        if event.state == WorkerState.SUCCESS and event.worker.result is not None:
-            self.result = event.worker.result
-            self._show()
-        elif event.state == WorkerState.ERROR and event.worker.error is not None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             from engine.models.find import ModelError
 

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Static
 from engine.runs.protocol import RESUMABLE_STATES, Run
 from engine.runs.workspace import list_runs
 from tui.follow import fmt_age, fmt_num
-from tui.messages import RunsListed
+from tui.messages import RunLaunched, RunsListed
 from tui.screens.base import ModeScreen
 
 REFRESH_SECONDS = 2.0
@@ -172,14 +172,14 @@ class RunsScreen(ModeScreen):
     def start_run(self, config_path: Path) -> None:
         from engine.runs.launch import start_detached
 
-        run = start_detached(config_path, self.app.workspace)
-        self.app.call_from_thread(self.notify, f"Started {run.id}")
-        self.app.call_from_thread(self.open_monitor, run)
+        self.post_message(RunLaunched(start_detached(config_path, self.app.workspace), resumed=False))
 
     @work(thread=True, exclusive=True, group="launch", name="resuming the run", exit_on_error=False)
     def resume_run(self, run: Run) -> None:
         from engine.runs.launch import resume_detached
 
-        resumed = resume_detached(run)
-        self.app.call_from_thread(self.notify, f"Resumed {resumed.id}")
-        self.app.call_from_thread(self.open_monitor, resumed)
+        self.post_message(RunLaunched(resume_detached(run), resumed=True))
+
+    def on_run_launched(self, message: RunLaunched) -> None:
+        self.notify(message.notice)
+        self.open_monitor(message.run)
