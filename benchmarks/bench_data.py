@@ -76,10 +76,10 @@ async def app_latency(path: Path) -> tuple[float, float, float]:
     app = TunedeckApp(Path(tempfile.mkdtemp()), mode="data", data=path)
     t0 = time.perf_counter()
     async with app.run_test(size=(80, 24)) as pilot:
-        while app.screen.first is None and app.screen.result is None:
+        while app.screen.first is None and app.screen.session is None:
             await pilot.pause(0.005)
         first = time.perf_counter() - t0
-        while app.screen.result is None:
+        while app.screen.session is None:
             await pilot.pause(0.05)
         ready = time.perf_counter() - t0
         times = []

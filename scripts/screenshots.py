@@ -115,7 +115,7 @@ def main() -> None:
         if "data" in only:
             train = write_demo_data(tmp / "demo")["train"]  # the bundled demo data, planted defects and all
             made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="data", data=str(train)), "data", args.out,
-                                          lambda app: isinstance(app.screen, DataScreen) and app.screen.result
+                                          lambda app: isinstance(app.screen, DataScreen) and app.screen.session
                                           and not app.screen.loading)))
         if "eval" in only:
             # A workspace given (e.g. the demo's, ~/tunedeck) shows its real evaluation; else a fixture report.

@@ -180,10 +180,8 @@ def test_config_and_report_folders_the_app_creates_are_private(tmp_path, umask_0
     run = create_run(workspace, {"model": "m", "data": "d"})
     ensure_private_dir(run.path / "eval")
     (run.path / "eval" / "report.md").write_text("# report\n")
-    app = SimpleNamespace(call_from_thread=lambda fn, *a, **k: fn(*a, **k))
     export_report = EvalScreen.export_report.__wrapped__  # the method under textual's @work
-    export_report(SimpleNamespace(app=app, notify=lambda *a, **k: None), run,
-                  workspace / "reports" / f"{run.id}.md")
+    export_report(SimpleNamespace(post_message=lambda *a, **k: None), run, workspace / "reports" / f"{run.id}.md")
     assert (workspace / "reports" / f"{run.id}.md").read_text() == "# report\n"
     assert loose_dirs(workspace) == {}
 

@@ -55,6 +55,7 @@ class DataScreen(ModeScreen):
         super().__init__()
         self.path: Path | None = None  # the dataset open or being loaded
         self.session: ReviewSession | None = None  # once it is loaded
+        self.first = None  # the first example, shown while the rest is indexed
         self.show_template = False
         self.template = None
         self.loading = False
@@ -97,7 +98,7 @@ class DataScreen(ModeScreen):
         if self.session is not None:
             self.session.close()
             self.session = None
-        self.path, self.loading = path, True
+        self.path, self.first, self.loading = path, None, True
         self.query_one("#data-head", Static).update(Text(f"{path.name} · loading…", style="bold"))
         self.load_dataset(path)
 
@@ -132,6 +133,7 @@ class DataScreen(ModeScreen):
 
     def on_first_example(self, message: FirstExample) -> None:
         if message.path == self.path and self.session is None:
+            self.first = message.example
             self.query_one("#data-pos", Static).update(Text(f"example 1 · line {message.example.line} · "
                                                             "indexing the rest…", style="dim"))
             self.query_one("#data-example", Static).update(conversation_text(message.example.messages))
