@@ -169,7 +169,8 @@ def test_split_and_export_write_what_the_command_line_writes(dataset, tmp_path, 
     assert json.loads(capsys.readouterr().out)["splits"] == {
         name: {**info, "path": info["path"].replace("/screen/", "/cli/")} for name, info in shown.items()}
     for name in ("train", "validation", "test"):
-        assert (tmp_path / "screen" / f"qa.{name}.jsonl").read_bytes() == (tmp_path / "cli" / f"qa.{name}.jsonl").read_bytes()
+        split = f"qa.{name}.jsonl"
+        assert (tmp_path / "screen" / split).read_bytes() == (tmp_path / "cli" / split).read_bytes()
 
     report = session.export(tmp_path / "screen.jsonl")
     assert main(["data", "export", str(dataset), "--out", str(tmp_path / "cli.jsonl"), "--drop-rule", "errors",

@@ -1,9 +1,11 @@
 """Data mode (3): open a dataset, see its statistics, review one example at a time by keyboard.
 
 Loading, lint and dedup run in a worker: the first example shows at once, the rest
-is indexed behind it. Every verdict, note and edit goes to the review store (SQLite
-beside the dataset) and is committed before the next example is shown, so quitting
-or a killed terminal loses nothing and reopening resumes at the same example.
+is indexed behind it. The review itself is a ReviewSession (tui/review_session.py):
+every verdict, note and edit goes to the review store (SQLite beside the dataset) and
+is committed before the next example is shown, so quitting or a killed terminal loses
+nothing and reopening resumes at the same example. This screen keeps the keys, the
+dialogs and the drawing.
 """
 
 from __future__ import annotations
