@@ -9,14 +9,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from model_configs import LLAMA_7B, LLAMA_32_3B
 
 from engine.models.facts import facts_from_config, model_facts
 from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate
-
-LLAMA_32_3B = dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                   num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
-LLAMA_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)
 
 
 def within(estimated: float, measured: float, tolerance: float = 0.20) -> bool:

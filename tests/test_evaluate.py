@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import dump, start, wait_final
+from engine_runs import dump, start, wait_final
 
 from engine.testing import learnable_rows, write_jsonl
 

@@ -220,7 +220,16 @@ def test_this_machine_never_crashes(tmp_path):
     snap = snapshot(tmp_path)
     assert isinstance(snap["gpus"], list)
     assert snap["gpus"] or snap["reason"]
-    assert format_snapshot(snap)
+    lines = format_snapshot(snap).splitlines()
+    if snap["gpus"]:
+        for gpu in snap["gpus"]:
+            assert any(line.startswith(f"GPU {gpu['index']}: {gpu['name'] or 'unknown'}") for line in lines), lines
+        assert sum(line.startswith("  memory ") and " GiB " in line for line in lines) == len(snap["gpus"]), lines
+    else:
+        assert lines[0] == f"No usable NVIDIA GPU: {snap['reason']}"
+    host = snap["host"]
+    assert lines[-1].startswith(f"Host {host['hostname']}: {host['cpu_count']} CPUs at "), lines
+    assert f"free at {host['disk_path']}" in lines[-1]
 
 
 def test_engine_gpu_does_not_import_torch_or_ui():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from test_estimate import LLAMA_7B
+from model_configs import LLAMA_7B
 
 from engine.models.facts import facts_from_config
 from engine.plan.recommend import Situation, decide, plan

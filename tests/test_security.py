@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import yaml
-from conftest import dump, events, log_steps, start, wait_final, wait_for
+from engine_runs import dump, events, log_steps, start, wait_final, wait_for
 from pty_app import PtyApp
 
 from engine.core.files import ensure_private_dir

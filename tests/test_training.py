@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dump, events, kill, log_steps, start, wait_final, wait_for
+from engine_runs import dump, events, kill, log_steps, start, wait_final, wait_for
 
 from engine.runs.protocol import COMPLETE_MARKER, Run
 

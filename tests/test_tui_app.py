@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from tui_fixtures import SIZE, assert_snapshot, make_app, no_gpu_snapshot, one_gpu_snapshot, screen_text, wait_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tui_fixtures import assert_snapshot, no_gpu_snapshot, one_gpu_snapshot, screen_text  # noqa: E402
+from tui.app import TunedeckApp
+from tui.screens.error import ErrorScreen
+from tui.screens.gpu import GpuScreen
+from tui.screens.keys import KeysScreen
 
-from tui.app import TunedeckApp  # noqa: E402
-from tui.screens.error import ErrorScreen  # noqa: E402
-from tui.screens.gpu import GpuScreen  # noqa: E402
-from tui.screens.keys import KeysScreen  # noqa: E402
-
-SIZE = (80, 24)
 pytestmark = pytest.mark.asyncio
-
-
-async def wait_for(pilot, predicate, timeout: float = 5.0) -> None:
-    """Let workers and timers run until `predicate()` holds; fail with the screen if it never does."""
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            await pilot.pause()  # let the refresh that follows the change reach the screen
-            return
-        await pilot.pause(0.02)
-    raise AssertionError(f"timed out; screen was:\n{screen_text(pilot.app)}")
-
-
-def make_app(tmp_path, sampler=no_gpu_snapshot, **kwargs) -> TunedeckApp:
-    # A 10 s refresh keeps the timer out of the way: each test takes its samples on purpose.
-    return TunedeckApp(tmp_path, gpu_sampler=sampler, gpu_interval=10.0, **kwargs)
 
 
 async def test_number_keys_switch_modes(tmp_path):
@@ -137,7 +116,7 @@ async def test_keys_screen_lists_the_current_screens_keys(tmp_path):
 
 async def test_command_palette_lists_every_action(tmp_path):
     app = make_app(tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE):
         titles = [c.title for c in app.get_system_commands(app.screen)]
         for title in ("Go to GPU", "Go to Runs", "Slower refresh", "Faster refresh", "Refresh now",
                       "Scroll down", "Keys", "Quit"):

@@ -4,19 +4,16 @@ export and split (the command line's files); quitting and reopening resumes with
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tui_fixtures import assert_snapshot, no_gpu_snapshot, screen_text
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tui_fixtures import assert_snapshot, no_gpu_snapshot, screen_text  # noqa: E402
-
-from engine.data.load import content_hash, load_examples  # noqa: E402
-from engine.data.review import ReviewStore  # noqa: E402
-from engine.demo import write_demo_data  # noqa: E402
-from tui.app import TunedeckApp  # noqa: E402
-from tui.cli.main import main  # noqa: E402
+from engine.data.load import content_hash, load_examples
+from engine.data.review import ReviewStore
+from engine.demo import write_demo_data
+from tui.app import TunedeckApp
+from tui.cli.main import main
 
 SIZE = (80, 24)
 pytestmark = pytest.mark.asyncio

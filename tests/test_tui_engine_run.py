@@ -1,23 +1,19 @@
 """The monitor against a real engine subprocess on a tiny model: attach mid-run, stop acknowledged,
-and a killed engine shown as crashed. Uses the engine fixtures of tests/conftest.py."""
+and a killed engine shown as crashed. Uses the engine fixtures of tests/conftest.py and
+the helpers of tests/engine_runs.py."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from engine_runs import dump, kill, start
+from tui_fixtures import SIZE, make_app, screen_text
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import dump, kill, start  # noqa: E402
-from test_tui_app import SIZE, make_app  # noqa: E402
-from tui_fixtures import screen_text  # noqa: E402
-
-import engine.runs.protocol  # noqa: E402
-from tui.screens.monitor import MonitorScreen  # noqa: E402
+import engine.runs.protocol
+from tui.screens.monitor import MonitorScreen
 
 pytestmark = pytest.mark.asyncio
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from eval_fixtures import make_report, write_report
+from tui_fixtures import SIZE, assert_snapshot, make_app, make_run, screen_text, wait_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eval_fixtures import make_report, write_report  # noqa: E402
-from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
-from tui_fixtures import assert_snapshot, make_run, screen_text  # noqa: E402
-
-from engine.evaluation.ab import ABStore  # noqa: E402
-from tui.screens.choose_run import RunChooser  # noqa: E402
-from tui.screens.error import ErrorScreen  # noqa: E402
-from tui.screens.eval import EvalScreen  # noqa: E402
-from tui.screens.prompt import Confirm, PathPrompt  # noqa: E402
+from engine.evaluation.ab import ABStore
+from tui.screens.choose_run import RunChooser
+from tui.screens.error import ErrorScreen
+from tui.screens.eval import EvalScreen
+from tui.screens.prompt import Confirm, PathPrompt
 
 pytestmark = pytest.mark.asyncio
 RUN_ID = "20260105-101500-people-3f2a"

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from tui_fixtures import make_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tui_fixtures import make_run  # noqa: E402
-
-from engine.runs.events import EventWriter  # noqa: E402
-from tui.follow import BucketSeries, RunFollower, fmt_age, fmt_duration, fmt_num  # noqa: E402
+from engine.runs.events import EventWriter
+from tui.follow import BucketSeries, RunFollower, fmt_age, fmt_duration, fmt_num
 
 
 def test_bucket_series_stays_bounded_and_keeps_the_mean():

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from tui_fixtures import SIZE, assert_snapshot, make_app, one_gpu_snapshot, screen_text, wait_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
-from tui_fixtures import assert_snapshot, one_gpu_snapshot, screen_text  # noqa: E402
-
-from engine.testing import build_tiny_model, learnable_rows, write_jsonl  # noqa: E402
-from engine.training.config import load_config  # noqa: E402
-from tui.screens.error import ErrorScreen  # noqa: E402
-from tui.screens.plan import PlanScreen  # noqa: E402
-from tui.screens.prompt import PathPrompt  # noqa: E402
+from engine.testing import build_tiny_model, learnable_rows, write_jsonl
+from engine.training.config import load_config
+from tui.screens.error import ErrorScreen
+from tui.screens.plan import PlanScreen
+from tui.screens.prompt import PathPrompt
 
 pytestmark = pytest.mark.asyncio
 

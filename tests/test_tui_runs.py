@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tui_fixtures import SIZE, assert_snapshot, dead_pid, make_app, make_run, screen_text, wait_for, write_status
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_tui_app import SIZE, make_app, wait_for  # noqa: E402
-from tui_fixtures import assert_snapshot, dead_pid, make_run, screen_text, write_status  # noqa: E402
-
-from engine.runs.events import EventWriter  # noqa: E402
-from engine.runs.protocol import Run  # noqa: E402
-from tui.screens.monitor import MonitorScreen  # noqa: E402
-from tui.screens.prompt import Confirm, PathPrompt  # noqa: E402
-from tui.screens.runs import RunsScreen  # noqa: E402
+from engine.runs.events import EventWriter
+from engine.runs.protocol import Run
+from tui.screens.monitor import MonitorScreen
+from tui.screens.prompt import Confirm, PathPrompt
+from tui.screens.runs import RunsScreen
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the TUI tests: fabricated runs, a fixed GPU sampler, screen text, snapshots."""
+"""Shared helpers for the TUI tests: the app under Pilot, fabricated runs, fixed GPU samplers, screen text,
+snapshots."""
 
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from engine.core.files import write_atomic
 from engine.runs.events import EventWriter
 from engine.runs.protocol import Run
 from engine.runs.workspace import create_run
+from tui.app import TunedeckApp
 
 SNAPSHOT_DIR = Path(__file__).parent / "snapshots"
 UPDATE_ENV = "TUNEDECK_UPDATE_SNAPSHOTS"
-
-HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "datasets")
 
 
 def screen_text(app) -> str:
@@ -69,6 +69,26 @@ def one_gpu_snapshot(workspace: Path) -> dict:
                          {"pid": 777, "memory_mib": None, "user": None, "command": None,
                           "hidden": "pid not visible here (another container or user)"}]}
     return {"time": 0, "gpus": [gpu], "host": dict(HOST), "driver_version": "550.54", "cuda_version": "12.4"}
+
+
+# ---- the app under Pilot --------------------------------------------------------
+
+SIZE = (80, 24)
+
+
+def make_app(tmp_path, sampler=no_gpu_snapshot, **kwargs) -> TunedeckApp:
+    # A 10 s refresh keeps the timer out of the way: each test takes its samples on purpose.
+    return TunedeckApp(tmp_path, gpu_sampler=sampler, gpu_interval=10.0, **kwargs)
+
+
+async def wait_for(pilot, predicate, timeout: float = 5.0) -> None:
+    """Let workers and timers run until `predicate()` holds; fail with the screen if it never does."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            await pilot.pause()  # let the refresh that follows the change reach the screen
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"timed out; screen was:\n{screen_text(pilot.app)}")
 
 
 # ---- run directories ----------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Statistics of a dataset: counts, lengths, turns and roles, class balance, flags per rule."""
+"""Statistics of a dataset: counts, lengths, turns and roles, class balance, flags per rule; and the
+token-length estimate the plan is made from."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
+
+CHARS_PER_TOKEN = 4  # about right for English text under the usual BPE vocabularies
+TEMPLATE_TOKENS = 16  # the chat template's role markers around an example's turns
 
 
 def histogram(values, bins: int = 20) -> dict:
@@ -53,3 +58,21 @@ def sparkline(counts: list[int]) -> str:
     if not top:
         return " " * len(counts)
     return "".join(blocks[0 if c == 0 else max(1, round(c / top * 8))] for c in counts)
+
+
+@dataclass(frozen=True)
+class TokenEstimate:
+    examples: int
+    mean: int | None  # tokens per example; None without examples
+    p99: int | None  # 99th percentile of example length in tokens
+
+
+def estimate_tokens(examples) -> TokenEstimate:
+    """Example lengths in tokens from their characters, without a tokenizer: what `tunedeck plan` and
+    the Plan screen recommend max_seq_length and the training time from."""
+    lengths = sorted(sum(len(m["content"]) for m in ex.messages) // CHARS_PER_TOKEN + TEMPLATE_TOKENS
+                     for ex in examples)
+    if not lengths:
+        return TokenEstimate(0, None, None)
+    return TokenEstimate(len(lengths), sum(lengths) // len(lengths),
+                         lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))])

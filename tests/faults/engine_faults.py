@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import wait_for
+from engine_runs import wait_for
 
 from engine.core.files import write_atomic
 from engine.runs.events import EventReader

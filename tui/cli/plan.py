@@ -78,6 +78,7 @@ def cmd_estimate(args) -> int:
 
 def cmd_plan(args) -> int:
     from engine.data.load import load_examples
+    from engine.data.stats import estimate_tokens
     from engine.hardware import snapshot
     from engine.models.facts import model_facts
     from engine.plan.recommend import Situation, plan
@@ -85,11 +86,9 @@ def cmd_plan(args) -> int:
     facts = model_facts(args.model)
     examples, tokens, p99 = args.examples, None, None
     if args.data:
-        loaded = load_examples(args.data).examples
-        examples = examples or len(loaded)
-        if loaded:  # about 4 characters a token, plus the chat template's few tokens per turn
-            lengths = sorted(sum(len(m["content"]) for m in ex.messages) // 4 + 16 for ex in loaded)
-            tokens, p99 = sum(lengths) // len(lengths), lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
+        measured = estimate_tokens(load_examples(args.data).examples)
+        examples = examples if examples is not None else measured.examples
+        tokens, p99 = measured.mean, measured.p99
     gpus = snapshot(args.workspace)["gpus"]
     if args.gpu_memory is not None:
         gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024, "memory_used_mib": 0}] * args.gpus

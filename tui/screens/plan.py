@@ -73,7 +73,7 @@ class PlanScreen(ModeScreen):
         self.result: Computed | None = None
         self.problem = ""  # an input that does not parse, shown in place of an error modal
         self._gpus: list | None = None
-        self._data_cache: tuple | None = None  # (path, mtime, count, tokens per example)
+        self._data_cache: tuple | None = None  # (path, mtime, TokenEstimate)
 
     def compose_body(self) -> ComposeResult:
         from engine.plan.recommend import TASKS
@@ -168,38 +168,37 @@ class PlanScreen(ModeScreen):
         from engine.plan.recommend import Situation, plan
 
         facts = model_facts(inputs.model)
-        data_path, counted, tokens = self._read_data(inputs.data)
+        data_path, measured = self._read_data(inputs.data)
+        counted, tokens, p99 = (measured.examples, measured.mean, measured.p99) if measured else (None, None, None)
         if self._gpus is None:
             self._gpus = list(self.app.gpu_sampler(self.app.workspace).get("gpus") or [])
         n = inputs.numbers
         situation = Situation(task=inputs.task, clean_examples=n["examples"] if n["examples"] is not None else counted,
                               baseline_score=n["baseline"], target_score=n["target"], fresh_knowledge=inputs.fresh,
                               task_stable=inputs.stable, reason=inputs.reason, gpus=self._gpus,
-                              tokens_per_example=tokens, price_per_gpu_hour=n["price"])
+                              tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=n["price"])
         assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
             return
         self.post_message(PlanComputed(Computed(result, facts, inputs, data_path, counted, self._gpus)))
 
-    def _read_data(self, text: str) -> tuple[Path | None, int | None, int | None]:
-        """The data file's example count and mean tokens per example (about 4 characters a token)."""
+    def _read_data(self, text: str):
+        """The data file and its example count and token lengths, estimated as `tunedeck plan` does."""
         if not text:
-            return None, None, None
+            return None, None
         from engine.data.load import load_examples
+        from engine.data.stats import estimate_tokens
 
         path = Path(text).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"data file {text} does not exist")
         mtime = path.stat().st_mtime
         if self._data_cache and self._data_cache[:2] == (path, mtime):
-            return path, *self._data_cache[2:]
-        loaded = load_examples(path).examples
-        tokens = None
-        if loaded:
-            tokens = int(sum(sum(len(m["content"]) for m in ex.messages) for ex in loaded) / len(loaded) / 4) + 16
-        self._data_cache = (path, mtime, len(loaded), tokens)
-        return path, len(loaded), tokens
+            return path, self._data_cache[2]
+        measured = estimate_tokens(load_examples(path).examples)
+        self._data_cache = (path, mtime, measured)
+        return path, measured
 
     def on_plan_computed(self, message: PlanComputed) -> None:
         self.result = message.computed
