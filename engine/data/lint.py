@@ -232,7 +232,8 @@ def _misordered_rows(c: Columns, config: LintConfig):
         key = tuple(m["role"] for m in ex.messages)
         if (bad := wrong.get(key)) is None:
             bad = wrong[key] = role_order_problem(ex.messages) is not None
-        mask[i] = bad
+        if bad:
+            mask[i] = True
     return mask
 
 

@@ -26,10 +26,10 @@ def prompt_of(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
-def _strings(values):
+def _strings(values: list[str]):
     import pyarrow as pa
 
-    return pa.array(list(values), pa.large_string())
+    return pa.array(values, pa.large_string())
 
 
 class Columns:
@@ -41,15 +41,15 @@ class Columns:
 
     @cached_property
     def answer(self):
-        return _strings(answer_of(ex.messages) for ex in self.examples)
+        return _strings([answer_of(ex.messages) for ex in self.examples])
 
     @cached_property
     def prompt(self):
-        return _strings(prompt_of(ex.messages) for ex in self.examples)
+        return _strings([prompt_of(ex.messages) for ex in self.examples])
 
     @cached_property
     def message(self):
-        return _strings(m["content"] for ex in self.examples for m in ex.messages)
+        return _strings([m["content"] for ex in self.examples for m in ex.messages])
 
     @cached_property
     def owner(self):
