@@ -1,0 +1,134 @@
+"""Every lint rule's prefilter against its exact check run by brute force on every row.
+
+lint() runs a rule's exact check only on the rows its prefilter picks; a prefilter that is
+missing or narrower than its check hides flags silently. Here the exact checks run on every
+example (check_example: no prefilter) of the shared real datasets plus crafted rows that make
+every rule fire, including the Unicode cases where Python's re and RE2 disagree (Unicode
+whitespace and digits, case folding), and lint() must find exactly the same flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.data.lint import RULES, LintConfig, Rule, check_example, lint
+from engine.data.load import Example, load_examples
+from engine.data.prefilter import Matches
+
+DATA = Path("/work/shared/data")
+DATASETS = sorted(p for p in DATA.iterdir() if p.suffix in {".json", ".jsonl", ".csv", ".parquet"})
+CONFIGS = {"default": LintConfig(),  # and tight limits, so the length rules fire on real rows too
+           "tight-lengths": LintConfig(min_prompt_chars=40, min_answer_chars=30, max_chars=1500)}
+
+
+def qa(q: str, a: str) -> list[dict]:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def turns(*roles: str) -> list[dict]:
+    return [{"role": r, "content": f"a {r} turn with some words"} for r in roles]
+
+
+# rule -> rows its exact check flags under the default config
+CRAFTED = {
+    "empty-answer": [qa("Say something", ""), qa("Say something", " \u00a0\n"), turns("user")],
+    "placeholder-input": [qa("<noinput>\nName a fruit", "Apple."), qa("Name a fruit\nNo input.", "Apple."),
+                          qa("Name a fruit\n\u00a0none\u3000", "Apple."), qa("<no \u0131nput> Name a fruit", "Apple.")],
+    "placeholder-answer": [qa("Your age?", "N/A"), qa("Your age?", "<No Output>"), qa("Your age?", "none\u00a0"),
+                           qa("Write a letter", "Dear [insert name], hello."), qa("Your age?", "\u3000tbd\u3000")],
+    "truncated-answer": [qa("List colours", "The colours are red, green and"),
+                         qa("Write code", "```python\nprint(1)"), qa("Give JSON", '{"a": 1, "b": 2'),
+                         qa("List colours", "The colours are red, green and\u00a0"),
+                         qa("List colours", "The colours are red, green \u017fuch as")],
+    "error-text": [qa("Summarise", "Error: upstream model rate limit exceeded, please retry."),
+                   qa("Run it", "Traceback (most recent call last):\n  File \"x.py\", line 1"),
+                   qa("Run it", "\u3000fatal - the job died"),
+                   qa("Fetch it", "The server said HTTP 5\u0660\u0663 and stopped.")],
+    "refusal": [qa("Tell a joke", "As an AI language model, I cannot tell jokes."),
+                qa("Tell a joke", "I'm sorry, but I can't do that."),
+                qa("Tell a joke", "As an a\u0131 language model I decline.")],
+    "unseen-reference": [qa("Summarise https://example.com/post", "It says hello."),
+                         qa("Describe the attached image", "A cat."), qa("What is in this photo?", "A dog."),
+                         qa("See the attachment and reply", "Done.")],
+    "merged-instructions": [qa("Write a poem.\n##\n18. Instruction: Name a fruit.", "Roses are red."),
+                            qa("Write a poem.\n\u0661\u0668.\u00a0Instruction: Name a fruit.", "Roses are red."),
+                            qa("Write a poem.", "Roses.\n###\n2. Write another one.")],
+    "control-chars": [qa("Fix\x07 this", "Done."), qa("Split it", "line one\\nline two\\nline three"),
+                      qa("Spell it", "caf\\u00e9 is a word"), qa("Spell it", "broken \ufffd character")],
+    "too-short": [qa("Hi", "Hello there, how can I help?"), qa("   ", "A full answer here."),
+                  qa("\u00a0\u2003", "A full answer here.")],
+    "too-long": [qa("Write a long text", "word " * 6500),
+                 [{"role": "system", "content": "s" * 11000}, *qa("u" * 11000, "a" * 11000)]],
+    "role-order": [turns("assistant", "user", "assistant"), turns("user", "system", "assistant"),
+                   turns("user", "user"), turns("system", "assistant", "user")],
+    "personal-data": [qa("Who to mail?", "Write to jane.doe@example.org about it."),
+                      qa("Who to call?", "Call 555-123-4567 today."),
+                      qa("Which key?", "Use sk-abcdefghijklmnopqrstuvwxyz123 for it."),
+                      qa("Who to mail?", "Write to jane@ex\u00e4mple.org about it."),
+                      qa("Who to call?", "Call \u0665\u0665\u0665 \u0661\u0662\u0663 \u0664\u0665\u0666\u0667 now."),
+                      qa("Which key?", "-----BEGIN RSA PRIVATE KEY-----\nMIIE")],
+}
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[Example]:
+    assert len(DATASETS) >= 3, f"expected the shared datasets in {DATA}"
+    rows = [ex for path in DATASETS for ex in load_examples(path).examples]
+    crafted = [messages for rows_of_rule in CRAFTED.values() for messages in rows_of_rule]
+    return rows + [Example(m, "crafted", i + 1) for i, m in enumerate(crafted)]
+
+
+@pytest.fixture(scope="module")
+def brute_force(examples):
+    """Flags of every rule's exact check on every example, no prefilter, by config name (each computed once)."""
+    flags: dict[str, list[tuple]] = {}
+
+    def of(name: str) -> list[tuple]:
+        if name not in flags:
+            config = CONFIGS[name]
+            flags[name] = [(i, rule, config.severity_of(rule), message)
+                           for i, ex in enumerate(examples) for rule, message in check_example(ex.messages, config)]
+        return flags[name]
+    return of
+
+
+def found(examples: list[Example], config: LintConfig) -> list[tuple]:
+    return [(f.index, f.rule, f.severity, f.message) for f in lint(examples, config)]
+
+
+def test_crafted_rows_make_every_rule_fire():
+    assert set(CRAFTED) == set(RULES), "a rule without crafted rows is not held to its check"
+    for rule, rows in CRAFTED.items():
+        for messages in rows:
+            assert rule in {r for r, _ in check_example(messages, LintConfig())}, (rule, messages)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_lint_finds_exactly_what_brute_force_finds(examples, brute_force, name):
+    expected = brute_force(name)
+    assert {rule for _, rule, _, _ in expected} == set(RULES)
+    got = found(examples, CONFIGS[name])
+    missed = [f for f in expected if f not in set(got)]
+    assert not missed, f"{len(missed)} flags hidden by a prefilter, first: {missed[:3]}"
+    assert got == expected
+
+
+def test_each_rule_alone_finds_what_brute_force_finds(examples, brute_force):
+    """Each rule's own prefilter must suffice: no rule may rely on rows another rule's prefilter picks."""
+    expected = brute_force("default")
+    for rule in RULES:
+        alone = LintConfig(disabled=set(RULES) - {rule})
+        assert found(examples, alone) == [f for f in expected if f[1] == rule], rule
+
+
+def test_a_rule_cannot_be_registered_without_a_prefilter():
+    check = RULES["refusal"].check
+    with pytest.raises(TypeError):
+        Rule("new-rule", "warning", "why", check)  # the missing prefilter is the point
+    for not_a_prefilter in (None, r"as an ai", lambda columns, config: None):
+        with pytest.raises(TypeError, match="prefilter must be"):
+            Rule("new-rule", "warning", "why", check, not_a_prefilter)
+    with pytest.raises(ValueError, match="write one of answer, prompt, message"):
+        Matches("answers", "as an ai")
