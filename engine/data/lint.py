@@ -93,7 +93,7 @@ ERROR_TEXT = re.compile(
     r"(?:Type|Value|Key|Index|Attribute|Runtime)Error: |openai\.error\.|Request timed out)", re.I)
 REFUSAL = re.compile(
     r"\bas an ai(?: language)? model\b|\bI(?:'m| am) (?:sorry|afraid),? (?:but )?I (?:can(?:no|')t|am unable|"
-    r"won't|do not have)|\bI(?: cannot|can't|am unable to|'m unable to|am not able to) "
+    r"won't|do not have)|\bI(?: cannot| can't| am unable to|'m unable to| am not able to) "
     r"(?:help|assist|provide|fulfill|comply|browse|access)", re.I)
 UNSEEN_REFERENCE = re.compile(
     r"https?://|\bwww\.\w|\b(?:attached|enclosed|uploaded) (?:file|image|document|picture|photo|pdf|spreadsheet)|"
@@ -267,8 +267,8 @@ RULES = _registry(
                  r"exceeded|An error occurred|HTTP (?:error )?[45]|status code [45]|Error: |openai\.error\.|"
                  r"Request timed out", ignore_case=True)),
     Rule("refusal", "warning", "refusal boilerplate teaches refusing answerable requests", _refusal,
-         Matches("answer", r"as an ai|I(?:'m| am) (?:sorry|afraid)|I(?: cannot|can't|am unable to|'m unable to|"
-                 r"am not able to) ", ignore_case=True)),
+         Matches("answer", r"as an ai|I(?:'m| am) (?:sorry|afraid)|I(?: cannot| can't| am unable to|'m unable to|"
+                 r" am not able to) ", ignore_case=True)),
     Rule("unseen-reference", "warning", "the instruction needs a URL or attachment the model cannot see",
          _unseen_reference,
          Matches("prompt", r"https?://|www\.|(?:attached|enclosed|uploaded) |(?:this|following|given|above|attached) "
