@@ -88,7 +88,7 @@ def _precision(purpose: str, cfg, device: torch.device) -> dict:
                                           bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
                                           bnb_4bit_compute_dtype=compute)
         return {"quantization_config": quantization, "dtype": compute,
-                "device_map": {"": device.index if device.type == "cuda" else "cpu"}}
+                "device_map": {"": (device.index or 0) if device.type == "cuda" else "cpu"}}  # index None: GPU 0
     if cfg.method == "full" and purpose == "train":
         return {"dtype": torch.float32}  # fp32 master weights; the Trainer autocasts to bf16/fp16
     return {"dtype": half}  # a frozen (LoRA: peft keeps the adapters in fp32) or evaluated base in 16 bit on GPUs

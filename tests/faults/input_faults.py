@@ -467,8 +467,8 @@ def check_lint_cli(check: Checks, planted: Planted, as_json: bool, measure: bool
 
 def check_engine_reader(check: Checks, planted: Planted, env: Env) -> None:
     """The training engine's read (engine.training.recipes.sft.read_conversations) goes through the same loader."""
-    read = env.cached("engine.training.recipes.sft.read_conversations",
-                      lambda: __import__("engine.training.recipes.sft", fromlist=["read_conversations"]).read_conversations)
+    read = env.cached("engine.training.recipes.sft.read_conversations", lambda: __import__(
+        "engine.training.recipes.sft", fromlist=["read_conversations"]).read_conversations)
     events: list[dict] = []
     plumbing = types.SimpleNamespace(event=lambda type, **fields: events.append({"type": type, **fields}))
     try:
