@@ -113,22 +113,12 @@ def prepare_demo_model() -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = demo_gguf()
-    # In a subprocess: the caller is the light command line and must not import torch.
-    code = (
-        "import sys, torch\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "d, f, out = sys.argv[1:4]\n"
-        "tok = AutoTokenizer.from_pretrained(d, gguf_file=f, trust_remote_code=False)\n"
-        "model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, trust_remote_code=False)\n"
-        "model.hf_quantizer = None  # dequantized to fp32 already; drop the GGUF marker so it saves\n"
-        "if hasattr(model.config, 'quantization_config'): del model.config.quantization_config\n"
-        "model.save_pretrained(out); tok.save_pretrained(out)\n"
-    )
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     ensure_private_dir(partial.parent)  # ~/.cache/tunedeck/models, owner-only like everything tunedeck keeps
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    result = subprocess.run([sys.executable, "-c", code, str(gguf.parent), gguf.name, str(partial)],
+    # In a subprocess: the caller is the light command line and must not import torch.
+    result = subprocess.run([sys.executable, "-m", "engine.models.load", "--gguf", str(gguf), "--out", str(partial)],
                             env=env, capture_output=True, text=True, umask=PRIVATE_UMASK)
     if result.returncode != 0:
         raise RuntimeError(f"converting {gguf} failed:\n{result.stderr[-2000:]}")

@@ -79,3 +79,25 @@ def test_merged_export_reloads_to_the_same_outputs(trained_run, tmp_path):
         assert torch.allclose(with_adapter(ids).logits, merged(ids).logits, atol=1e-4)
     again = cli("export", str(trained_run.path), "--out", str(adapter_out))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_qlora_run_is_evaluated_on_the_4bit_base_it_was_trained_on(tiny_project, tmp_path):
+    """The adapter learned on NF4 weights; a 16-bit base would measure a model that was never trained."""
+    import bitsandbytes as bnb
+    import yaml
+
+    from engine.evaluation.run import Models
+    from engine.training.config import parse_config
+
+    cfg = tmp_path / "qlora.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_project / "tiny-model"), "data": str(tiny_project / "train.jsonl"),
+                                   "test_data": str(write_jsonl(tmp_path / "test.jsonl", learnable_rows(4, seed=7))),
+                                   "method": "qlora", "max_steps": 6, "eval_steps": 1000, "save_steps": 1000}))
+    run, proc = start(cfg, tmp_path / "ws")
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    models = Models(run.path, parse_config(run.config(), base_dir=run.path, check_paths=False))
+    assert models.tuned.base_model.model.is_loaded_in_4bit
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in models.tuned.modules()) == 14  # every linear layer
+    result = cli("eval", str(run.path), "--limit", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tuned"]["loss"] > 0

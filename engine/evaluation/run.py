@@ -17,8 +17,12 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.evaluation.report import markdown_report, summary
+
+if TYPE_CHECKING:
+    from engine.training.config import RunConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,33 +73,26 @@ def text_perplexity(model, tokenizer, text: str) -> float:
 
 
 class Models:
-    """The base and the tuned model; with an adapter they share one copy of the base weights."""
+    """The base and the tuned model, loaded as the run was trained (engine.models.load: its precision, and
+    4 bit for QLoRA); with an adapter they share one copy of the base weights."""
 
-    def __init__(self, run_dir: Path, cfg: dict):
+    def __init__(self, run_dir: Path, cfg: RunConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from engine.models.find import resolve_model
+        from engine.models.find import ModelRef, resolve_model
+        from engine.models.load import load_model, load_tokenizer
 
-        ref = resolve_model(cfg["model"])
-        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        load = lambda path, **kw: AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True, trust_remote_code=bool(cfg.get("trust_remote_code")), **kw
-        ).to(device).eval()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         adapter, full = run_dir / "adapter", run_dir / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter.is_dir() else full,
-                                                       trust_remote_code=bool(cfg.get("trust_remote_code")))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = load(ref.path, gguf_file=ref.gguf_file)
+        self.tokenizer = load_tokenizer(ModelRef(str(adapter if adapter.is_dir() else full)), cfg.trust_remote_code)
+        base = load_model(resolve_model(cfg.model), "evaluate", cfg, device)
         if adapter.is_dir():
             from peft import PeftModel
 
             self.tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
             self.base = None  # the same model with its adapter disabled
         elif full.is_dir():
-            self.tuned, self.base = load(full), base
+            self.tuned, self.base = load_model(ModelRef(str(full)), "evaluate", cfg, device), base
         else:
             raise FileNotFoundError(f"{run_dir} has no adapter/ or model/: the run has not finished training")
 
@@ -128,6 +125,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
         verdict,
     )
     from engine.runs.protocol import Run
+    from engine.training.config import parse_config
 
     run = Run(run_dir)
     cfg = run.config()
@@ -137,7 +135,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     examples = load_examples(data).examples[:limit]
     if not examples:
         raise ValueError(f"no usable examples in {data}")
-    models = Models(run.path, cfg)
+    models = Models(run.path, parse_config(cfg, base_dir=run.path, check_paths=False))
     tok, system = models.tokenizer, cfg.get("system_prompt")
     with_system = lambda msgs: ([{"role": "system", "content": system}] if system else []) + msgs
     conversations = [with_system([m for m in ex.messages if m["role"] != "system"]) for ex in examples]

@@ -32,25 +32,18 @@ def export(run_dir: Path, out: Path, merge: bool = False) -> Path:
     if not merge:
         _copy_private(adapter, out)
         return out
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.models.find import resolve_model
+    from engine.models.find import ModelRef, resolve_model
+    from engine.models.load import load_model, load_tokenizer
+    from engine.training.config import parse_config
 
-    cfg = run.config()
-    ref = resolve_model(cfg["model"])
-    base = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file, dtype=torch.float32,
-                                                local_files_only=True,
-                                                trust_remote_code=bool(cfg.get("trust_remote_code")))
+    cfg = parse_config(run.config(), base_dir=run.path, check_paths=False)
+    base = load_model(resolve_model(cfg.model), "export", cfg)  # fp32 and unquantised, even under a QLoRA adapter
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    if getattr(merged, "hf_quantizer", None) is not None:  # a GGUF base, dequantized on load
-        merged.hf_quantizer = None
-        merged.config.__dict__.pop("quantization_config", None)
     ensure_private_dir(out, tighten=False)
     merged.save_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=bool(cfg.get("trust_remote_code")))
-    tokenizer.save_pretrained(out)
+    load_tokenizer(ModelRef(str(adapter)), cfg.trust_remote_code).save_pretrained(out)
     return out
 
 
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)  # the exported weights are as private as the run they come from
     try:
         print(export(args.run_dir, args.out, args.merge))
-    except (FileNotFoundError, FileExistsError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # ValueError: the config or model
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

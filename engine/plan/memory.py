@@ -11,7 +11,7 @@ measured by counting the tensors autograd saves for Llama-style blocks
 with published peaks: Llama-3.2-3B, bf16, AdamW, sequence 768, batch 4,
 measured 38.9 GB full / 22.3 GB LoRA r32 on q,v (PEFT's method comparison).
 
-Defaults follow what tunedeck's engine does (engine.training.recipes.sft): LoRA keeps the
+Defaults follow what tunedeck's engine does (engine.models.load): LoRA keeps the
 frozen base in 16 bit and the adapters in fp32; full fine-tuning keeps fp32
 master weights and autocasts to bf16; QLoRA stores linear layers in NF4 with
 double quantisation and keeps embeddings, norms and the head in 16 bit. Every

@@ -1,4 +1,4 @@
-"""Several processes under torchrun: rank, world size, and a process group that opens no port."""
+"""Several processes under torchrun: rank, world size, device, a process group that opens no port, agreement."""
 
 from __future__ import annotations
 
@@ -31,3 +31,34 @@ def init_distributed() -> None:
     dist.init_process_group("nccl" if cuda else "gloo", store=dist.FileStore(path, world_size()),
                             rank=rank(), world_size=world_size(),
                             timeout=timedelta(seconds=1800))  # TrainingArguments' ddp_timeout default
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def local_device() -> torch.device:
+    """This rank's device: its GPU under torchrun (LOCAL_RANK), else the one GPU, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag set on any rank, for every rank: they all act on a command or signal that one of them saw."""
+    if not is_distributed():
+        return flags
+    tensor = torch.tensor([float(v) for v in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def leave_together() -> None:
+    """After a clean finish ranks leave together: none exits while rank 0 saves."""
+    if is_distributed():
+        dist.barrier()
+
+
+def shut_down() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

@@ -24,6 +24,9 @@ from engine.runs.protocol import Run, RunError  # noqa: E402
 from engine.training.config import ConfigError, parse_config  # noqa: E402
 from engine.training.signals import SIGNALS, StopNow  # noqa: E402
 
+OOM_ADVICE = ("out of memory: try per_device_train_batch_size 1 with gradient_accumulation_steps, "
+              "gradient_checkpointing: true, method: qlora, or a shorter max_seq_length")
+
 
 def acquire_lock(run: Run):
     """An exclusive lock held for the engine's life: a second engine on the same run refuses."""
@@ -46,8 +49,6 @@ def acquire_lock(run: Run):
 def describe_failure(exc: BaseException) -> tuple[str, str]:
     """(message, what to do) for an exception that ended training."""
     import torch
-
-    from engine.training.recipes.sft import OOM_ADVICE
 
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}", OOM_ADVICE
@@ -83,7 +84,8 @@ def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
             "(delete this one), or use safetensors weights from a source you trust")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, recipe_class=None) -> int:
+    """`recipe_class`: the Recipe subclass to drive; SFT unless given (a test drives its own)."""
     SIGNALS.arm()  # first; spawn starts us with stop signals blocked until now, so none is lost
     os.umask(PRIVATE_UMASK)  # all the Trainer, peft and TensorBoard write under the run is owner-only
     parser = argparse.ArgumentParser(prog="python -m engine.training.worker")
@@ -105,28 +107,35 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(run.status_path, json.dumps({**run.status(), "state": "failed", "pid": os.getpid(),
                                                       "heartbeat": time.time(), "error": f"config: {exc}"}))
         return 2
-    try:
-        from engine.training.recipes.sft import Recipe  # seconds of torch import
+    try:  # seconds of torch import
+        from engine.training.plumbing import RunPlumbing
+
+        if recipe_class is None:
+            from engine.training.recipes.sft import SFTRecipe
+
+            recipe_class = SFTRecipe
     except StopNow:
         return _stopped_before_start(run, rank0)
     if SIGNALS.count:
         return _stopped_before_start(run, rank0)
 
-    recipe = Recipe(cfg, run, resume=args.resume)
+    plumbing = RunPlumbing(run, resume=args.resume, method=cfg.method, model=cfg.model, max_steps=None, step=0)
+    recipe = recipe_class(cfg, plumbing)
     code = 0
     try:
         recipe.setup()
         recipe.train()
     except StopNow as exc:
-        recipe.set_state("stopped", step=_step(recipe), reason=f"{exc}: stopped at once, no checkpoint")
+        plumbing.set_state("stopped", step=_step(recipe), reason=f"{exc}: stopped at once, no checkpoint")
     except BaseException as exc:  # noqa: BLE001 - everything ends as a recorded failure
         traceback.print_exc()
         message, advice = describe_failure(exc)
-        recipe.event("error", step=_step(recipe), message=message, advice=advice)
-        recipe.set_state("failed", step=_step(recipe), error=f"{message}; {advice}")
+        plumbing.event("error", step=_step(recipe), message=message, advice=advice)
+        plumbing.set_state("failed", step=_step(recipe), error=f"{message}; {advice}")
         code = 1
     finally:
         recipe.cleanup()
+        plumbing.close()
         if lock is not None:
             lock.close()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -148,8 +157,7 @@ def _stopped_before_start(run: Run, rank0: bool) -> int:
 
 
 def _step(recipe) -> int | None:
-    trainer = getattr(recipe, "trainer", None)
-    return trainer.state.global_step if trainer is not None else None
+    return recipe.trainer.state.global_step if recipe.trainer is not None else None
 
 
 if __name__ == "__main__":

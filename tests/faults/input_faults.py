@@ -2,8 +2,8 @@
 
 Every trial makes fresh bad input from its `rng` and checks a property on it through the
 real code: engine.data.load.load_examples (what `tunedeck data` reads with, and the engine's
-training read, Recipe._conversations), engine.training.config.load_config, engine.runs.workspace.resolve_run,
-and the real command line (`python -m tui.cli`) in a subprocess.
+training read, engine.training.recipes.sft.read_conversations), engine.training.config.load_config,
+engine.runs.workspace.resolve_run, and the real command line (`python -m tui.cli`) in a subprocess.
 
 - datasets: every bad line is reported with its line number, every good line loads unchanged
   (a good line missing or changed counts as `lost`), nothing raises, the command line exits 0
@@ -466,13 +466,13 @@ def check_lint_cli(check: Checks, planted: Planted, as_json: bool, measure: bool
 
 
 def check_engine_reader(check: Checks, planted: Planted, env: Env) -> None:
-    """The training engine's read (Recipe._conversations) goes through the same loader."""
-    recipe = env.cached("engine.training.recipes.sft.Recipe", lambda: __import__("engine.training.recipes.sft", fromlist=["Recipe"]).Recipe)
+    """The training engine's read (engine.training.recipes.sft.read_conversations) goes through the same loader."""
+    read = env.cached("engine.training.recipes.sft.read_conversations", lambda: __import__(
+        "engine.training.recipes.sft", fromlist=["read_conversations"]).read_conversations)
     events: list[dict] = []
-    fake = types.SimpleNamespace(cfg=types.SimpleNamespace(system_prompt=None),
-                                 event=lambda type, **fields: events.append({"type": type, **fields}))
+    plumbing = types.SimpleNamespace(event=lambda type, **fields: events.append({"type": type, **fields}))
     try:
-        conversations = recipe._conversations(fake, str(planted.path))
+        conversations = read(str(planted.path), None, plumbing)
     except ValueError as exc:
         check(not planted.good and "no usable examples" in str(exc), f"engine read raised {exc}")
         return

@@ -1,0 +1,163 @@
+"""What every recipe shares: a recipe is a subclass that supplies its data and its Trainer.
+
+    class MyRecipe(Recipe):
+        def load_data(self):                    -> (train dataset, eval dataset or [])
+        def build_trainer(self, args, callbacks) -> a Trainer with AtomicCheckpoints (checkpoints=self.checkpoints)
+
+The worker drives it: `recipe = MyRecipe(cfg, plumbing); recipe.setup(); recipe.train(); recipe.cleanup()`.
+Here, once: the base model through the one loader with LoRA/QLoRA on it, the TrainingArguments the run
+config decides, resume from the newest complete checkpoint, the final save of the best model, and the
+distributed exit. Events, status and control go through the RunPlumbing the worker gives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Sequence
+
+import torch
+
+from engine.models.find import resolve_model
+from engine.models.load import load_model, load_tokenizer, resolve_precision
+from engine.training.callback import RunCallback
+from engine.training.checkpoints import CheckpointBook, checkpoint_step
+from engine.training.config import RunConfig
+from engine.training.distributed import init_distributed, leave_together, local_device, shut_down, world_size
+from engine.training.health import EarlyStopping, HealthMonitor
+from engine.training.plumbing import RunPlumbing
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, plumbing: RunPlumbing):
+        self.cfg, self.plumbing = cfg, plumbing
+        self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
+        self.checkpoints = CheckpointBook(plumbing, cfg.save_total_limit, self.early)
+        self.trainer = None
+
+    # ---- what a recipe supplies ----------------------------------------------
+    def load_data(self) -> tuple[Sequence, Sequence]:
+        """The training and evaluation datasets, encoded for this recipe's Trainer (self.tokenizer is loaded);
+        what was dropped or cut is reported as events."""
+        raise NotImplementedError
+
+    def build_trainer(self, args: dict, callbacks: list):
+        """The Trainer over self.model, self.train_dataset and self.eval_dataset, with TrainingArguments (or a
+        subclass such as a TRL config) made from `args` plus the recipe's own, the callbacks, and
+        `checkpoints=self.checkpoints` for its AtomicCheckpoints mixin."""
+        raise NotImplementedError
+
+    # ---- setup ------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, plumbing = self.cfg, self.plumbing
+        init_distributed()
+        plumbing.start()
+        plumbing.set_state("starting", resume=plumbing.resume, world_size=world_size())
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.precision = resolve_precision(cfg.precision)
+        self.tokenizer, self.model = self._load_model()
+        self.train_dataset, self.eval_dataset = self.load_data()
+        per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
+        steps_per_epoch = max(1, -(-len(self.train_dataset) // per_step))
+        total = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.num_train_epochs)
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plumbing.run.path / "tensorboard"))
+        self.callback = RunCallback(plumbing, HealthMonitor(cfg.divergence_factor, cfg.grad_spike_factor),
+                                    self.early, can_evaluate=bool(self.eval_dataset))
+        self.trainer = self.build_trainer(self._training_arguments(total), [self.callback])
+        plumbing.update(max_steps=total)
+
+    def _load_model(self):
+        cfg = self.cfg
+        ref = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(ref, cfg.trust_remote_code)
+        model = load_model(ref, "train", cfg, local_device())
+        load_in_4bit = bool(getattr(model, "is_loaded_in_4bit", False))
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.method == "qlora"
+        self.gradient_checkpointing = checkpointing
+        if cfg.method in ("lora", "qlora"):
+            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+            if cfg.method == "qlora":
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=checkpointing,
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+            if checkpointing:
+                model.enable_input_require_grads()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        self.plumbing.event("state", state="model_loaded", model=ref.label, trainable_parameters=trainable,
+                            total_parameters=total, precision=self.precision, gradient_checkpointing=checkpointing,
+                            load_in_4bit=load_in_4bit)
+        return tokenizer, model
+
+    def _training_arguments(self, total_steps: int) -> dict:
+        """TrainingArguments keywords every recipe shares: schedule, batches, precision, logging (NaN kept),
+        evaluation and saving into the staging area, distributed settings."""
+        cfg = self.cfg
+        eval_steps = cfg.eval_steps or max(1, total_steps // 10)
+        return dict(
+            output_dir=str(self.plumbing.run.path / ".staging"),
+            max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
+            learning_rate=cfg.resolved_learning_rate(), lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            optim=cfg.optim, seed=cfg.seed,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            logging_steps=cfg.logging_steps, logging_nan_inf_filter=False,  # NaN must reach the log
+            include_num_input_tokens_seen="non_padding",
+            eval_strategy="steps" if self.eval_dataset else "no", eval_steps=eval_steps,
+            save_strategy="steps", save_steps=cfg.save_steps or eval_steps, save_total_limit=None,
+            bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+            gradient_checkpointing=self.gradient_checkpointing and cfg.method != "qlora",
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            report_to=cfg.report_to or "none", disable_tqdm=True,
+            dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        )
+
+    # ---- train -------------------------------------------------------------------
+    def train(self) -> str:
+        plumbing, trainer = self.plumbing, self.trainer
+        resume_from = self.checkpoints.resume_point() if plumbing.resume else None
+        plumbing.set_state("running", step=checkpoint_step(resume_from) if resume_from else 0,
+                           resumed_from=str(resume_from) if resume_from else None)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        step = trainer.state.global_step
+        runtime = output.metrics.get("train_runtime") or 0
+        tokens = int(trainer.state.num_input_tokens_seen or 0) - self.callback.tokens_at_start
+        self._save_final()
+        final = "stopped" if plumbing.stop_requested else "completed"
+        plumbing.set_state(final, step=step, early_stopped=self.callback.early_stopped, train_runtime=runtime,
+                           train_tokens_per_second=round(tokens / runtime, 1) if runtime else None)
+        leave_together()
+        return final
+
+    def _save_final(self) -> None:
+        """The best evaluated model (or the last one) to adapter/ or model/, whole or not at all."""
+        best = self.checkpoints.best_to_load(self.trainer.state.global_step)
+        if best:
+            self.trainer._load_from_checkpoint(best)
+            self.plumbing.event("state", state="best_loaded", checkpoint=best, eval_loss=self.early.best)
+        out = self.plumbing.run.path / ("model" if self.cfg.method == "full" else "adapter")
+        if self.plumbing.writes:
+            tmp = out.with_name(out.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.trainer.save_model(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+            self.plumbing.event("state", state="saved", path=str(out))
+            self.plumbing.update(output=str(out))
+
+    def cleanup(self) -> None:
+        """Partial saves removed, the process group left; the worker closes the plumbing after this."""
+        if self.plumbing.writes:
+            shutil.rmtree(self.plumbing.run.path / ".staging", ignore_errors=True)
+        shut_down()
