@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch.nn.functional as F
-from conftest import dump, events, kill, log_steps, wait_for
+from engine_runs import dump, events, kill, log_steps, wait_for
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from engine.runs.protocol import COMPLETE_MARKER
