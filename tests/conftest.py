@@ -3,6 +3,7 @@ engine subprocess are plain functions in engine_runs.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,29 @@ CONTRACT_CONFIG = {
     "save_steps": 10, "eval_steps": 10, "learning_rate": 1.0e-3,
     "per_device_train_batch_size": 4, "max_seq_length": 128,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """The suite never reads or writes the user's ~/.cache/tunedeck (converted models, review stores):
+    a test passes or fails the same on a fresh machine and on one where the demo already ran."""
+    cache = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("TUNEDECK_CACHE")
+    os.environ["TUNEDECK_CACHE"] = str(cache)  # subprocesses the tests start inherit it
+    yield cache
+    if before is None:
+        os.environ.pop("TUNEDECK_CACHE", None)
+    else:
+        os.environ["TUNEDECK_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def demo_model(private_cache) -> Path:
+    """The demo model converted once (about 20 s), as `tunedeck demo` leaves it: planning for `demo` then
+    reads safetensors headers in milliseconds instead of parsing the GGUF file (seconds) in a UI worker."""
+    from engine.demo import prepare_demo_model
+
+    return prepare_demo_model()
 
 
 @pytest.fixture(scope="session")

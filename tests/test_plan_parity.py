@@ -51,6 +51,7 @@ def test_the_token_estimate_is_four_characters_a_token_plus_the_template():
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("demo_model")
 async def test_the_screen_and_the_command_line_recommend_the_same(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", varied_rows(400))
     measured = estimate_tokens(load_examples(data).examples)

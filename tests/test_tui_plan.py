@@ -13,7 +13,7 @@ from tui.screens.error import ErrorScreen
 from tui.screens.plan import PlanScreen
 from tui.screens.prompt import PathPrompt
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("demo_model")]
 
 
 def plan_screen(app) -> PlanScreen:
