@@ -67,6 +67,26 @@ async def test_metrics_deltas_and_forgetting_verdict(tmp_path):
         assert_snapshot(app, "eval_metrics")
 
 
+
+async def test_judge_score_shows_when_the_judge_ran(tmp_path):
+    report = make_report()
+    report["tuned"]["judge_score"], report["baseline"]["judge_score"] = 4.2, 2.5
+    evaluated_run(tmp_path, report=report)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=(80, 30)) as pilot:  # taller: the judge's section sits below the fit
+        await loaded(pilot, app)
+        text = screen_text(app)
+        assert "LLM judge" in text
+        assert "judge score (1-5)                 2.500   4.200     +1.700  better" in text
+
+
+async def test_no_judge_section_without_a_judge(tmp_path):
+    evaluated_run(tmp_path)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=(80, 30)) as pilot:
+        await loaded(pilot, app)
+        assert "judge" not in screen_text(app).lower()
+
 async def test_j_k_browse_examples(tmp_path):
     evaluated_run(tmp_path)
     app = make_app(tmp_path, mode="eval")
