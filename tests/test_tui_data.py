@@ -181,3 +181,18 @@ async def test_snapshots(tmp_path, dataset):
         await pilot.press("t")
         await pilot.pause()
         assert_snapshot(pilot.app, "data_template")
+
+
+async def test_a_missing_dataset_is_the_engine_s_one_line_not_a_bug_report(tmp_path):
+    from tui.screens.error import ErrorScreen
+
+    app = make_app(tmp_path, data=tmp_path / "nope.jsonl")
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(250):
+            if isinstance(app.screen, ErrorScreen):
+                break
+            await pilot.pause(0.02)
+        error = app.screen
+        assert isinstance(error, ErrorScreen), screen_text(app)
+        assert error.message == f"data file not found: {tmp_path / 'nope.jsonl'}"  # no type, no source line
+        assert "bug" not in error.advice

@@ -19,7 +19,6 @@ from tui.screens.gpu import GpuScreen
 from tui.screens.plan import PlanScreen
 from tui.screens.runs import RunsScreen
 
-
 SCREENS = {screen.MODE: screen for screen in (GpuScreen, PlanScreen, DataScreen, RunsScreen, EvalScreen)}
 
 

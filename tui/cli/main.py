@@ -13,12 +13,9 @@ import sys
 from pathlib import Path
 
 from engine.core.paths import default_workspace
-from engine.data.load import DataError
-from engine.models.find import ModelError
-from engine.runs.protocol import RunError
-from engine.training.config import ConfigError
 from tui.cli import data, demo, evaluation, hardware, plan, runs
 from tui.cli.common import CliError
+from tui.errors import EXPLAINED_ERRORS
 
 
 def cmd_app(args) -> int:
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", cmd_app)
     try:
         return func(args)
-    except (ConfigError, RunError, ModelError, DataError, CliError) as exc:
+    except (*EXPLAINED_ERRORS, CliError) as exc:
         print(f"tunedeck: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

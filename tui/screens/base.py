@@ -13,10 +13,10 @@ from tui.widgets.modebar import ModeBar
 
 def advice_for(error: BaseException) -> str:
     """What a person can do about an exception, in one sentence."""
-    from engine.runs.protocol import RunError
+    from tui.errors import EXPLAINED_ERRORS
 
-    if isinstance(error, RunError):
-        return ""  # a RunError's message already says what to do
+    if isinstance(error, EXPLAINED_ERRORS):
+        return ""  # its message already says what to do
     if isinstance(error, PermissionError):
         return "Check that you own the workspace and the file, or pick another workspace."
     if isinstance(error, FileNotFoundError):
@@ -63,9 +63,9 @@ def _where(error: BaseException) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    from engine.runs.protocol import RunError
+    from tui.errors import EXPLAINED_ERRORS
 
-    if isinstance(error, RunError):
+    if isinstance(error, EXPLAINED_ERRORS):
         return str(error)
     if isinstance(error, OSError):
         return f"{type(error).__name__}: {error}"
