@@ -1,6 +1,6 @@
 """Evaluate a run against the prompted base model: `python -m engine.evaluation.run --run-dir DIR [--baseline]`.
 
-On a held-out file: greedy batched generation, metrics from engine.metrics, loss
+On a held-out file: greedy batched generation, metrics from engine.evaluation.metrics, loss
 and perplexity of the references; the baseline is the base model prompted with a
 system prompt and k few-shot examples from the training data; the forgetting
 probes run on both. Results go to `<run>/eval/report.json` and `report.md`.
