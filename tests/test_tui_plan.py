@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tui_fixtures import SIZE, assert_snapshot, make_app, one_gpu_snapshot, screen_text, wait_for
 
+from engine.models.facts import model_facts
 from engine.testing import build_tiny_model, learnable_rows, write_jsonl
 from engine.training.config import load_config
 from tui.screens.error import ErrorScreen
@@ -76,6 +77,7 @@ async def test_decision_follows_the_form(tmp_path):
 
 async def test_write_config_the_engine_accepts(tmp_path):
     model = build_tiny_model(tmp_path / "tiny-model") or tmp_path / "tiny-model"
+    model_facts(str(model))  # built once here (seconds, engine.models.anatomy), then read from the cache
     data = write_jsonl(tmp_path / "train.jsonl", learnable_rows(50))
     app = make_app(tmp_path / "ws", mode="plan", sampler=one_gpu_snapshot)
     async with app.run_test(size=SIZE) as pilot:

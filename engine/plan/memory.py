@@ -4,18 +4,17 @@ Peak memory during a training step is about
     weights + trainable copies + gradients + optimizer state + saved activations
     + logits and loss buffers + CUDA context and allocator overhead.
 
-Activation coefficients are bytes per token per decoder layer with 16-bit
-activations and a memory-efficient attention kernel (SDPA/flash). They were
-measured by counting the tensors autograd saves for Llama-style blocks
-(tests/test_estimate.py repeats the measurement on a small model) and agree
-with published peaks: Llama-3.2-3B, bf16, AdamW, sequence 768, batch 4,
-measured 38.9 GB full / 22.3 GB LoRA r32 on q,v (PEFT's method comparison).
+Every term comes from the model as transformers builds it (`engine.models.facts`): the exact parameter
+count, what bitsandbytes quantizes (it turns `nn.Linear` layers into NF4 and leaves embeddings, norms,
+head, routers and MoE experts stored as 3-D tensors in 16 bit), what peft trains for the LoRA targets,
+and the activations autograd saves per token in one layer of this very architecture (measured on a
+shrunk copy, `engine.models.anatomy`). When the activations could not be measured, the coefficients
+measured on Llama blocks stand in, and a note says so.
 
-Defaults follow what tunedeck's engine does (engine.models.load): LoRA keeps the
-frozen base in 16 bit and the adapters in fp32; full fine-tuning keeps fp32
-master weights and autocasts to bf16; QLoRA stores linear layers in NF4 with
-double quantisation and keeps embeddings, norms and the head in 16 bit. Every
-assumption is a field of `Assumptions` and can be changed.
+Defaults follow what tunedeck's engine does (engine.models.load): LoRA keeps the frozen base in 16 bit
+and the adapters in fp32; full fine-tuning keeps fp32 master weights and autocasts to bf16; QLoRA
+stores linear layers in NF4 with double quantisation. Every assumption is a field of `Assumptions`
+and can be changed.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from engine.models.facts import ModelFacts
-from engine.training.config import METHODS
+from engine.training.config import METHODS, ConfigError
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -32,15 +31,17 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 OPTIMIZER_STATE_BYTES = {"adamw": None, "adamw_fp32": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 
-# Saved activations, bytes per token per layer: a*hidden + 8*kv_dim + b*intermediate (see module doc).
-FULL_ACT = (26.0, 8.0)  # (a, b)
-FROZEN_BASE_ACT = (8.1, 6.0)  # a frozen block with no adapters
-ADAPTER_ACT_PER_INPUT = {True: 6.2, False: 2.2}  # per adapted module, per input feature: dropout / none
-KV_ACT = 8.0
+# When the architecture's activations could not be measured: the coefficients measured on Llama blocks,
+# bytes per token per layer as a*hidden + 8*kv_dim + b*intermediate, plus per adapted input feature.
+LLAMA_FULL_ACT = (26.0, 8.0)
+LLAMA_LORA_ACT = (8.1, 6.0)
+LLAMA_ADAPTER_ACT = {True: 6.2, False: 2.2}  # with dropout / without
 LOGITS_BYTES = 10  # per token per vocab entry: 16-bit logits, fp32 upcast kept for the loss, fp32 gradient
 CHECKPOINT_ACT = 2.0  # per token per layer per hidden unit: the block input kept under checkpointing
 CUDA_CONTEXT_GIB = 0.75
 ALLOCATOR_OVERHEAD = 0.05
+# Sizes past these are typing mistakes, not plans (a 16M-token sequence, a rank above any model's width).
+LIMITS = {"seq_len": 1 << 24, "batch_size": 1 << 16, "lora_r": 1 << 14, "gpus": 1 << 16}
 
 
 @dataclass
@@ -54,9 +55,22 @@ class Assumptions:
     full_master_fp32: bool = True  # full fine-tuning: fp32 weights with bf16 autocast (the engine's way)
     lora_r: int = 16
     lora_targets: str | list[str] = "all-linear"
-    lora_dropout: float = 0.05
+    lora_dropout: float | str = "auto"  # auto: as the engine resolves it (0 where peft wraps MoE experts)
     double_quant: bool = True
     gpus: int = 1
+
+    def __post_init__(self):
+        for key, limit in LIMITS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ConfigError(f"{key} must be a whole number from 1 to {limit:,}, got {value!r}")
+        if self.compute_dtype not in DTYPE_BYTES:
+            raise ConfigError(f"precision must be one of {', '.join(DTYPE_BYTES)}, got {self.compute_dtype!r}")
+        if self.optimizer not in OPTIMIZER_STATE_BYTES:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+        if self.lora_dropout != "auto" and not (isinstance(self.lora_dropout, (int, float))
+                                                and 0 <= self.lora_dropout < 1):
+            raise ConfigError(f"lora_dropout must be auto or in [0, 1), got {self.lora_dropout!r}")
 
 
 @dataclass
@@ -89,23 +103,34 @@ class Estimate:
                 "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes}
 
 
-def lora_targets(model: ModelFacts, targets: str | list[str]) -> dict[str, tuple[int, int]]:
-    shapes = model.linear_shapes()
-    if targets == "all-linear":
-        return shapes
-    names = [targets] if isinstance(targets, str) else targets
-    return {name: shape for name, shape in shapes.items() if name in names}
+def layer_activations(model: ModelFacts, method: str, notes: list[str]) -> float:
+    """Bytes saved per token in one decoder layer with 16-bit activations."""
+    kind = "full" if method == "full" else "lora"
+    if model.activations:
+        return model.activations[kind]
+    widths = [m["d_out"] for m in model.linear_modules.values()] or [4 * model.hidden]
+    a, b = LLAMA_FULL_ACT if kind == "full" else LLAMA_LORA_ACT
+    per_layer = a * model.hidden + 8 * model.kv_dim + b * max(widths)
+    if kind == "lora":
+        dropout = model.lora["dropout"] > 0
+        per_layer += sum(LLAMA_ADAPTER_ACT[dropout] * m["d_in"] * m["count"]
+                         for m in model.lora["modules"].values()) / max(1, model.layers)
+    notes.append(f"activations of {model.architecture} could not be measured: Llama's coefficients stand in")
+    return per_layer
 
 
 def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Estimate:
     a = a or Assumptions()
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method != "full":
+        model = model.for_adapter(a.lora_targets, a.lora_dropout)
     notes: list[str] = []
     compute = DTYPE_BYTES[a.compute_dtype]
     checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
     tokens = a.seq_len * a.batch_size
-    h, i, kv, layers = model.hidden, model.intermediate, model.kv_dim, model.layers
+    h, layers, groups = model.hidden, model.layers, model.groups
+    matmul_weights = groups["linear"] + groups["experts"] + model.vocab * h  # what autocast copies to 16 bit
     parts: dict[str, float] = {}
 
     # Weights and trainable parameters
@@ -114,40 +139,43 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         weight_bytes = 4 if a.full_master_fp32 else compute
         parts["weights"] = model.parameters * weight_bytes
         if a.full_master_fp32:
-            # autocast keeps a 16-bit copy of each weight for the backward pass
-            parts["weight_copies"] = model.linear_parameters() * compute
+            parts["weight_copies"] = matmul_weights * compute  # autocast's 16-bit copy of each matmul weight
         param_bytes = weight_bytes
     else:
-        targets = lora_targets(model, a.lora_targets)
-        trainable = layers * sum(a.lora_r * (d_in + d_out) for d_in, d_out in targets.values())
-        other = model.parameters - model.linear_parameters()  # embeddings, head, norms
+        trainable = model.lora_trainable(a.lora_r)
         if method == "qlora":
-            parts["weights"] = model.linear_parameters() * NF4_BYTES[a.double_quant] + other * compute
-            notes.append("NF4 linear layers; embeddings, norms and head stay in 16 bit")
+            nf4 = model.quantized_4bit["parameters"]
+            parts["weights"] = nf4 * NF4_BYTES[a.double_quant] + (model.parameters - nf4) * compute
+            if groups["experts"]:
+                notes.append(f"bitsandbytes quantizes nn.Linear layers only: the {groups['experts'] / 1e9:.1f}B "
+                             "expert parameters (3-D tensors) stay in 16 bit")
+            elif nf4 == 0:
+                notes.append(f"bitsandbytes quantizes no layer of this {model.architecture} (it replaces plain "
+                             "nn.Linear only, and these are subclasses): QLoRA keeps the weights in 16 bit, as LoRA")
+            elif nf4 < 0.5 * model.parameters:
+                notes.append(f"bitsandbytes quantizes only {nf4 / model.parameters:.0%} of this "
+                             f"{model.architecture} (plain nn.Linear layers): the rest stays in 16 bit")
+            else:
+                notes.append("NF4 linear layers; embeddings, norms and head stay in 16 bit")
         else:
             parts["weights"] = model.parameters * compute
         parts["weights"] += trainable * 4  # peft keeps adapters in fp32
         param_bytes = 4
+        if model.lora["wraps_experts"]:
+            notes.append(f"LoRA on the experts too (peft wraps them); lora_dropout {model.lora['dropout']:g}")
 
     # Gradients and optimizer state of what is trained
     all_gradients = trainable * param_bytes
-    state = OPTIMIZER_STATE_BYTES.get(a.optimizer)
-    if a.optimizer not in OPTIMIZER_STATE_BYTES:
-        raise ValueError(f"unknown optimizer {a.optimizer!r}; use one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+    state = OPTIMIZER_STATE_BYTES[a.optimizer]
     parts["optimizer"] = trainable * (2 * param_bytes if state is None else state)
     if a.optimizer.startswith("paged"):
         notes.append("paged optimizer state can spill to CPU memory under pressure")
 
     # Activations saved for the backward pass
-    if method == "full":
-        per_layer = FULL_ACT[0] * h + KV_ACT * kv + FULL_ACT[1] * i
-    else:
-        per_input = ADAPTER_ACT_PER_INPUT[a.lora_dropout > 0]
-        per_layer = (FROZEN_BASE_ACT[0] * h + KV_ACT * kv + FROZEN_BASE_ACT[1] * i
-                     + sum(per_input * d_in for d_in, _ in targets.values()))
+    per_layer = layer_activations(model, method, notes)
     if not a.memory_efficient_attention:
         per_layer += 6 * model.heads * a.seq_len  # fp32 softmax and its 16-bit copy per query
-    per_layer *= compute / 2  # coefficients were measured with 16-bit activations
+    per_layer *= compute / 2  # measured with 16-bit activations
     if checkpointing:
         # Only block inputs are kept; one block is recomputed at a time during backward.
         parts["activations"] = tokens * (layers * CHECKPOINT_ACT * compute / 2 * h + per_layer)
@@ -169,10 +197,10 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         parts["activations"] = parts["logits"] = 0.0
         notes.append("gradients outweigh activations: the peak is at the end of the backward pass")
     if method == "qlora":
-        # one linear layer's weights dequantized at a time
-        parts["dequant_buffer"] = max(d_in * d_out for d_in, d_out in model.linear_shapes().values()) * compute
+        parts["dequant_buffer"] = model.quantized_4bit["largest"] * compute  # one layer dequantized at a time
     if a.gpus > 1:
         parts["ddp_buckets"] = min(trainable * param_bytes, 2 * 25 * 1024 ** 2)  # two 25 MB gradient buckets
+    assert all(v >= 0 for v in parts.values()), parts
     return Estimate(method, parts, trainable, notes)
 
 

@@ -22,6 +22,17 @@ from engine.core.quoting import brief
 METHODS = ("full", "lora", "qlora")  # what is trained: every weight, a LoRA adapter, or one over a 4-bit base
 
 
+DEFAULT_LORA_DROPOUT = 0.05
+
+
+def resolve_lora_dropout(value: float | str, wraps_experts: bool) -> float:
+    """`lora_dropout: auto` is 0.05, or 0 where the targets wrap MoE expert parameters: peft's ParamWrapper
+    refuses any dropout there, and a run that trains the experts must not fail on a default."""
+    if value == "auto":
+        return 0.0 if wraps_experts else DEFAULT_LORA_DROPOUT
+    return float(value)
+
+
 class ConfigError(ValueError):
     """One line naming the key or path at fault and what to do."""
 
@@ -80,7 +91,7 @@ class RunConfig:
     # method details
     lora_r: int = 16
     lora_alpha: int = 32  # scaling = alpha / r = 2
-    lora_dropout: float = 0.05
+    lora_dropout: float | Literal["auto"] = "auto"  # see resolve_lora_dropout
     lora_target_modules: str | list[str] = "all-linear"  # "all-linear": every linear layer but the head (QLoRA paper)
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = True
@@ -211,7 +222,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
             raise ConfigError(f"config key {key!r} must be at most {MAX_INT}, got {_short(value)}")
     for key, (low, high, inclusive) in FLOAT_RANGES.items():
         value = values.get(key)
-        if value is not None and (value < low or (value == low and not inclusive)
+        if isinstance(value, float) and (value < low or (value == low and not inclusive)
                                   or (high is not None and value >= high)):
             bounds = f"{'at least' if inclusive else 'above'} {low:g}" + (f" and below {high:g}" if high else "")
             raise ConfigError(f"config key {key!r} must be {bounds}, got {value:g}")

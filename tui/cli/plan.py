@@ -35,8 +35,12 @@ def assumptions(args):
 
 
 def format_estimates(facts, estimates: dict, free: float | None) -> str:
-    lines = [f"{facts.name}: {facts.parameters / 1e6:,.0f}M parameters ({facts.parameter_source}), "
-             f"{facts.layers} layers, hidden {facts.hidden}, vocab {facts.vocab:,}"]
+    experts = f", {facts.experts} experts ({facts.experts_per_token} per token)" if facts.experts else ""
+    lines = [f"{facts.name} ({facts.architecture}): {facts.parameters / 1e6:,.0f}M parameters (exact: built by "
+             f"transformers on the meta device), {facts.layers} layers, hidden {facts.hidden}, "
+             f"vocab {facts.vocab:,}{experts}"]
+    if facts.stored:
+        lines.append("stored as " + ", ".join(f"{n / 1e6:,.0f}M {dtype}" for dtype, n in facts.stored.items()))
     names = list(dict.fromkeys(part for e in estimates.values() for part in e.parts))
     row = lambda label, values: f"{label:<22}" + "".join(f"{v / GiB:>9.2f}" for v in values)
     lines.append(f"{'GiB':<22}" + "".join(f"{m:>9}" for m in estimates))
@@ -54,15 +58,16 @@ def cmd_estimate(args) -> int:
     from engine.models.facts import model_facts
     from engine.plan.memory import advice_to_fit, estimate
 
-    facts = model_facts(args.model)
     a = assumptions(args)
+    facts = model_facts(args.model, a.lora_targets)
     methods = list(METHODS) if args.method == "all" else [args.method]
     estimates = {m: estimate(facts, m, a) for m in methods}
     free = None if args.gpu_memory is None else args.gpu_memory * GiB
     if args.json:
         def as_json(e):
             return {**e.to_dict(), "assumptions": a.__dict__,
-                    "model": {"name": facts.name, "parameters": facts.parameters, "source": facts.parameter_source},
+                    "model": {"name": facts.name, "architecture": facts.architecture,
+                              "parameters": facts.parameters, "groups": facts.groups, "stored": facts.stored},
                     "fits": None if free is None else e.required <= free}
         result = as_json(estimates[methods[0]]) if len(methods) == 1 else \
             {"methods": {m: as_json(e) for m, e in estimates.items()}}
@@ -83,7 +88,8 @@ def cmd_plan(args) -> int:
     from engine.models.facts import model_facts
     from engine.plan.recommend import Situation, plan
 
-    facts = model_facts(args.model)
+    a = assumptions(args)
+    facts = model_facts(args.model, a.lora_targets)
     examples, tokens, p99 = args.examples, None, None
     if args.data:
         measured = estimate_tokens(load_examples(args.data).examples)
@@ -96,7 +102,7 @@ def cmd_plan(args) -> int:
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
                           tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price)
-    result = plan(facts, situation, assumptions(args))
+    result = plan(facts, situation, a)
     if args.write_config:
         if not args.data:
             raise CliError("--write-config needs --data: the config names the training file")

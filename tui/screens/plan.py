@@ -230,7 +230,8 @@ class PlanScreen(ModeScreen):
         if self.problem:
             out.append(f"! {self.problem}\n\n", style="bold")
         if self.result is None:
-            out.append("computing…" if not self.problem else "")
+            out.append("computing… (the first plan for a model builds it on the meta device: seconds)"
+                       if not self.problem else "")
             return out
         r, facts, c = self.result.plan, self.result.facts, self.result
         counted = f" · data: {c.counted:,} examples" if c.counted is not None else ""

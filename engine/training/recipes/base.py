@@ -19,11 +19,12 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.models.anatomy import lora_targets_error
 from engine.models.find import resolve_model
 from engine.models.load import load_model, load_tokenizer, resolve_precision
 from engine.training.callback import RunCallback
 from engine.training.checkpoints import CheckpointBook, checkpoint_step
-from engine.training.config import RunConfig
+from engine.training.config import ConfigError, RunConfig, resolve_lora_dropout
 from engine.training.distributed import init_distributed, leave_together, local_device, shut_down, world_size
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
@@ -85,9 +86,12 @@ class Recipe:
                 model = prepare_model_for_kbit_training(
                     model, use_gradient_checkpointing=checkpointing,
                     gradient_checkpointing_kwargs={"use_reentrant": False})
-            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=self._lora_dropout(model),
                               target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
+            try:
+                model = get_peft_model(model, lora)
+            except ValueError as exc:  # peft's NoMatchingPeftModuleError: targets this model does not have
+                raise lora_targets_error(model, exc) from None
             if checkpointing:
                 model.enable_input_require_grads()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -96,6 +100,15 @@ class Recipe:
                             total_parameters=total, precision=self.precision, gradient_checkpointing=checkpointing,
                             load_in_4bit=load_in_4bit)
         return tokenizer, model
+
+    def _lora_dropout(self, model) -> float:
+        """all-linear on a MoE model makes peft wrap the 3-D expert tensors, which take no dropout."""
+        wraps_experts = self.cfg.lora_target_modules == "all-linear" and any(p.dim() == 3 for p in model.parameters())
+        dropout = resolve_lora_dropout(self.cfg.lora_dropout, wraps_experts)
+        if wraps_experts and dropout:
+            raise ConfigError(f"lora_dropout {dropout:g} cannot apply to this model's expert weights (peft wraps "
+                              "them without dropout): set lora_dropout: auto or 0, or name lora_target_modules")
+        return dropout
 
     def _training_arguments(self, total_steps: int) -> dict:
         """TrainingArguments keywords every recipe shares: schedule, batches, precision, logging (NaN kept),
