@@ -49,3 +49,6 @@ PUBLISHED_PARAMETERS = {
     "GPT2": 124_439_808, "PHI_15": 1_418_270_720, "PHI_2": 2_779_683_840, "GEMMA_2_2B": 2_614_341_888,
     "GEMMA_3_1B": 999_885_952, "PYTHIA_6_9B": 6_857_302_016,
 }
+STABLELM_ALPHA_3B = dict(model_type="gpt_neox", hidden_size=4096, intermediate_size=16384, num_hidden_layers=16,
+                         num_attention_heads=32, vocab_size=50688, rotary_pct=0.25, use_parallel_residual=True,
+                         max_position_embeddings=4096, tie_word_embeddings=False)

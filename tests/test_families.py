@@ -139,3 +139,20 @@ def test_adapters_the_model_cannot_take_fail_in_one_line(family, overrides, need
     assert proc.wait(timeout=120) == 1
     status = run.status()
     assert status["state"] == "failed" and needle in status["error"] and "\n" not in status["error"], dump(run)
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_qlora_weights_in_memory_are_the_estimates(family, family_model, write_config, workspace):
+    """The bytes of every parameter the engine holds once the 4-bit base and adapters are loaded (bf16
+    compute, as on a GPU) against the estimate's weights: NF4 linear layers, norms in fp32, and the rest,
+    MoE experts included, in 16 bit rather than the fp32 peft's preparation would leave."""
+    from engine.models.facts import model_facts
+    from engine.plan.memory import Assumptions, estimate
+
+    run, proc = start(write_config(model=str(family_model(family)), method="qlora", precision="bf16",
+                                   max_steps=2, save_steps=1000, **FAST), workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    loaded = next(e for e in events(run) if e.get("state") == "model_loaded")
+    facts = model_facts(str(family_model(family)))
+    estimated = estimate(facts, "qlora", Assumptions(lora_r=16)).parts["weights"]
+    assert abs(estimated / loaded["weight_bytes"] - 1) < 0.05, (estimated, loaded["weight_bytes"])

@@ -145,18 +145,24 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         trainable = model.lora_trainable(a.lora_r)
         if method == "qlora":
             nf4 = model.quantized_4bit["parameters"]
-            parts["weights"] = nf4 * NF4_BYTES[a.double_quant] + (model.parameters - nf4) * compute
+            # The engine keeps norms and biases in fp32 and every other unquantized weight in 16 bit
+            # (engine.training.recipes.base, as the QLoRA reference code does).
+            rest = model.parameters - nf4 - groups["other"]
+            parts["weights"] = nf4 * NF4_BYTES[a.double_quant] + rest * compute + groups["other"] * 4
+            rest = "16 bit"
             if groups["experts"]:
                 notes.append(f"bitsandbytes quantizes nn.Linear layers only: the {groups['experts'] / 1e9:.1f}B "
-                             "expert parameters (3-D tensors) stay in 16 bit")
+                             f"expert parameters (3-D tensors) stay unquantized, in {rest} (bitsandbytes#1849): "
+                             "QLoRA does not shrink this MoE")
             elif nf4 == 0:
                 notes.append(f"bitsandbytes quantizes no layer of this {model.architecture} (it replaces plain "
-                             "nn.Linear only, and these are subclasses): QLoRA keeps the weights in 16 bit, as LoRA")
+                             f"nn.Linear only, and these are subclasses): QLoRA keeps every weight in {rest}; "
+                             "use LoRA")
             elif nf4 < 0.5 * model.parameters:
                 notes.append(f"bitsandbytes quantizes only {nf4 / model.parameters:.0%} of this "
-                             f"{model.architecture} (plain nn.Linear layers): the rest stays in 16 bit")
+                             f"{model.architecture} (plain nn.Linear layers): the rest is in {rest}")
             else:
-                notes.append("NF4 linear layers; embeddings, norms and head stay in 16 bit")
+                notes.append(f"NF4 linear layers; embeddings, norms and head in {rest}")
         else:
             parts["weights"] = model.parameters * compute
         parts["weights"] += trainable * 4  # peft keeps adapters in fp32

@@ -162,12 +162,23 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
         hps += [
             Hyperparameter("lora_r", rank, "rank 8-16 suffices for format and style; more data can use more"),
             Hyperparameter("lora_alpha", 2 * rank, "alpha = 2 x rank (scaling 2); note alpha 32 with r 8 is 4x"),
-            Hyperparameter("lora_target_modules", "all-linear",
-                           "all linear layers: the QLoRA paper found attention-only adapters fall short"),
+            Hyperparameter("lora_target_modules", "all-linear", target_reason(model)),
+            Hyperparameter("lora_dropout", model.lora["dropout"],
+                           "peft wraps this model's expert tensors, which take no dropout" if model.lora["wraps_experts"]
+                           else "a light dropout on the adapters' input, the common default"),
         ]
     if method == "qlora" or a.gradient_checkpointing:
         hps.append(Hyperparameter("gradient_checkpointing", True, "trades ~30% speed for most activation memory"))
     return hps
+
+
+def target_reason(model: ModelFacts) -> str:
+    """all-linear, said in the model's own module names (what a user would list to narrow it)."""
+    names = ", ".join(model.linear_modules)
+    experts = ", ".join(model.expert_parameters)
+    return (f"every linear layer of this {model.architecture} ({names}"
+            + (f"; and the experts' {experts}" if experts and model.lora["wraps_experts"] else "")
+            + "): the QLoRA paper found attention-only adapters fall short")
 
 
 def gpu_rate(gpus: list[dict]) -> tuple[float, float | None, str]:

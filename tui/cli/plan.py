@@ -51,6 +51,7 @@ def format_estimates(facts, estimates: dict, free: float | None) -> str:
     if free is not None:
         lines.append(f"{'fits ' + format(free / GiB, '.1f') + ' GiB free':<22}"
                      + "".join(f"{'yes' if e.required <= free else 'NO':>9}" for e in estimates.values()))
+    lines += [f"{method}: {note}" for method, e in estimates.items() for note in e.notes]
     return "\n".join(lines)
 
 
@@ -118,6 +119,8 @@ def cmd_plan(args) -> int:
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
         print(f"  {method:<6} {m['required_gib']:>7.2f} GiB needed{fits}")
+    for note in result.memory[result.method]["notes"]:
+        print(f"  {result.method}: {note}")
     for advice in result.fit_advice:
         print(f"  try: {advice}")
     print("hyperparameters:")

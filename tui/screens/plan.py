@@ -261,6 +261,8 @@ class PlanScreen(ModeScreen):
             out.append("█" * filled, style="bold" if method == r.method else "")
             out.append("░" * (BAR - filled), style="dim")
             out.append(f" {m['required_gib']:6.2f} GiB{fits}\n")
+        for note in r.memory[r.method]["notes"]:
+            out.append(f"  {r.method}: {note}\n", style="dim")
         for advice in r.fit_advice:
             out.append(f"  try: {advice}\n")
         out.append("\nMethod ", style="bold")

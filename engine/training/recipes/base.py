@@ -86,6 +86,7 @@ class Recipe:
                 model = prepare_model_for_kbit_training(
                     model, use_gradient_checkpointing=checkpointing,
                     gradient_checkpointing_kwargs={"use_reentrant": False})
+                self._keep_unquantized_weights_16bit(model)
             lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=self._lora_dropout(model),
                               target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
             try:
@@ -96,10 +97,22 @@ class Recipe:
                 model.enable_input_require_grads()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # NF4: packed bytes
         self.plumbing.event("state", state="model_loaded", model=ref.label, trainable_parameters=trainable,
-                            total_parameters=total, precision=self.precision, gradient_checkpointing=checkpointing,
-                            load_in_4bit=load_in_4bit)
+                            total_parameters=total, weight_bytes=weight_bytes, precision=self.precision,
+                            gradient_checkpointing=checkpointing, load_in_4bit=load_in_4bit)
         return tokenizer, model
+
+    def _keep_unquantized_weights_16bit(self, model) -> None:
+        """peft's kbit preparation casts every weight bitsandbytes left unquantized to fp32: embeddings, head
+        and, on a MoE, the 3-D experts (bitsandbytes#1849), four bytes a parameter. As the QLoRA reference
+        code does, only norms and biases (1-D) stay in fp32; the rest goes back to the compute dtype."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            return
+        for p in model.parameters():
+            if p.dtype == torch.float32 and p.dim() >= 2:
+                p.data = p.data.to(dtype)
 
     def _lora_dropout(self, model) -> float:
         """all-linear on a MoE model makes peft wrap the 3-D expert tensors, which take no dropout."""
