@@ -26,6 +26,7 @@ GiB = 1024 ** 3
 STEPS = (("measure_baseline", "measure baseline"), ("prompt", "prompt"), ("rag", "RAG"),
          ("collect_data", "collect data"), ("fine_tune", "fine-tune"))
 BAR = 16
+COMPUTING = "computing… (the first plan for a model builds it on the meta device: seconds, then cached)"
 # Form fields: (id, label, placeholder, kind); kind says how the text is read.
 NUMBER_FIELDS = (("examples", "Examples", "from data", int), ("baseline", "Baseline", "0..1, measured", float),
                  ("target", "Target", "0..1", float), ("seq-len", "Seq length", "1024", int),
@@ -98,7 +99,7 @@ class PlanScreen(ModeScreen):
                     yield self._row(label, Input("", placeholder=hint, id=f"plan-{key}", compact=True))
             with VerticalScroll(id="plan-out", can_focus=True) as out:
                 out.border_title = "Plan"
-                yield Static("computing…", id="plan-result")
+                yield Static(COMPUTING, id="plan-result")
 
     @staticmethod
     def _row(label: str, widget) -> Horizontal:
@@ -218,6 +219,8 @@ class PlanScreen(ModeScreen):
             else:
                 return  # unexpected: ModeScreen's handler reports it with where it was raised
             event.prevent_default()  # reported here, with advice; not a second time by ModeScreen
+            self.problem = str(error) + (" (the plan below is for the last model that worked)" if self.result else "")
+            self._show()
             self.post_message(ErrorReported("Plan failed", str(error), advice))
 
     # ---- showing the plan ----------------------------------------------------------
@@ -230,8 +233,7 @@ class PlanScreen(ModeScreen):
         if self.problem:
             out.append(f"! {self.problem}\n\n", style="bold")
         if self.result is None:
-            out.append("computing… (the first plan for a model builds it on the meta device: seconds)"
-                       if not self.problem else "")
+            out.append(COMPUTING if not self.problem else "")
             return out
         r, facts, c = self.result.plan, self.result.facts, self.result
         counted = f" · data: {c.counted:,} examples" if c.counted is not None else ""
