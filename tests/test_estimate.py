@@ -134,6 +134,14 @@ def test_shrunk_probe_extrapolates_to_the_full_width_measurement(family):
         assert within(extrapolated, measured, 0.10), (method, extrapolated, measured)
 
 
+def test_unmeasured_activations_fall_back_to_llamas_and_say_so():
+    facts = facts_from_config(LLAMA_7B)
+    measured = estimate(facts, "lora", Assumptions()).parts["activations"]
+    fallback = estimate(replace(facts, activations=None), "lora", Assumptions())
+    assert any("could not be measured" in note for note in fallback.notes)
+    assert within(fallback.parts["activations"], measured, 0.25), (fallback.parts["activations"], measured)
+
+
 @pytest.mark.parametrize("name", list(PUBLISHED_PARAMETERS))
 def test_parameter_counts_are_the_published_ones(name):
     """Counted on the model transformers builds from the config, tied weights once; every breakdown term of

@@ -156,3 +156,16 @@ def test_qlora_weights_in_memory_are_the_estimates(family, family_model, write_c
     facts = model_facts(str(family_model(family)))
     estimated = estimate(facts, "qlora", Assumptions(lora_r=16)).parts["weights"]
     assert abs(estimated / loaded["weight_bytes"] - 1) < 0.05, (estimated, loaded["weight_bytes"])
+
+
+def test_train_refuses_targets_the_model_lacks_before_making_a_run(family_model, write_config, workspace):
+    import subprocess
+    import sys
+
+    config = write_config(model=str(family_model("gpt_neox")), method="lora",
+                          lora_target_modules=["q_proj", "v_proj"])
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(config), "--workspace", str(workspace)],
+                         capture_output=True, text=True, timeout=120)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("tunedeck")]
+    assert out.returncode != 0 and len(errors) == 1 and "query_key_value" in errors[0], out.stderr
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from engine.core.files import ensure_private_dir, write_atomic
 from engine.core.paths import cache_dir
 from engine.models.find import DEMO_MODEL, ModelError, resolve_model
 
@@ -132,10 +133,8 @@ def _facts(request: dict, name: str, stored: dict | None) -> ModelFacts:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         result = _run_anatomy(request)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(result))
-        partial.replace(path)  # atomic: a reader never sees half a file
+        ensure_private_dir(path.parent)
+        write_atomic(path, json.dumps(result))
     result["lora"]["requested_dropout"] = request["dropout"]
     fields = {k: result[k] for k in ("architecture", "layers", "hidden", "heads", "kv_heads", "head_dim", "vocab",
                                      "tied_embeddings", "max_positions", "parameters", "groups", "linear_modules",

@@ -5,16 +5,17 @@ Peak memory during a training step is about
     + logits and loss buffers + CUDA context and allocator overhead.
 
 Every term comes from the model as transformers builds it (`engine.models.facts`): the exact parameter
-count, what bitsandbytes quantizes (it turns `nn.Linear` layers into NF4 and leaves embeddings, norms,
-head, routers and MoE experts stored as 3-D tensors in 16 bit), what peft trains for the LoRA targets,
+count, what bitsandbytes quantizes (it turns modules of type `nn.Linear` into NF4 and leaves embeddings,
+norms, head, routers, subclasses of nn.Linear and MoE experts stored as 3-D tensors unquantized), what
+peft trains for the LoRA targets,
 and the activations autograd saves per token in one layer of this very architecture (measured on a
 shrunk copy, `engine.models.anatomy`). When the activations could not be measured, the coefficients
 measured on Llama blocks stand in, and a note says so.
 
 Defaults follow what tunedeck's engine does (engine.models.load): LoRA keeps the frozen base in 16 bit
 and the adapters in fp32; full fine-tuning keeps fp32 master weights and autocasts to bf16; QLoRA
-stores linear layers in NF4 with double quantisation. Every assumption is a field of `Assumptions`
-and can be changed.
+stores linear layers in NF4 with double quantisation, norms and biases in fp32 and every other weight
+in 16 bit (engine.training.recipes.base). Every assumption is a field of `Assumptions` and can be changed.
 """
 
 from __future__ import annotations

@@ -103,6 +103,11 @@ def cmd_train(args) -> int:
     from engine.runs.launch import create_from_config, spawn
 
     cfg = load_config(args.config)
+    if cfg.method != "full" and cfg.lora_target_modules != "all-linear":
+        from engine.models.facts import model_facts
+
+        # Named targets the model lacks: one line listing its own modules, and no run is made.
+        model_facts(cfg.model, cfg.lora_target_modules, cfg.lora_dropout, cfg.trust_remote_code)
     run = create_from_config(cfg, args.workspace, argv=sys.argv[1:])
     if args.detach:
         spawn(run, detach=True)
