@@ -54,3 +54,15 @@ def kill(proc, sig=signal.SIGKILL) -> None:
 def dump(run: Run) -> str:
     """Context for a failing assertion."""
     return json.dumps(run.status(), indent=1, default=str) + "\n" + "\n".join(run.log_tail(30))
+
+
+def kill_after_first_checkpoint(run: Run, proc, timeout: float = 120):
+    """SIGKILL the engine once a checkpoint is complete; returns (that checkpoint, its step, skipped ones)."""
+    wait_for(lambda: any(ok for _, _, ok in run.checkpoints()) or run.status().get("state") == "failed",
+             timeout=timeout, what="a complete checkpoint")
+    assert run.status()["state"] != "failed", dump(run)
+    kill(proc)
+    proc.wait(timeout=10)
+    assert wait_for(lambda: run.status()["state"] == "crashed" or None, timeout=20, what="crashed state")
+    checkpoint, skipped = run.resume_checkpoint()
+    return checkpoint, int(checkpoint.name.split("-")[1]), skipped

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 import yaml
-from engine_runs import dump, events, kill, start, wait_final, wait_for
+from engine_runs import dump, events, kill_after_first_checkpoint, start, wait_final
 
 from engine.runs.protocol import Run
 from engine.testing import TINY_FAMILIES, build_tiny_model
@@ -87,14 +87,7 @@ def test_lora_learns_and_resumes_after_kill(family, family_model, write_config, 
     # Far more steps than it reaches: the kill after the first checkpoint cannot come after the end.
     run, proc = start(write_config(model=str(family_model(family)), method="lora", max_steps=1000, save_steps=10,
                                    **FAST), workspace)
-    wait_for(lambda: any(ok for _, _, ok in run.checkpoints()) or run.status().get("state") == "failed",
-             timeout=180, what="a complete checkpoint")
-    assert run.status()["state"] != "failed", dump(run)
-    kill(proc)
-    proc.wait(timeout=10)
-    assert wait_for(lambda: run.status()["state"] == "crashed" or None, timeout=20, what="crashed state")
-    checkpoint, _ = run.resume_checkpoint()
-    resumed_at = int(checkpoint.name.split("-")[1])
+    checkpoint, resumed_at, _ = kill_after_first_checkpoint(run, proc, timeout=180)
     before = losses(run)
     seq_before = events(run)[-1]["seq"]
     cfg = run.config()

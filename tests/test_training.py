@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from engine_runs import dump, events, kill, log_steps, start, wait_final, wait_for
+from engine_runs import dump, events, kill, kill_after_first_checkpoint, log_steps, start, wait_final, wait_for
 
 from engine.runs.protocol import COMPLETE_MARKER, Run
 
@@ -66,12 +66,7 @@ def test_full_and_qlora_lower_the_loss(write_config, workspace, method, lr):
 
 def test_kill9_then_resume_continues_from_checkpoint(write_config, workspace):
     run, proc = start(write_config(max_steps=400, save_steps=20, eval_steps=1000, learning_rate=1e-3), workspace)
-    wait_for(lambda: any(ok for _, _, ok in run.checkpoints()), what="a complete checkpoint")
-    kill(proc)
-    proc.wait(timeout=10)
-    assert wait_for(lambda: run.status()["state"] == "crashed" or None, timeout=20, what="crashed state")
-    checkpoint, skipped = run.resume_checkpoint()
-    resumed_at = int(checkpoint.name.split("-")[1])
+    checkpoint, resumed_at, skipped = kill_after_first_checkpoint(run, proc)
     steps_before = log_steps(run)
     seq_before = events(run)[-1]["seq"]
 
