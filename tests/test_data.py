@@ -132,3 +132,20 @@ def test_a_million_bad_lines_share_their_reasons(tmp_path):
     problems = load_examples(path).problems
     assert len(problems) == 1000 and len({id(p.reason) for p in problems}) == 1
     assert not hasattr(problems[0], "__dict__")  # slots: a bad line costs a few dozen bytes
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`tunedeck data lint F --json | head -1`: the reader leaves early; no traceback follows it."""
+    rows = tmp_path / "refusals.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Tell me about item {i}, please"},
+        {"role": "assistant", "content": f"As an AI language model, I cannot help with item {i}."}]}) + "\n"
+        for i in range(20000)))  # megabytes of flags: far more than a pipe holds
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "data", "lint", str(rows), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert code in (0, 141), (code, stderr)
