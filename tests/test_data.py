@@ -149,3 +149,19 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     code = proc.wait(timeout=120)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert code in (0, 141), (code, stderr)
+
+
+def test_a_json_file_holding_one_object_is_read_as_one(tmp_path):
+    """Pretty-printed, a top-level object spans many lines: read as JSON Lines it was a broken line each."""
+    rows = [{"instruction": f"Add {i} and 1", "output": str(i + 1)} for i in range(50)]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"version": "1.0", "data": rows}, indent=2))
+    result = load_examples(wrapped)
+    assert len(result.examples) == 50 and result.problems == []
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"model": "x", "epochs": 3, "notes": {"a": 1}}, indent=2))
+    result = load_examples(settings)
+    assert result.examples == [] and len(result.problems) == 1, result.problems
+    lines = tmp_path / "rows.json"  # JSON Lines under a .json name stays JSON Lines
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(load_examples(lines).examples) == 50

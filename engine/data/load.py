@@ -93,8 +93,20 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"["):
         return "json"
     if head.startswith(b"{"):
-        return "jsonl"
+        return "jsonl" if _first_line_is_an_object(path) else "json"  # else one object over many lines
     return "text"
+
+
+def _first_line_is_an_object(path: Path) -> bool:
+    """JSON Lines start with a whole object on line one; a pretty-printed file starts with "{" alone."""
+    with open(path, "rb") as f:
+        line = f.readline(1 << 20)
+    if len(line) == 1 << 20 and not line.endswith(b"\n"):
+        return True  # a line too long to read here: JSON Lines, whose rows are checked one by one
+    try:
+        return isinstance(json.loads(line.decode("utf-8-sig", errors="replace")), dict)
+    except ValueError:
+        return False
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
