@@ -223,3 +223,34 @@ def test_cli_lint_and_dedup_json_contract(tmp_path, capsys):
     assert main(["data", "dedup", str(src), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["clusters"] == [[0, 2]]
     assert main(["data", "lint", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_cli_says_what_it_left_out_and_gates_ci(tmp_path, capsys):
+    """Skipped rows are reported by every command that writes; --fail-on turns flags into an exit code;
+    --severity reaches --drop-rule errors; a mistyped column and a character fallback are said."""
+    from tui.cli.main import main
+
+    src = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"Explain topic {i} in a sentence", "completion": f"Topic {i} is about numbers."}
+            for i in range(6)]
+    rows.append({"prompt": "What went wrong?", "completion": "Traceback (most recent call last):\n  File x"})
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n" + json.dumps({"nope": 1}) + "\n")
+
+    assert main(["data", "lint", str(src)]) == 0
+    capsys.readouterr()
+    assert main(["data", "lint", str(src), "--fail-on", "error"]) == 1  # error-text, and two unreadable rows
+    capsys.readouterr()
+
+    out = tmp_path / "clean.jsonl"
+    assert main(["data", "export", str(src), "--out", str(out), "--drop-rule", "errors"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 6 examples" in printed and printed.count("skipped 1 unreadable rows") == 2, printed
+    assert main(["data", "export", str(src), "--out", str(out), "--drop-rule", "errors",
+                 "--severity", "error-text=warning", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kept"] == 7 and len(report["skipped"]) == 2  # error-text is a warning now: kept
+
+    assert main(["data", "lint", str(src), "--columns", "prompt=prompt,completion=answr"]) == 2
+    assert "'answr' is in no row" in capsys.readouterr().err
+    assert main(["data", "lint", str(src), "--max-tokens", "512"]) == 0
+    assert "counts characters instead" in capsys.readouterr().err

@@ -34,13 +34,15 @@ class DropChoices:
 REVIEWED = DropChoices(rules=ERROR_RULES, duplicates="near")
 
 
-def parse_drop_rules(specs: list[str] | None) -> frozenset[str]:
-    """`--drop-rule` values (repeated or comma-separated rule ids; `errors`: every error-severity rule)."""
+def parse_drop_rules(specs: list[str] | None, config: LintConfig | None = None) -> frozenset[str]:
+    """`--drop-rule` values (repeated or comma-separated rule ids; `errors`: every rule of error severity,
+    as `config`'s `--severity` overrides set it)."""
+    config = config or LintConfig()
     rules: set[str] = set()
     for spec in specs or []:
         for rule in spec.split(","):
             if rule == "errors":
-                rules |= ERROR_RULES
+                rules |= {r for r in RULES if config.enabled(r) and config.severity_of(r) == "error"}
             elif rule not in RULES:
                 raise DataError(f"unknown lint rule {rule!r}; rules: {', '.join(RULES)}, or errors")
             else:

@@ -326,6 +326,7 @@ def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, s
     result = LoadResult(format=fmt)
     source = str(path)
     reasons: dict[str, str] = {}  # one string per distinct reason: a million bad lines share a few
+    unseen, first_keys = set((columns or {}).values()), []  # mapped columns no row has: a typo
     try:
         for n, (line, row) in enumerate(iter_rows(path, fmt), 1):
             if progress is not None and n % 10_000 == 0:
@@ -334,6 +335,9 @@ def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, s
                 reason = str(row)
                 result.problems.append(Problem(source, line, reasons.setdefault(reason, reason)))
                 continue
+            if unseen and isinstance(row, dict):
+                unseen.difference_update([c for c in unseen if c in row])
+                first_keys = first_keys or list(row)
             try:
                 result.examples.append(Example(row_to_messages(row, columns), source, line, _label(row, label_field)))
             except (ValueError, RecursionError) as exc:
@@ -341,6 +345,9 @@ def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, s
                 result.problems.append(Problem(source, line, reasons.setdefault(reason, reason)))
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if unseen and first_keys:
+        raise DataError(f"column {sorted(unseen)[0]!r} is in no row of {path}; its columns are: "
+                        f"{', '.join(map(str, first_keys))}")
     return result
 
 

@@ -18,11 +18,16 @@ def _load(args) -> LoadResult:
 
 
 def _lint_config(args):
+    import sys
+
     from engine.data.lint import parse_rule_options
 
     config = parse_rule_options(args.disable, args.severity)
     if getattr(args, "max_tokens", None):
         config.max_tokens = args.max_tokens
+        if not getattr(args, "model", None):
+            print(f"tunedeck: note: --max-tokens without --model: too-long counts characters instead "
+                  f"(over {config.max_chars:,}); pass --model to count {args.max_tokens:,} tokens", file=sys.stderr)
     return config
 
 
@@ -38,6 +43,14 @@ def _skipped(result: LoadResult) -> list[dict]:
     return [{"line": result.display_line(p.line), "reason": p.reason} for p in result.problems]
 
 
+def _skipped_summary(result: LoadResult) -> str:
+    """Rows that could not be read, by reason: every command that writes says what it left out."""
+    by_reason: dict[str, int] = {}
+    for p in result.problems:
+        by_reason[p.reason] = by_reason.get(p.reason, 0) + 1
+    return "".join(f"\nskipped {n} unreadable rows: {why}" for why, n in by_reason.items())
+
+
 def cmd_lint(args) -> int:
     from engine.data.lint import RULES, lint
 
@@ -47,7 +60,7 @@ def cmd_lint(args) -> int:
         print_json({"examples": len(result.examples), "skipped": _skipped(result),
                      "flags": [{"line": result.display_line(result.examples[f.index].line), "rule": f.rule,
                                 "severity": f.severity, "message": f.message} for f in flags]})
-        return 0
+        return _lint_exit(args, result, flags)
     for p in result.problems:
         print(f"{args.file}:{result.display_line(p.line)}: skipped: {p.reason}")
     for f in flags:
@@ -58,7 +71,15 @@ def cmd_lint(args) -> int:
         by_rule[f.rule] = by_rule.get(f.rule, 0) + 1
     print(f"{len(result.examples)} examples, {len(result.problems)} skipped, {len(flags)} flags"
           + "".join(f"\n  {n:6d} {rule}: {RULES[rule].why}" for rule, n in sorted(by_rule.items())))
-    return 0
+    return _lint_exit(args, result, flags)
+
+
+def _lint_exit(args, result, flags) -> int:
+    """0, or 1 under --fail-on when a flag reaches that severity or a row could not be read (CI gates)."""
+    if not args.fail_on:
+        return 0
+    failing = ("error",) if args.fail_on == "error" else ("error", "warning")
+    return 1 if result.problems or any(f.severity in failing for f in flags) else 0
 
 
 def cmd_dedup(args) -> int:
@@ -146,10 +167,12 @@ def cmd_split(args) -> int:
     written = write_splits(result, args.file, out_dir, seed=args.seed, proportions=_proportions(args.proportions),
                            fmt=args.to_format, similarity=args.similarity)
     if args.json:
-        print_json({"seed": args.seed, "splits": written}, ascii=False)
+        print_json({"seed": args.seed, "splits": written, "skipped": _skipped(result)}, ascii=False)
     else:
         for name, info in written.items():
             print(f"{name:10s} {info['examples']:7d}  {info['path']}")
+        if result.problems:
+            print(_skipped_summary(result).lstrip("\n"))
     return 0
 
 
@@ -158,7 +181,8 @@ def cmd_export(args) -> int:
     from engine.data.review import ReviewStore, store_path
 
     result = _load(args)
-    choices = DropChoices(rules=parse_drop_rules(args.drop_rule), duplicates=args.drop_duplicates,
+    lint_config = _lint_config(args)
+    choices = DropChoices(rules=parse_drop_rules(args.drop_rule, lint_config), duplicates=args.drop_duplicates,
                           similarity=args.similarity, verdicts=() if args.keep_bad else ("bad",))
     reviews = {}
     if store_path(args.file).exists():
@@ -166,13 +190,13 @@ def cmd_export(args) -> int:
         reviews = store.all()
         store.close()
     report = export_chosen(result, args.out, choices, reviews, args.to_format,
-                           _lint_config(args) if choices.rules else None)
+                           lint_config if choices.rules else None)
     if args.json:
-        print_json(report, ascii=False)
+        print_json({**report, "skipped": _skipped(result)}, ascii=False)
     else:
         print(f"wrote {report['kept']} examples to {report['output']}; removed {report['removed']}"
               + "".join(f"\n  {n:6d} {why}" for why, n in report["removed_by_reason"].items())
-              + f"\nreport: {report['report']}")
+              + _skipped_summary(result) + f"\nreport: {report['report']}")
     return 0
 
 
@@ -206,6 +230,8 @@ def add_parsers(subparsers, common_parent: argparse.ArgumentParser) -> None:
     parents = [common_parent, source]
 
     p = sub.add_parser("lint", parents=parents + [rules], help="malformed rows and flagged examples")
+    p.add_argument("--fail-on", choices=("error", "warning"),
+                   help="exit 1 when a flag of this severity (or worse) or an unreadable row is found")
     p.set_defaults(func=cmd_lint)
     p = sub.add_parser("dedup", parents=parents + [similarity], help="exact and near-duplicate clusters")
     p.add_argument("--exact", action="store_true", help="exact duplicates only")
