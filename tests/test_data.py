@@ -165,3 +165,21 @@ def test_a_json_file_holding_one_object_is_read_as_one(tmp_path):
     lines = tmp_path / "rows.json"  # JSON Lines under a .json name stays JSON Lines
     lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert len(load_examples(lines).examples) == 50
+
+
+def test_preference_rows_are_named_not_misread(tmp_path):
+    """TRL's preference and KTO layouts: a KTO row labelled false is an answer not to learn, so it must
+    never load as a prompt/completion demonstration."""
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."},
+        {"chosen": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}],
+         "rejected": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "No."}]},
+        {"prompt": "Say hi", "completion": "Go away.", "label": False},
+        {"prompt": "Say hi", "completion": "Hi!", "label": True},
+    ]) + "\n")
+    result = load_examples(path)
+    assert result.examples == []
+    reasons = [p.reason for p in result.problems]
+    assert [r.split(":")[0] for r in reasons] == ["a preference pair (chosen/rejected)"] * 2 + \
+        ["a KTO row (a completion labelled true/false)"] * 2

@@ -24,6 +24,12 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
     """
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if "chosen" in row and "rejected" in row:  # TRL's preference layout, plain or conversational
+        raise ValueError("a preference pair (chosen/rejected): tunedeck trains on demonstrations, and "
+                         "preference training (DPO) is not supported yet")
+    if isinstance(row.get("label"), bool) and "completion" in row:  # TRL's unpaired preference (KTO) layout
+        raise ValueError("a KTO row (a completion labelled true/false): its undesirable completions must not "
+                         "be trained on as answers, and KTO is not supported yet")
     if columns:
         row = {**row, **{canon: row[col] for canon, col in columns.items() if col in row}}
     if "messages" in row:
