@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from engine.data.dedup import dedup, near_clusters
 from engine.data.export import export
 from engine.data.lint import LintConfig, lint
@@ -254,3 +256,32 @@ def test_cli_says_what_it_left_out_and_gates_ci(tmp_path, capsys):
     assert "'answr' is in no row" in capsys.readouterr().err
     assert main(["data", "lint", str(src), "--max-tokens", "512"]) == 0
     assert "counts characters instead" in capsys.readouterr().err
+
+
+def test_a_dataset_dict_folder_reads_a_named_split(tmp_path, capsys):
+    """`DatasetDict.save_to_disk` writes dataset_dict.json and one folder per split."""
+    import pyarrow as pa
+
+    from engine.data.load import DataError
+    from tui.cli.main import main
+
+    root = tmp_path / "dd"
+    sizes = {"train": 5, "test": 2}
+    for split, n in sizes.items():
+        folder = root / split
+        folder.mkdir(parents=True)
+        table = pa.table({"instruction": [f"{split} question {i}" for i in range(n)],
+                          "output": [f"answer {i}" for i in range(n)]})
+        with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+        (folder / "state.json").write_text("{}")
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": list(sizes)}))
+    default = load_examples(root)
+    assert len(default.examples) == 5 and default.note == "split train of train, test"
+    assert len(load_examples(root, split="test").examples) == 2
+    with pytest.raises(DataError, match="splits train, test: it has no split 'dev'"):
+        load_examples(root, split="dev")
+    assert main(["data", "lint", str(root), "--split", "test"]) == 0
+    captured = capsys.readouterr()
+    assert "2 examples" in captured.out and "split test of train, test" in captured.err

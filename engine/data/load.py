@@ -57,6 +57,7 @@ class LoadResult:
     examples: list[Example] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     format: str = "jsonl"
+    note: str | None = None  # what was read when the path held more than one thing (a DatasetDict's split)
 
     def display_line(self, line: int) -> int:
         return display_line(line, self.format)
@@ -77,6 +78,8 @@ def detect_format(path: str | Path) -> str:
     """The format by directory layout, suffix, then the first bytes."""
     path = Path(path)
     if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            return "arrow"
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or list(path.glob("*.arrow")):
             return "arrow"
         raise DataError(f"{path} is a directory but not a `datasets` save_to_disk directory "
@@ -95,6 +98,25 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"{"):
         return "jsonl" if _first_line_is_an_object(path) else "json"  # else one object over many lines
     return "text"
+
+
+def dataset_dict_split(path: Path, split: str | None = None) -> tuple[Path, str | None]:
+    """The split folder to read from a DatasetDict (`save_to_disk` of several splits): `split`, else
+    train, else the only one; with a note naming the splits. Any other path comes back as it is."""
+    info = path / "dataset_dict.json"
+    if not (path.is_dir() and info.is_file()):
+        if split:
+            raise DataError(f"--split {split!r} needs a DatasetDict directory; {path} is not one")
+        return path, None
+    try:
+        splits = [str(s) for s in json.loads(info.read_text())["splits"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{info} does not list the splits; open one split's folder instead") from None
+    chosen = split or ("train" if "train" in splits else splits[0] if len(splits) == 1 else None)
+    if chosen not in splits:
+        raise DataError(f"{path} is a DatasetDict with splits {', '.join(splits)}: "
+                        + (f"it has no split {split!r}" if split else "choose one with --split NAME"))
+    return path / chosen, f"split {chosen} of {', '.join(splits)}"
 
 
 def _first_line_is_an_object(path: Path) -> bool:
@@ -273,6 +295,7 @@ def _arrow_tables(path: Path, fmt: str):
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"cannot read {path} as Parquet: {exc}") from None
         return
+    path = dataset_dict_split(path)[0]
     files = sorted(path.glob("*.arrow")) if path.is_dir() else [path]
     if not files:
         raise DataError(f"no .arrow files in {path}")
@@ -314,16 +337,18 @@ def iter_rows(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, o
 
 
 def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, str] | None = None,
-                  label_field: str | None = None, progress=None) -> LoadResult:
+                  label_field: str | None = None, progress=None, split: str | None = None) -> LoadResult:
     """Every example of the file, and every row that could not be used with the reason.
 
-    `progress(rows_read)` is called every 10,000 rows (for a UI indexing in the background).
+    `progress(rows_read)` is called every 10,000 rows (for a UI indexing in the background). `split`
+    picks one split of a DatasetDict directory (default train).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    path, note = dataset_dict_split(path, split)
     fmt = fmt or detect_format(path)
-    result = LoadResult(format=fmt)
+    result = LoadResult(format=fmt, note=note)
     source = str(path)
     reasons: dict[str, str] = {}  # one string per distinct reason: a million bad lines share a few
     unseen, first_keys = set((columns or {}).values()), []  # mapped columns no row has: a typo

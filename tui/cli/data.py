@@ -14,7 +14,13 @@ from tui.cli.common import print_json
 
 
 def _load(args) -> LoadResult:
-    return load_examples(args.file, fmt=args.format, columns=parse_columns(args.columns), label_field=args.label)
+    import sys
+
+    result = load_examples(args.file, fmt=args.format, columns=parse_columns(args.columns), label_field=args.label,
+                           split=args.split)
+    if result.note:
+        print(f"tunedeck: reading {result.note} of {args.file}", file=sys.stderr)
+    return result
 
 
 def _lint_config(args):
@@ -219,6 +225,7 @@ def add_parsers(subparsers, common_parent: argparse.ArgumentParser) -> None:
                         help="override the detected format")
     source.add_argument("--columns", help="column mapping for CSV/Parquet, e.g. prompt=question,completion=answer")
     source.add_argument("--label", help="the field holding a class label (default: label, category or class)")
+    source.add_argument("--split", help="the split of a DatasetDict directory (default: train)")
     rules = argparse.ArgumentParser(add_help=False)
     rules.add_argument("--disable", action="append", help="lint rule ids to turn off (repeat or comma-separate)")
     rules.add_argument("--severity", action="append", help="RULE=error|warning|info")
