@@ -183,3 +183,21 @@ def test_preference_rows_are_named_not_misread(tmp_path):
     reasons = [p.reason for p in result.problems]
     assert [r.split(":")[0] for r in reasons] == ["a preference pair (chosen/rejected)"] * 2 + \
         ["a KTO row (a completion labelled true/false)"] * 2
+
+
+def test_alpaca_history_becomes_the_earlier_turns(tmp_path):
+    """LLaMA-Factory's Alpaca rows carry earlier turns in `history`; a follow-up ("and in French?") is
+    not a standalone example."""
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([
+        {"instruction": "And in French?", "input": "", "output": "Bonjour",
+         "history": [["Say hello", "Hello"], ["Louder", "HELLO"]]},
+        {"instruction": "Say hi", "input": "", "output": "Hi", "history": []},
+        {"instruction": "Say hi", "output": "Hi", "history": "not pairs"},
+    ]))
+    result = load_examples(path)
+    assert [m["content"] for m in result.examples[0].messages] == \
+        ["Say hello", "Hello", "Louder", "HELLO", "And in French?", "Bonjour"]
+    assert [m["role"] for m in result.examples[0].messages] == ["user", "assistant"] * 3
+    assert len(result.examples[1].messages) == 2
+    assert len(result.problems) == 1 and "history" in result.problems[0].reason

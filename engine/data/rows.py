@@ -61,7 +61,8 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
         if not all(isinstance(v, str) for v in fields):
             raise ValueError("'instruction', 'input' and 'output' must be strings")
         prompt = row["instruction"] if not fields[1].strip() else f"{row['instruction']}\n\n{fields[1]}"
-        out = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+        out = _alpaca_history(row.get("history")) + [{"role": "user", "content": prompt},
+                                                     {"role": "assistant", "content": row["output"]}]
     elif "prompt" in row and "completion" in row:
         if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
             raise ValueError("'prompt' and 'completion' must be strings")
@@ -81,6 +82,19 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
             raise ValueError(f"message {i} is not valid Unicode (a byte that is not UTF-8, or a lone "
                              "surrogate \\u escape)")
     return out
+
+
+def _alpaca_history(history) -> list[dict]:
+    """LLaMA-Factory's Alpaca `history`: the earlier turns as [instruction, answer] pairs, oldest first."""
+    history = _maybe_json(history)
+    if history is None or history == []:
+        return []
+    if not isinstance(history, list) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+            for pair in history):
+        raise ValueError("'history' must be a list of [instruction, answer] string pairs")
+    return [{"role": role, "content": text} for pair in history
+            for role, text in zip(("user", "assistant"), pair)]
 
 
 def _maybe_json(value):
