@@ -201,3 +201,20 @@ def test_alpaca_history_becomes_the_earlier_turns(tmp_path):
     assert [m["role"] for m in result.examples[0].messages] == ["user", "assistant"] * 3
     assert len(result.examples[1].messages) == 2
     assert len(result.problems) == 1 and "history" in result.problems[0].reason
+
+
+def test_content_given_as_parts(tmp_path):
+    """OpenAI and LLaMA-Factory write content as a list of parts; text parts join as templates render them,
+    an image part is named, not silently dropped."""
+    path = tmp_path / "parts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Name "}, {"type": "text",
+                                                                                  "text": "a colour"}]},
+                      {"role": "assistant", "content": [{"type": "text", "value": "Blue"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}},
+                                                   {"type": "text", "text": "What is this?"}]},
+                      {"role": "assistant", "content": "A cat"}]},
+    ]) + "\n")
+    result = load_examples(path)
+    assert [m["content"] for m in result.examples[0].messages] == ["Name a colour", "Blue"]
+    assert len(result.problems) == 1 and "'image_url' content part" in result.problems[0].reason

@@ -38,11 +38,12 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
             raise ValueError("'messages' must be a non-empty list")
         out = []
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            content = _text_of_parts(m.get("content"), i) if isinstance(m, dict) else None
+            if not isinstance(content, str):
                 raise ValueError(f"message {i} needs a string 'content'")
             if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
                 raise ValueError(f"message {i} has unknown role {brief(m.get('role'))}")
-            out.append({"role": m["role"], "content": m["content"]})
+            out.append({"role": m["role"], "content": content})
     elif "conversations" in row:
         turns = _maybe_json(row["conversations"])
         if not isinstance(turns, list) or not turns:
@@ -82,6 +83,23 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
             raise ValueError(f"message {i} is not valid Unicode (a byte that is not UTF-8, or a lone "
                              "surrogate \\u escape)")
     return out
+
+
+def _text_of_parts(content, i: int):
+    """Content given as parts (OpenAI `{"type": "text", "text"}`, LLaMA-Factory `{"type", "value"}`): the text
+    parts joined as chat templates render them, one after another. Any other part (an image, audio,
+    reasoning) is refused by name rather than dropped: a text-only example would lose it."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("text", part.get("value")) if kind == "text" else None
+        if not isinstance(text, str):
+            raise ValueError(f"message {i} has a {brief(kind) if kind else 'malformed'} content part: only text "
+                             "parts can be used by a text model")
+        texts.append(text)
+    return "".join(texts)
 
 
 def _alpaca_history(history) -> list[dict]:
