@@ -4,7 +4,8 @@ Accepted: JSONL or a JSON array of OpenAI-style chat (`messages`), Alpaca
 (`instruction`/`input`/`output`), ShareGPT (`conversations` with `from`/`value`)
 or prompt/completion rows; plain text (one example per line); CSV and Parquet
 with an optional column mapping; a `datasets` directory written by
-`save_to_disk` (Arrow files, read with pyarrow). The format is detected from the
+`save_to_disk` (Arrow files, read with pyarrow; of a DatasetDict, one split).
+Preference and KTO rows are named, not read as demonstrations. The format is detected from the
 file and can be overridden. A malformed row is reported with its file and line
 and skipped; it never stops the load. Bytes that are not UTF-8 spoil only the
 row (line, record) that holds them; a JSON array that breaks off keeps the rows
