@@ -7,6 +7,8 @@ text file, 0-based indices of a JSON array, CSV, Parquet or Arrow rows.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
 from pathlib import Path
 
 from engine.data.load import DataError, LoadResult, load_examples, parse_columns
@@ -14,8 +16,6 @@ from tui.cli.common import print_json
 
 
 def _load(args) -> LoadResult:
-    import sys
-
     result = load_examples(args.file, fmt=args.format, columns=parse_columns(args.columns), label_field=args.label,
                            split=args.split)
     if result.note:
@@ -24,8 +24,6 @@ def _load(args) -> LoadResult:
 
 
 def _lint_config(args):
-    import sys
-
     from engine.data.lint import parse_rule_options
 
     config = parse_rule_options(args.disable, args.severity)
@@ -51,9 +49,7 @@ def _skipped(result: LoadResult) -> list[dict]:
 
 def _skipped_summary(result: LoadResult) -> str:
     """Rows that could not be read, by reason: every command that writes says what it left out."""
-    by_reason: dict[str, int] = {}
-    for p in result.problems:
-        by_reason[p.reason] = by_reason.get(p.reason, 0) + 1
+    by_reason = Counter(p.reason for p in result.problems)
     return "".join(f"\nskipped {n} unreadable rows: {why}" for why, n in by_reason.items())
 
 
