@@ -37,10 +37,24 @@ MAX_LINE_BYTES = 16 << 20  # a longer line is reported, not parsed: it is almost
 
 @dataclass(slots=True)
 class Example:
+    """One training example: everything its row can mean for training, so export writes it back whole.
+
+    `messages`: dicts with `role` (system, user, assistant, tool) and `content`, always a string (text
+    parts joined; "" for an assistant turn that only calls tools), and where the row had them:
+    `tool_calls` (assistant; OpenAI's `{"id", "type": "function", "function": {"name", "arguments"}}`
+    as the file gave them), `tool_call_id` and `name` (tool results), `weight` (0: the turn is shown
+    but not trained on), `reasoning_content` (an assistant's reasoning), `parts` (the original content
+    list when it holds media: kept, never turned into text), and any other key of the source message.
+    `tools`: the row's tool schemas (OpenAI `tools` list), or None. `extra`: the row's other keys
+    (`images`, `videos`, `id`, metadata ...), carried through export in their order, or None.
+    """
+
     messages: list[dict]
     source: str
     line: int  # 1-based line in JSONL/text, index+1 in record formats (see display_line)
     label: str | None = None
+    tools: list | None = None
+    extra: dict | None = None
 
 
 @dataclass(slots=True)  # a file of a million bad lines keeps a million of these
