@@ -205,7 +205,7 @@ def test_alpaca_history_becomes_the_earlier_turns(tmp_path):
 
 def test_content_given_as_parts(tmp_path):
     """OpenAI and LLaMA-Factory write content as a list of parts; text parts join as templates render them,
-    an image part is named, not silently dropped."""
+    an image part is kept as it was (never turned into text), not dropped with its row."""
     path = tmp_path / "parts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "Name "}, {"type": "text",
@@ -217,4 +217,6 @@ def test_content_given_as_parts(tmp_path):
     ]) + "\n")
     result = load_examples(path)
     assert [m["content"] for m in result.examples[0].messages] == ["Name a colour", "Blue"]
-    assert len(result.problems) == 1 and "'image_url' content part" in result.problems[0].reason
+    assert result.problems == []
+    image_turn = result.examples[1].messages[0]
+    assert image_turn["content"] == "What is this?" and image_turn["parts"][0]["type"] == "image_url"

@@ -1,5 +1,7 @@
 """Write a reviewed dataset to a new file: verdicts, edits and lint choices applied, with a report.
 
+Rows are written in OpenAI's chat layout with everything the source row held (tool calls and
+schemas, weights, reasoning, media parts, other keys): reading the export gives the same examples.
 The source file is never touched. Removed examples are listed with why, by their
 line in the source (the same numbering as `tunedeck data lint`).
 """
@@ -15,7 +17,8 @@ from pathlib import Path
 from engine.core.files import ensure_private_dir
 from engine.data.dedup import dedup
 from engine.data.lint import ERROR_RULES, RULES, LintConfig, lint
-from engine.data.load import DataError, LoadResult, content_hash
+from engine.data.load import DataError, Example, LoadResult, content_hash
+from engine.data.rows import file_message
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -57,37 +60,68 @@ def output_format(path: Path, fmt: str | None) -> str:
     return fmt
 
 
-def write_examples(messages_list: list[list[dict]], path: str | Path, fmt: str | None = None) -> Path:
-    """Write conversations (`messages` rows); written to a temporary name, then renamed."""
+def file_row(example: Example, messages: list[dict] | None = None) -> dict:
+    """The row export writes for an example (`messages`: its reviewed edit): OpenAI's layout, with the
+    tool schemas and every other key the source row had, so reading it back gives the same example."""
+    row = {"messages": [file_message(m) for m in messages or example.messages]}
+    if example.tools:
+        row["tools"] = example.tools
+    return {**row, **(example.extra or {})}
+
+
+def write_examples(rows: list[dict], path: str | Path, fmt: str | None = None) -> Path:
+    """Write rows (`file_row`); written to a temporary name, then renamed."""
     path = Path(path)
     fmt = output_format(path, fmt)
     ensure_private_dir(path.parent, tighten=False)  # folders it creates are owner-only; yours stay as they are
     tmp = path.with_name(path.name + ".partial")
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
-            for messages in messages_list:
-                f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     elif fmt == "json":
-        tmp.write_text(json.dumps([{"messages": m} for m in messages_list], ensure_ascii=False, indent=1),
-                       encoding="utf-8")
+        tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
     elif fmt == "csv":
         with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["messages"])  # nested turns as JSON text; the loader reads it back
-            for messages in messages_list:
-                writer.writerow([json.dumps(messages, ensure_ascii=False)])
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)) or ["messages"])
+            writer.writeheader()
+            for row in rows:  # nested values as JSON text; the loader reads the turns and tools back
+                writer.writerow({k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                                 for k, v in row.items()})
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.table({"messages": messages_list}), tmp)
+        _write_parquet(rows, tmp)
     os.replace(tmp, path)
     return path
 
 
+def _write_parquet(rows: list[dict], path: Path) -> None:
+    """Plain turns as Parquet's list of structs (what `datasets` writes); turns with more keys, tool
+    schemas and any value holding an object as JSON text: a struct column would give each row every
+    other row's keys, as nulls."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    plain = all(set(m) <= {"role", "content"} for row in rows for m in row["messages"])
+    columns = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(key) for row in rows]
+        if (key == "messages" and plain) or not (key in ("messages", "tools") or any(map(_holds_object, values))):
+            try:
+                columns[key] = pa.array(values)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # mixed types: as JSON text below
+                pass
+        columns[key] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values])
+    pq.write_table(pa.table(columns), path)
+
+
+def _holds_object(value) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list) and any(map(_holds_object, value)))
+
+
 def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flags=(), drop_rules=(),
-                duplicates: set[int] | None = None, drop_verdicts=("bad",)) -> tuple[list[list[dict]], list[dict]]:
-    """(conversations to write, removed [{line, reason}]) in source order."""
+                duplicates: set[int] | None = None, drop_verdicts=("bad",)) -> tuple[list[dict], list[dict]]:
+    """(rows to write, removed [{line, reason}]) in source order."""
     reviews = reviews or {}
     flagged: dict[int, list[str]] = {}
     for flag in flags:
@@ -105,7 +139,7 @@ def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flag
         elif duplicates and i in duplicates:
             removed.append({"line": line, "reason": "duplicate"})
         else:
-            kept.append(review.get("edit") or ex.messages)
+            kept.append(file_row(ex, review.get("edit")))
     return kept, removed
 
 

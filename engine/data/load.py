@@ -1,8 +1,10 @@
 """Datasets into one example type: a list of chat messages plus where it came from.
 
-Accepted: JSONL or a JSON array of OpenAI-style chat (`messages`), Alpaca
-(`instruction`/`input`/`output`), ShareGPT (`conversations` with `from`/`value`)
-or prompt/completion rows; plain text (one example per line); CSV and Parquet
+Accepted: JSONL or a JSON array of OpenAI-style chat (`messages`, with tool calls,
+tool results, `tools`, per-message `weight`, content parts), Alpaca
+(`instruction`/`input`/`output`, LLaMA-Factory's `history`), ShareGPT
+(`conversations` with `from`/`value`, glaive's `function_call`/`observation` turns
+and `tools` column) or prompt/completion rows; plain text (one example per line); CSV and Parquet
 with an optional column mapping; a `datasets` directory written by
 `save_to_disk` (Arrow files, read with pyarrow; of a DatasetDict, one split).
 Preference and KTO rows are named, not read as demonstrations. The format is detected from the
@@ -28,10 +30,11 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.core.quoting import SURROGATE, brief
-from engine.data.rows import _label, row_to_messages
+from engine.data.rows import _label, parse_row
 
 FORMATS = ("jsonl", "json", "text", "csv", "parquet", "arrow")
 LINE_FORMATS = {"jsonl", "text"}
+HASHED_KEYS = ("tool_calls", "tool_call_id", "weight", "loss_weight", "reasoning_content")
 MAX_LINE_BYTES = 16 << 20  # a longer line is reported, not parsed: it is almost always a broken export
 
 
@@ -55,6 +58,13 @@ class Example:
     label: str | None = None
     tools: list | None = None
     extra: dict | None = None
+
+
+def example_of(row: object, columns: dict[str, str] | None, source: str, line: int,
+               label_field: str | None = None) -> Example:
+    """The example a parsed row holds, or ValueError with the reason (engine.data.rows)."""
+    parsed = parse_row(row, columns)
+    return Example(parsed.messages, source, line, _label(row, label_field), parsed.tools, parsed.extra)
 
 
 @dataclass(slots=True)  # a file of a million bad lines keeps a million of these
@@ -183,7 +193,7 @@ def _lines(f) -> Iterator[bytes | Exception]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
-    # Bytes that are not UTF-8 become lone surrogates: a row holding them is reported (row_to_messages),
+    # Bytes that are not UTF-8 become lone surrogates: a row holding them is reported (parse_row),
     # the rows around it still load.
     text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     start = _JSON_SPACE.match(text).end()
@@ -328,7 +338,7 @@ def _arrow_rows(path: Path, fmt: str) -> Iterator[tuple[int, object]]:
         for batch in table.to_batches(max_chunksize=10_000):
             for row in batch.to_pylist():
                 index += 1
-                yield index, row
+                yield index, {k: v for k, v in row.items() if v is not None}  # a column the row lacks is null
 
 
 def iter_rows(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, object]]:
@@ -379,7 +389,7 @@ def load_examples(path: str | Path, fmt: str | None = None, columns: dict[str, s
                 unseen.difference_update([c for c in unseen if c in row])
                 first_keys = first_keys or list(row)
             try:
-                result.examples.append(Example(row_to_messages(row, columns), source, line, _label(row, label_field)))
+                result.examples.append(example_of(row, columns, source, line, label_field))
             except (ValueError, RecursionError) as exc:
                 reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
                 result.problems.append(Problem(source, line, reasons.setdefault(reason, reason)))
@@ -403,7 +413,7 @@ def first_example(path: str | Path, fmt: str | None = None, columns: dict[str, s
             return None
         if not isinstance(row, Exception):
             try:
-                return Example(row_to_messages(row, columns), str(path), line, _label(row, None))
+                return example_of(row, columns, str(path), line)
             except ValueError:
                 continue
     return None
@@ -418,7 +428,7 @@ def _first_json_example(path: Path, columns) -> Example | None:
         return None
     try:
         row, _ = json.JSONDecoder().raw_decode(head, start + 1 + (len(head[start + 1:]) - len(head[start + 1:].lstrip())))
-        return Example(row_to_messages(row, columns), str(path), 1, _label(row, None))
+        return example_of(row, columns, str(path), 1)
     except ValueError:
         return None
 
@@ -440,7 +450,10 @@ def content_hash(messages: list[dict]) -> str:
     """A stable key for an example's content: reordering the file does not change it."""
     import hashlib
 
-    canon = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    # Tool calls and weights change what is trained; they join the key only where present, so the
+    # reviews of plain examples keep their keys.
+    canon = json.dumps([[m["role"], m["content"]] + [[k, m[k]] for k in HASHED_KEYS if k in m] for m in messages],
+                       ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.blake2b(canon.encode("utf-8"), digest_size=12).hexdigest()
 
 

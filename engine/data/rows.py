@@ -1,26 +1,47 @@
-"""One row of any accepted shape into chat messages, or a ValueError that says why not."""
+"""One row of any accepted shape into an example's parts (messages, tools, other keys), or a ValueError
+that says why not. The message shape is the contract in `engine.data.load.Example`."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from engine.core.quoting import SURROGATE, brief, printable
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 
-
+# ShareGPT speakers; LLaMA-Factory's tool layout (glaive) adds function_call (an assistant's call)
+# and observation (the tool's result).
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant"}
+                  "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
 
+# Per-message train weight: OpenAI's `weight`, LLaMA-Factory's `loss_weight`. Only 0 and 1 have a
+# meaning the token labels can carry (masked or trained); a fraction is refused, not rounded.
+WEIGHT_KEYS = ("weight", "loss_weight")
+MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video", "video_url",
+                    "file"}
 
 LABEL_FIELDS = ("label", "category", "class")
 
+# Keys each layout reads; every other key of the row is kept in Example.extra.
+LAYOUT_KEYS = {"messages": {"messages"}, "conversations": {"conversations"},
+               "alpaca": {"instruction", "input", "output", "history"}, "prompt": {"prompt", "completion"},
+               "text": {"text"}}
 
-def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[dict]:
-    """Normalise one row to messages, or raise ValueError with the reason.
 
-    `columns` maps the canonical field names (messages, conversations, instruction,
-    input, output, prompt, completion, system, text) to this file's column names.
+@dataclass(slots=True)
+class Parsed:
+    messages: list[dict]
+    tools: list | None
+    extra: dict | None
+
+
+def parse_row(row: object, columns: dict[str, str] | None = None) -> Parsed:
+    """Normalise one row, or raise ValueError with the reason.
+
+    `columns` maps the canonical field names (messages, conversations, instruction, input, output,
+    prompt, completion, system, text, tools) to this file's column names.
     """
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
@@ -30,76 +51,202 @@ def row_to_messages(row: object, columns: dict[str, str] | None = None) -> list[
     if isinstance(row.get("label"), bool) and "completion" in row:  # TRL's unpaired preference (KTO) layout
         raise ValueError("a KTO row (a completion labelled true/false): its undesirable completions must not "
                          "be trained on as answers, and KTO is not supported yet")
+    renamed = set()
     if columns:
+        renamed = {col for canon, col in columns.items() if col in row and col != canon}
         row = {**row, **{canon: row[col] for canon, col in columns.items() if col in row}}
     if "messages" in row:
-        messages = _maybe_json(row["messages"])
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("'messages' must be a non-empty list")
-        out = []
-        for i, m in enumerate(messages):
-            content = _text_of_parts(m.get("content"), i) if isinstance(m, dict) else None
-            if not isinstance(content, str):
-                raise ValueError(f"message {i} needs a string 'content'")
-            if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
-                raise ValueError(f"message {i} has unknown role {brief(m.get('role'))}")
-            out.append({"role": m["role"], "content": content})
+        layout, out = "messages", _openai_messages(_maybe_json(row["messages"]))
     elif "conversations" in row:
-        turns = _maybe_json(row["conversations"])
-        if not isinstance(turns, list) or not turns:
-            raise ValueError("'conversations' must be a non-empty list")
-        out = []
-        for i, t in enumerate(turns):
-            if not isinstance(t, dict) or not isinstance(t.get("value"), str):
-                raise ValueError(f"turn {i} needs a string 'value'")
-            speaker = t.get("from", "")
-            role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
-            if role is None:
-                raise ValueError(f"turn {i} has unknown speaker {brief(speaker)}")
-            out.append({"role": role, "content": t["value"]})
+        layout, out = "conversations", _sharegpt_turns(_maybe_json(row["conversations"]))
     elif "instruction" in row and "output" in row:
         fields = [row["instruction"], row.get("input") or "", row["output"]]
         if not all(isinstance(v, str) for v in fields):
             raise ValueError("'instruction', 'input' and 'output' must be strings")
         prompt = row["instruction"] if not fields[1].strip() else f"{row['instruction']}\n\n{fields[1]}"
-        out = _alpaca_history(row.get("history")) + [{"role": "user", "content": prompt},
-                                                     {"role": "assistant", "content": row["output"]}]
+        layout, out = "alpaca", _alpaca_history(row.get("history")) + [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
     elif "prompt" in row and "completion" in row:
         if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
             raise ValueError("'prompt' and 'completion' must be strings")
-        out = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        layout, out = "prompt", [{"role": "user", "content": row["prompt"]},
+                                 {"role": "assistant", "content": row["completion"]}]
     elif isinstance(row.get("text"), str):
-        out = [{"role": "assistant", "content": row["text"]}]  # plain text: every token is trained on
+        layout, out = "text", [{"role": "assistant", "content": row["text"]}]  # plain text: every token is trained on
     else:
         keys = printable(", ".join(sorted(map(str, row)))[:120])
         raise ValueError("unknown row format: expected 'messages', 'conversations', "
                          f"'instruction'+'output' or 'prompt'+'completion' (has: {keys})")
+    consumed = LAYOUT_KEYS[layout] | {"tools"} | renamed
     if isinstance(row.get("system"), str) and row["system"].strip() and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": row["system"]})
-    if out[-1]["role"] != "assistant":
-        raise ValueError("conversation does not end with an assistant message")
+        consumed.add("system")  # otherwise (unused, or a second system prompt) it stays among the extra keys
+    _check_conversation(out)
+    tools = _tools(row.get("tools"))
+    extra = {k: v for k, v in row.items() if k not in consumed}
+    return Parsed(out, tools, extra or None)
+
+
+def file_message(message: dict) -> dict:
+    """A message as export writes it: content parts back as they were read (the joined text replaced
+    when it was edited), a turn that only calls tools without content, as OpenAI's fine-tuning files."""
+    parts = message.get("parts")
+    out = {k: v for k, v in message.items() if k != "parts"}
+    if parts is None:
+        if out.get("tool_calls") and out["content"] == "":
+            del out["content"]
+        return out
+    kinds = {p.get("type") for p in parts if isinstance(p, dict)}
+    for key, derived in (("reasoning_content", {"reasoning", "thinking"}), ("tool_calls", {"tool_call"})):
+        if kinds & derived:
+            out.pop(key, None)
+    if _joined_text(parts) != message["content"]:  # edited in review: the new text where the text was
+        first = next((i for i, p in enumerate(parts) if p.get("type") == "text"), len(parts))
+        parts = [p for p in parts[:first] if p.get("type") != "text"] + [{"type": "text", "text": message["content"]}] \
+            + [p for p in parts[first:] if p.get("type") != "text"]
+    out["content"] = parts
+    return out
+
+
+def _joined_text(parts: list) -> str:
+    return "".join(p.get("text", p.get("value")) for p in parts if p.get("type") == "text")
+
+
+def _openai_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} needs a string 'content'")
+        if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
+            raise ValueError(f"message {i} has unknown role {brief(m.get('role'))}")
+        message = dict(m)
+        content = m.get("content")
+        if isinstance(content, list):
+            _read_parts(message, content, i)
+        elif content is None and m["role"] == "assistant" and m.get("tool_calls"):
+            message["content"] = ""  # a turn that only calls tools
+        elif not isinstance(content, str):
+            raise ValueError(f"message {i} needs a string 'content'")
+        if "tool_calls" in message:
+            _check_tool_calls(message["tool_calls"], i)
+        out.append(message)
+    return out
+
+
+def _read_parts(message: dict, parts: list, i: int) -> None:
+    """Content given as parts (OpenAI `{"type": "text", "text"}`, LLaMA-Factory `{"type", "value"}`):
+    text parts joined as chat templates render them; a reasoning part becomes `reasoning_content` and a
+    tool_call part a tool call; the parts themselves are kept in `parts`, media never turned into text."""
+    texts, reasoning, calls = [], [], []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        value = part.get("text", part.get("value")) if isinstance(part, dict) else None
+        if kind == "text" and isinstance(value, str):
+            texts.append(value)
+        elif kind in ("reasoning", "thinking") and isinstance(value, str):
+            reasoning.append(value)
+        elif kind == "tool_call" and isinstance(value, str):
+            try:
+                call = json.loads(value)
+            except ValueError:
+                raise ValueError(f"message {i} has a tool_call part that is not JSON") from None
+            calls.append({"type": "function", "function": call})
+        elif kind not in MEDIA_PART_TYPES:
+            raise ValueError(f"message {i} has a {brief(kind) if kind else 'malformed'} content part")
+    message["content"] = "".join(texts)
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = calls
+    message["parts"] = parts  # written back as they were (file_message); the fields above are what trains
+
+
+def _check_tool_calls(calls, i: int) -> None:
+    if not isinstance(calls, list) or not calls:
+        raise ValueError(f"message {i}: 'tool_calls' must be a non-empty list")
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ValueError(f"message {i} has a tool call without a function name")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise ValueError(f"message {i}: the arguments of tool call {brief(function['name'])} are not "
+                                 "valid JSON") from None
+        if not isinstance(arguments, dict):
+            raise ValueError(f"message {i}: the arguments of tool call {brief(function['name'])} must be a "
+                             "JSON object")
+
+
+def _sharegpt_turns(turns) -> list[dict]:
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("'conversations' must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or not isinstance(t.get("value"), str):
+            raise ValueError(f"turn {i} needs a string 'value'")
+        speaker = t.get("from", "")
+        role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
+        if role is None:
+            raise ValueError(f"turn {i} has unknown speaker {brief(speaker)}")
+        message = {k: v for k, v in t.items() if k not in ("from", "value")}  # e.g. a per-turn weight
+        if speaker.lower() == "function_call":
+            message.update(role="assistant", content="", tool_calls=_glaive_calls(t["value"], i))
+        else:
+            message.update(role=role, content=t["value"])
+        out.append(message)
+    return out
+
+
+def _glaive_calls(value: str, i: int) -> list[dict]:
+    """A function_call turn's value: one `{"name", "arguments"}` object, or a list of them."""
+    try:
+        calls = json.loads(value)
+    except ValueError:
+        raise ValueError(f"turn {i}: the function_call is not valid JSON") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = [{"type": "function", "function": call} for call in calls]
+    _check_tool_calls(out, i)
+    return out
+
+
+def _tools(value) -> list | None:
+    """The row's tool schemas: a list, or the JSON text of one (LLaMA-Factory's `tools` column)."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("'tools' is not valid JSON") from None
+    value = _maybe_json(value)
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ValueError("'tools' must be a list of tool schemas (objects)")
+    return value or None
+
+
+def trained_turn(message: dict) -> bool:
+    """Whether training learns this turn: the assistant's, unless its weight is 0."""
+    return message["role"] == "assistant" and all(message.get(k, 1) != 0 for k in WEIGHT_KEYS)
+
+
+def _check_conversation(out: list[dict]) -> None:
     for i, m in enumerate(out):
         if SURROGATE.search(m["content"]):
             raise ValueError(f"message {i} is not valid Unicode (a byte that is not UTF-8, or a lone "
                              "surrogate \\u escape)")
-    return out
-
-
-def _text_of_parts(content, i: int):
-    """Content given as parts (OpenAI `{"type": "text", "text"}`, LLaMA-Factory `{"type", "value"}`): the text
-    parts joined as chat templates render them, one after another. Any other part (an image, audio,
-    reasoning) is refused by name rather than dropped: a text-only example would lose it."""
-    if not isinstance(content, list):
-        return content
-    texts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        text = part.get("text", part.get("value")) if kind == "text" else None
-        if not isinstance(text, str):
-            raise ValueError(f"message {i} has a {brief(kind) if kind else 'malformed'} content part: only text "
-                             "parts can be used by a text model")
-        texts.append(text)
-    return "".join(texts)
+        weight = next((m[k] for k in WEIGHT_KEYS if k in m), 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            raise ValueError(f"message {i} has weight {brief(weight)}: only 0 (shown, not trained) and 1 are "
+                             "supported")
+        if m["role"] == "tool" and (i == 0 or not (out[i - 1]["role"] == "tool" or out[i - 1].get("tool_calls"))):
+            raise ValueError(f"message {i} is a tool result with no tool call before it")
+    if out[-1]["role"] != "assistant":
+        raise ValueError("conversation does not end with an assistant message")
 
 
 def _alpaca_history(history) -> list[dict]:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from engine.data.dedup import dedup, exact_clusters, example_text, near_clusters
-from engine.data.export import write_examples
+from engine.data.export import file_row, write_examples
 from engine.data.load import LoadResult
 
 SPLITS = ("train", "validation", "test")
@@ -71,7 +71,7 @@ def write_splits(result: LoadResult, source: str | Path, out_dir: str | Path, se
     stem = Path(source).name.split(".")[0]
     written = {}
     for name, idx in parts.items():
-        path = write_examples([result.examples[i].messages for i in idx], Path(out_dir) / f"{stem}.{name}.{fmt}", fmt)
+        path = write_examples([file_row(result.examples[i]) for i in idx], Path(out_dir) / f"{stem}.{name}.{fmt}", fmt)
         written[name] = {"path": str(path), "examples": len(idx)}
     return written
 

@@ -1,11 +1,24 @@
 """Token counts and the rendered chat template without transformers: the model's
-tokenizer.json through the `tokenizers` package and its chat template through jinja2."""
+tokenizer.json through the `tokenizers` package and its chat template through jinja2.
+
+What is trained: the assistant turns, less those of weight 0; tool results never.
+Tool calls are rendered by the model's own template (`tools=` and `tool_calls`
+messages, as transformers passes them) when it shows them: every call's name,
+every tool result and every tool schema's name appear in the text. A template that
+does not (SmolLM2's, Llama 2's) gets the documented fallback of `tool_fallback`:
+the schemas in the system prompt, each call as `<tool_call>{json}</tool_call>` in
+the assistant's text, the results as a user turn of `<tool_response>` blocks: the
+Hermes convention that Qwen's templates render, so the text matches what a
+tools-aware server shows the model.
+"""
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
+
+from engine.data.rows import trained_turn
 
 # For base models that ship without a chat template.
 FALLBACK_CHAT_TEMPLATE = (
@@ -15,26 +28,98 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
+TOOLS_PREAMBLE = ("You can call these tools. To call one, answer with <tool_call>{\"name\": ..., \"arguments\": "
+                  "{...}}</tool_call>.\n<tools>\n")
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the (start, end) character spans of assistant turns."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+def render_chat(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[dict], list | None, str]:
+    """(messages, tools, text) as the template is given them: tool-call arguments as objects, schemas in
+    OpenAI's `{"type": "function", "function": ...}` form, the fallback when the template hides tools."""
+    messages, tools = template_inputs(messages, tools)
+    if not tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        return messages, None, tokenizer.apply_chat_template(messages, tokenize=False)
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+        if _shows_tools(text, messages, tools):
+            return messages, tools, text
+    except Exception:  # noqa: BLE001 - a template that refuses the tool role: the fallback renders it
+        pass
+    messages = tool_fallback(messages, tools)
+    return messages, None, tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the (start, end) character spans of the trained assistant turns."""
+    messages, tools, text = render_chat(tokenizer, messages, tools)
+    render = (lambda ms, **kw: tokenizer.apply_chat_template(ms, tools=tools, tokenize=False, **kw)) if tools \
+        else (lambda ms, **kw: tokenizer.apply_chat_template(ms, tokenize=False, **kw))
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not trained_turn(message):
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = render(messages[:i], add_generation_prompt=True) if i else ""
+        through = render(messages[: i + 1])
         # Templates that rewrite earlier turns (some drop past reasoning) break the prefix property;
         # then fall back to locating the content itself.
         if text.startswith(through) and through.startswith(before):
             spans.append((len(before), len(through)))
-        else:
+        elif message["content"]:
             start = text.find(message["content"], spans[-1][1] if spans else 0)
             if start >= 0:
                 spans.append((start, start + len(message["content"])))
     return text, spans
+
+
+def template_inputs(messages: list[dict], tools: list | None) -> tuple[list[dict], list | None]:
+    """Messages and tools in the shapes chat templates read (transformers' convention)."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if k != "parts"}
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**call, "function": {**call["function"], "arguments": _arguments(call["function"])}}
+                               for call in m["tool_calls"]]
+        out.append(m)
+    tools = [t if "function" in t else {"type": "function", "function": t} for t in tools] if tools else None
+    return out, tools
+
+
+def tool_fallback(messages: list[dict], tools: list | None) -> list[dict]:
+    """Tools, calls and results as plain text for a template that cannot show them (module docstring)."""
+    out = []
+    if tools:
+        listing = TOOLS_PREAMBLE + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + "\n</tools>"
+        if messages[0]["role"] == "system":
+            out.append({**messages[0], "content": messages[0]["content"] + "\n\n" + listing})
+            messages = messages[1:]
+        else:
+            out.append({"role": "system", "content": listing})
+    for m in messages:
+        if m["role"] == "tool":
+            block = "<tool_response>\n" + m["content"] + "\n</tool_response>"
+            if out and out[-1].get("tool_results"):  # parallel results: one user turn
+                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + block}
+            else:
+                out.append({"role": "user", "content": block, "tool_results": True})
+        elif m.get("tool_calls"):
+            calls = "\n".join("<tool_call>\n" + json.dumps({"name": c["function"]["name"], "arguments": _arguments(
+                c["function"])}, ensure_ascii=False) + "\n</tool_call>" for c in m["tool_calls"])
+            rest = {k: v for k, v in m.items() if k != "tool_calls"}
+            out.append({**rest, "content": (m["content"] + "\n" if m["content"] else "") + calls})
+        else:
+            out.append(m)
+    return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
+
+
+def _arguments(function: dict):
+    arguments = function.get("arguments", {})
+    return json.loads(arguments) if isinstance(arguments, str) else arguments
+
+
+def _shows_tools(text: str, messages: list[dict], tools: list | None) -> bool:
+    names = [c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()]
+    names += [t["function"].get("name", "") for t in tools or ()]
+    results = [m["content"] for m in messages if m["role"] == "tool"]
+    return all(part in text for part in names + results)
 
 
 class ChatTemplate:
@@ -45,12 +130,15 @@ class ChatTemplate:
     def __init__(self, source: str | None = None):
         self.template_source = source or FALLBACK_CHAT_TEMPLATE
 
-    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False) -> str:
-        return _compile(self.template_source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+    def apply_chat_template(self, messages, tools=None, tokenize: bool = False,
+                            add_generation_prompt: bool = False) -> str:
+        return _compile(self.template_source).render(messages=messages, tools=tools,
+                                                     add_generation_prompt=add_generation_prompt,
                                                      **{k: v or "" for k, v in self.special.items()})
 
-    def trained_view(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]], int | None, int | None]:
-        text, spans = assistant_spans(self, messages)
+    def trained_view(self, messages: list[dict], tools: list | None = None
+                     ) -> tuple[str, list[tuple[int, int]], int | None, int | None]:
+        text, spans = assistant_spans(self, messages, tools)
         return text, spans, None, None
 
 
@@ -86,11 +174,11 @@ class LightTokenizer(ChatTemplate):
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def count_examples(self, examples) -> list[int]:
-        return self.count([self.apply_chat_template(ex.messages) for ex in examples])
+        return self.count([render_chat(self, ex.messages, ex.tools)[2] for ex in examples])
 
-    def trained_view(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]], int, int]:
+    def trained_view(self, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]], int, int]:
         """(rendered text, trained character spans, tokens, trained tokens)."""
-        text, spans = assistant_spans(self, messages)
+        text, spans = assistant_spans(self, messages, tools)
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         trained = sum(1 for start, _ in enc.offsets if any(s <= start < e for s, e in spans))
         return text, spans, len(enc.ids), trained
@@ -109,7 +197,11 @@ def _compile(source: str):
     def raise_exception(message):
         raise ValueError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    # As transformers compiles templates (loop controls, tojson's options), so tool templates render alike.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
-    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
+    env.filters["tojson"] = tojson
     return env.from_string(source)

@@ -1,4 +1,5 @@
-"""Chat examples to token ids and labels, training only on what the assistant says.
+"""Chat examples to token ids and labels, training only on what the assistant says (its tool calls
+included, its turns of weight 0 and tool results not: engine.data.template).
 
 The chat template is rendered to text; the character spans of assistant turns are
 found by rendering each prefix; a fast tokenizer's offsets then mark which tokens
@@ -31,13 +32,16 @@ class TokenizeStats:
         return {k: v for k, v in self.__dict__.items() if k != "lengths"}
 
 
-def encode_examples(tokenizer, conversations: list[list[dict]], max_length: int,
-                    train_on: str = "assistant", overlong: str = "truncate") -> tuple[list[dict], TokenizeStats]:
-    """Features {input_ids, labels} for the Trainer, and counts of what was cut or dropped."""
+def encode_examples(tokenizer, conversations: list[list[dict]], max_length: int, train_on: str = "assistant",
+                    overlong: str = "truncate", tools: list[list | None] | None = None
+                    ) -> tuple[list[dict], TokenizeStats]:
+    """Features {input_ids, labels} for the Trainer, and counts of what was cut or dropped. `tools`: each
+    conversation's tool schemas (Example.tools), or None."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("tunedeck needs a fast (Rust) tokenizer to find assistant tokens; "
                          "this model only has a slow one")
-    rendered = [assistant_spans(tokenizer, messages) for messages in conversations]
+    rendered = [assistant_spans(tokenizer, messages, schemas)
+                for messages, schemas in zip(conversations, tools or [None] * len(conversations))]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False,
                         return_offsets_mapping=True)
     stats = TokenizeStats(examples=len(conversations))

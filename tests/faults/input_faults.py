@@ -479,7 +479,7 @@ def check_engine_reader(check: Checks, planted: Planted, env: Env) -> None:
     except Exception as exc:  # noqa: BLE001
         check(False, f"engine read raised {type(exc).__name__}: {exc}")
         return
-    answers = [c[-1]["content"] for c in conversations]
+    answers = [c.messages[-1]["content"] for c in conversations]
     check(answers == [planted.good[line] for line in sorted(planted.good)], "engine read: rows differ from the good")
     warnings = [e for e in events if e.get("code") == "bad_row"]
     n = len(planted.bad)

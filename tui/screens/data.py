@@ -197,11 +197,11 @@ class DataScreen(ModeScreen):
             from engine.data.template import ChatTemplate
 
             template = self.template or ChatTemplate()
-            rendered, spans, tokens, trained = template.trained_view(messages)
+            rendered, spans, tokens, trained = template.trained_view(messages, session.result.examples[index].tools)
             text.append_text(template_text(rendered, spans, tokens, trained,
                                            getattr(template, "name", "fallback template")))
         else:
-            text.append_text(conversation_text(messages))
+            text.append_text(conversation_text(messages, session.result.examples[index].tools))
         return text
 
     def _render_head(self) -> None:

@@ -3,21 +3,46 @@ or the rendered chat template with the trained-on characters marked."""
 
 from __future__ import annotations
 
+import json
+
 from rich.text import Text
 
-ROLE_STYLE = {"system": "bold magenta", "user": "bold cyan", "assistant": "bold green"}
+from engine.data.rows import MEDIA_PART_TYPES, trained_turn
+
+ROLE_STYLE = {"system": "bold magenta", "user": "bold cyan", "assistant": "bold green", "tool": "bold yellow"}
 
 
-def conversation_text(messages: list[dict]) -> Text:
+def conversation_text(messages: list[dict], tools: list | None = None) -> Text:
+    """Each turn as training reads it: tool calls, tool results, reasoning, attached media, and which
+    assistant turns are not trained on (weight 0)."""
     text = Text()
+    if tools:
+        names = [t.get("function", t).get("name", "?") for t in tools]
+        text.append(f"tools offered: {', '.join(map(str, names))}\n\n", "dim")
     for i, message in enumerate(messages):
         role = message["role"]
         if i:
             text.append("\n")
-        text.append(f"▌{role.upper()}\n", ROLE_STYLE.get(role, "bold"))
-        content = message["content"]
-        text.append(content if content.strip() else "(empty)", "" if content.strip() else "italic dim")
+        text.append(f"▌{role.upper()}", ROLE_STYLE.get(role, "bold"))
+        if role == "tool" and (message.get("name") or message.get("tool_call_id")):
+            text.append(f" result of {message.get('name') or message['tool_call_id']}", "dim")
+        if role == "assistant" and not trained_turn(message):
+            text.append(" · weight 0: shown, not trained", "italic")
         text.append("\n")
+        if message.get("reasoning_content"):
+            text.append(f"(reasoning) {message['reasoning_content']}\n", "italic dim")
+        for part in message.get("parts") or ():
+            if isinstance(part, dict) and part.get("type") in MEDIA_PART_TYPES:
+                text.append(f"[{part['type']} attached: not used by a text-only model]\n", "italic dim")
+        content = message["content"]
+        if content.strip() or not message.get("tool_calls"):
+            text.append(content if content.strip() else "(empty)", "" if content.strip() else "italic dim")
+            text.append("\n")
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            arguments = function.get("arguments", {})
+            arguments = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+            text.append(f"→ calls {function['name']}({arguments})\n", "bold")
     return text
 
 

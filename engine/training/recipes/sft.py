@@ -12,7 +12,7 @@ import random
 
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
 
-from engine.data.load import fingerprint, load_examples
+from engine.data.load import Example, fingerprint, load_examples
 from engine.training.checkpoints import AtomicCheckpointTrainer
 from engine.training.labels import IGNORE_INDEX, encode_examples
 from engine.training.recipes.base import Recipe
@@ -20,8 +20,8 @@ from engine.training.recipes.base import Recipe
 MAX_BAD_ROW_WARNINGS = 20
 
 
-def read_conversations(path: str, system_prompt: str | None, plumbing) -> list[list[dict]]:
-    """The conversations in a data file, the run's system prompt first where one has none; bad rows are
+def read_conversations(path: str, system_prompt: str | None, plumbing) -> list[Example]:
+    """The examples in a data file, the run's system prompt first where one has none; bad rows are
     warning events (the first 20, then a count). `plumbing` needs only `event`."""
     result = load_examples(path)
     for problem in result.problems[:MAX_BAD_ROW_WARNINGS]:
@@ -31,9 +31,11 @@ def read_conversations(path: str, system_prompt: str | None, plumbing) -> list[l
                        message=f"{len(result.problems) - MAX_BAD_ROW_WARNINGS} more bad rows in {path}")
     if not result.examples:
         raise ValueError(f"no usable examples in {path}; see the bad_row warnings in events.jsonl")
-    return [([{"role": "system", "content": system_prompt}]
-             if system_prompt and ex.messages[0]["role"] != "system" else []) + ex.messages
-            for ex in result.examples]
+    if system_prompt:
+        for ex in result.examples:
+            if ex.messages[0]["role"] != "system":
+                ex.messages = [{"role": "system", "content": system_prompt}] + ex.messages
+    return result.examples
 
 
 class SFTRecipe(Recipe):
@@ -50,7 +52,8 @@ class SFTRecipe(Recipe):
             train = [train[i] for i in order[n_eval:]]
         else:
             held_out = []
-        encode = lambda convs: encode_examples(self.tokenizer, convs, cfg.max_seq_length, cfg.train_on, cfg.overlong)
+        encode = lambda examples: encode_examples(self.tokenizer, [ex.messages for ex in examples], cfg.max_seq_length,
+                                                  cfg.train_on, cfg.overlong, tools=[ex.tools for ex in examples])
         train_features, train_stats = encode(train)
         eval_features, eval_stats = encode(held_out) if held_out else ([], None)
         if not train_features:
