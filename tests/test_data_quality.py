@@ -14,7 +14,8 @@ import pytest
 from engine.data.dedup import dedup, near_clusters
 from engine.data.export import export
 from engine.data.lint import LintConfig, lint
-from engine.data.load import content_hash, detect_format, first_example, load_examples
+from engine.data.load import content_hash, first_example, load_examples
+from engine.data.readers import detect_format
 from engine.data.review import ReviewStore
 from engine.data.split import leakage, split_indices
 from engine.demo import write_demo_data

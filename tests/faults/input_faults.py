@@ -37,7 +37,8 @@ from typing import Literal
 
 import yaml
 
-from engine.data.load import MAX_LINE_BYTES, load_examples
+from engine.data.load import load_examples
+from engine.data.readers import MAX_LINE_BYTES
 from engine.runs.protocol import RUN_ID_RE, RunError
 from engine.runs.workspace import create_run, list_runs, resolve_run
 from engine.training.config import ConfigError, RunConfig, load_config
