@@ -188,3 +188,21 @@ def test_split_and_export_write_what_the_command_line_writes(dataset, tmp_path, 
 def test_the_session_imports_no_textual():
     code = "import sys, tui.review_session; sys.exit('textual' in sys.modules or 'rich' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_an_edited_answer_keeps_what_else_its_turn_carries(tmp_path):
+    """An edit replaces the answer's text; its reasoning and media parts stay, and export writes the new
+    text in the parts where the old text was."""
+    row = {"messages": [{"role": "user", "content": "What is 17 * 3?"}, {"role": "assistant", "content": [
+        {"type": "reasoning", "value": "17 * 3 = 51."}, {"type": "text", "value": "50"}], "loss_weight": 1}]}
+    dataset = tmp_path / "parts.jsonl"
+    dataset.write_text(json.dumps(row) + "\n")
+    session = open_session(dataset)
+    assert session.set_answer(0, "51")
+    answer = session.messages(0)[-1]
+    assert answer["content"] == "51" and answer["reasoning_content"] == "17 * 3 = 51." and answer["loss_weight"] == 1
+    session.export(tmp_path / "out.jsonl")
+    written = json.loads((tmp_path / "out.jsonl").read_text())
+    assert written["messages"][1] == {"role": "assistant", "content": [
+        {"type": "reasoning", "value": "17 * 3 = 51."}, {"type": "text", "value": "51"}], "loss_weight": 1}
+    session.close()

@@ -187,12 +187,12 @@ class ReviewSession:
         self.reviews[key] = self.store.get(key)
 
     def set_answer(self, index: int, answer: str) -> bool:
-        """Replace the example's last turn with `answer` as an assistant turn; False if that is no change."""
+        """Replace the text of the example's last (assistant) turn with `answer`; False if that is no change."""
         messages = self.messages(index)
         if answer == messages[-1]["content"]:
             return False
         key = self.hashes[index]
-        self.store.set_edit(key, messages[:-1] + [{"role": "assistant", "content": answer}])
+        self.store.set_edit(key, messages[:-1] + [{**messages[-1], "content": answer}])  # keeps its weight, reasoning, parts
         self.reviews[key] = self.store.get(key)
         return True
 

@@ -22,6 +22,8 @@ WEIGHT_KEYS = ("weight", "loss_weight")
 MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video", "video_url",
                     "file"}
 
+MEDIA_KEYS = {"images", "videos", "audios"}  # LLaMA-Factory's multimodal columns, beside `<image>` in the text
+
 LABEL_FIELDS = ("label", "category", "class")
 
 # Keys each layout reads; every other key of the row is kept in Example.extra.
@@ -102,7 +104,8 @@ def file_message(message: dict) -> dict:
             out.pop(key, None)
     if _joined_text(parts) != message["content"]:  # edited in review: the new text where the text was
         first = next((i for i, p in enumerate(parts) if p.get("type") == "text"), len(parts))
-        parts = [p for p in parts[:first] if p.get("type") != "text"] + [{"type": "text", "text": message["content"]}] \
+        key = "value" if first < len(parts) and "value" in parts[first] else "text"  # as the file wrote it
+        parts = [p for p in parts[:first] if p.get("type") != "text"] + [{"type": "text", key: message["content"]}] \
             + [p for p in parts[first:] if p.get("type") != "text"]
     out["content"] = parts
     return out

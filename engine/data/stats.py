@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.data.rows import MEDIA_KEYS, MEDIA_PART_TYPES, trained_turn
+
 CHARS_PER_TOKEN = 4  # about right for English text under the usual BPE vocabularies
 TEMPLATE_TOKENS = 16  # the chat template's role markers around an example's turns
 
@@ -41,6 +43,8 @@ def dataset_stats(examples, problems=(), flags=(), clusters=None, token_counts=N
         "flags": dict(sorted(flags_per_rule.items())),
         "flagged_examples": len({f.index for f in flags}),
     }
+    if carried := carried_counts(examples):
+        out["carried"] = carried
     if token_counts is not None:
         out["tokens"] = histogram(token_counts)
         out["tokens"]["total"] = int(np.sum(token_counts))
@@ -50,6 +54,20 @@ def dataset_stats(examples, problems=(), flags=(), clusters=None, token_counts=N
         out["duplicate_clusters"] = len(clusters.groups)
         out["duplicates"] = sum(len(g) - 1 for g in clusters.groups)
     return out
+
+
+def carried_counts(examples) -> dict[str, int]:
+    """How many examples carry what changes training beyond plain turns (only the kinds present)."""
+    kinds = {
+        "tool calls": lambda ex: any(m.get("tool_calls") for m in ex.messages),
+        "tool schemas": lambda ex: bool(ex.tools),
+        "weight-0 turns": lambda ex: any(m["role"] == "assistant" and not trained_turn(m) for m in ex.messages),
+        "reasoning": lambda ex: any(m.get("reasoning_content") for m in ex.messages),
+        "media": lambda ex: bool(set(ex.extra or ()) & MEDIA_KEYS) or any(
+            isinstance(p, dict) and p.get("type") in MEDIA_PART_TYPES for m in ex.messages for p in m.get("parts") or ()),
+    }
+    counts = {name: sum(1 for ex in examples if has(ex)) for name, has in kinds.items()}
+    return {name: n for name, n in counts.items() if n}
 
 
 def sparkline(counts: list[int]) -> str:

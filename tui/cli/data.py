@@ -126,6 +126,8 @@ def cmd_stats(args) -> int:
             h = stats[key]
             print(f"{title}: min {h['min']} p50 {h['p50']} p90 {h['p90']} p99 {h['p99']} max {h['max']}  "
                   f"{sparkline(h['bins'])}")
+    if "carried" in stats:
+        print("examples with " + ", ".join(f"{k} {v}" for k, v in stats["carried"].items()))
     if "labels" in stats:
         print("labels: " + ", ".join(f"{k} {v}" for k, v in stats["labels"].items()))
     for rule, n in stats["flags"].items():
