@@ -62,6 +62,16 @@ def test_eval_without_held_out_file_says_what_to_do(trained_run):
     assert result.stderr.strip().count("\n") == 0
 
 
+def test_eval_of_tool_calling_examples_is_refused_not_misscored(trained_run, tmp_path):
+    """Scored as text, an answer that is a tool call would be compared with an empty reference."""
+    from test_data_formats import OPENAI_TOOL_ROWS
+
+    data = write_jsonl(tmp_path / "tools.jsonl", OPENAI_TOOL_ROWS + learnable_rows(2, seed=5))
+    result = cli("eval", str(trained_run.path), "--data", str(data))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "2 of the 4 held-out examples" in result.stderr and "use tools" in result.stderr
+
+
 def test_merged_export_reloads_to_the_same_outputs(trained_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

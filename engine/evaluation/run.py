@@ -135,6 +135,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     examples = load_examples(data).examples[:limit]
     if not examples:
         raise ValueError(f"no usable examples in {data}")
+    # Answers are scored as text against the last turn: a tool call or a tool schema the prompt does not
+    # show would be scored wrongly, and a wrong number is worse than none.
+    with_tools = sum(1 for ex in examples if ex.tools or any(m["role"] == "tool" or m.get("tool_calls")
+                                                             for m in ex.messages))
+    if with_tools:
+        raise ValueError(f"{with_tools} of the {len(examples)} held-out examples in {data} use tools; evaluation "
+                         "scores text answers only: pass --data FILE with examples without tool calls")
     models = Models(run.path, parse_config(cfg, base_dir=run.path, check_paths=False))
     tok, system = models.tokenizer, cfg.get("system_prompt")
     with_system = lambda msgs: ([{"role": "system", "content": system}] if system else []) + msgs
