@@ -3,8 +3,9 @@
 The rules come from defects found in real instruction data (the AlpacaDataCleaned
 list, practitioners' cleaning checklists). Each check runs once per example as a
 compiled regular expression or a string method, never a Python loop per character.
-Completeness is judged by unbalanced structure and dangling endings, not by "ends
-with . ! ?": that rule flags 43% of GSM8K's complete answers, which end in a number.
+Completeness is judged by unbalanced structure, dangling endings and a prose line that
+stops mid-sentence, not by "ends with . ! ?": that rule flags 43% of GSM8K's complete
+answers, which end in a number. The exact checks live in engine/data/checks.py.
 
 Every rule is one entry of RULES: id, severity, why, its exact check and its prefilter
 (engine/data/prefilter.py), which picks at C speed a superset of the rows the check can
