@@ -53,7 +53,7 @@ def test_lint_rules_on_small_cases():
         "unseen-reference": qa("Summarise https://example.com/post please", "It says hello."),
         "control-chars": qa("Fix\x07 this", "Done."),
         "refusal": qa("Tell me a joke", "As an AI language model, I cannot tell jokes."),
-        "personal-data": qa("Who to mail?", "Write to jane.doe@example.org about it."),
+        "personal-data": qa("Who to mail?", "Write to jane.doe@fastmail.com about it."),
         "role-order": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hey"},
                        {"role": "assistant", "content": "hello"}],
         "truncated-answer": qa("List three colours", "The colours are red, green and"),

@@ -37,15 +37,22 @@ CRAFTED = {
     "placeholder-input": [qa("<noinput>\nName a fruit", "Apple."), qa("Name a fruit\nNo input.", "Apple."),
                           qa("Name a fruit\n\u00a0none\u3000", "Apple."), qa("<no \u0131nput> Name a fruit", "Apple.")],
     "placeholder-answer": [qa("Your age?", "N/A"), qa("Your age?", "<No Output>"), qa("Your age?", "none\u00a0"),
-                           qa("Write a letter", "Dear [insert name], hello."), qa("Your age?", "\u3000tbd\u3000")],
+                           qa("Your age?", "\u3000tbd\u3000")],
+    "unfilled-placeholder": [qa("Write a letter", "Dear [insert name], hello."), qa("Who are you?", "I am {{name}}."),
+                             qa("Who made you?", "I was made by {{ author }}"),
+                             qa("Sign it", "Thanks,\n[Your Name]")],
     "truncated-answer": [qa("List colours", "The colours are red, green and"),
                          qa("Write code", "```python\nprint(1)"), qa("Give JSON", '{"a": 1, "b": 2'),
                          qa("List colours", "The colours are red, green and\u00a0"),
-                         qa("List colours", "The colours are red, green \u017fuch as")],
+                         qa("List colours", "The colours are red, green \u017fuch as"),
+                         qa("Explain", "Rain falls when clouds cool. The droplets grow until they"),
+                         qa("Call it", "The forecast is weather('Paris tomorrow")],
     "error-text": [qa("Summarise", "Error: upstream model rate limit exceeded, please retry."),
                    qa("Run it", "Traceback (most recent call last):\n  File \"x.py\", line 1"),
                    qa("Run it", "\u3000fatal - the job died"),
-                   qa("Fetch it", "The server said HTTP 5\u0660\u0663 and stopped.")],
+                   qa("Fetch it", "\u3000HTTP 5\u0660\u0663: the upstream model failed."),
+                   qa("Fetch it", "<html><head><title>502 Bad Gateway</title></head></html>"),
+                   qa("Explain", "ValueError: invalid literal for int() with base 10: 'x'")],
     "refusal": [qa("Tell a joke", "As an AI language model, I cannot tell jokes."),
                 qa("Tell a joke", "I'm sorry, but I can't do that."),
                 qa("Tell a joke", "As an a\u0131 language model I decline."),
@@ -63,22 +70,33 @@ CRAFTED = {
     "too-long": [qa("Write a long text", "word " * 6500),
                  [{"role": "system", "content": "s" * 11000}, *qa("u" * 11000, "a" * 11000)]],
     "role-order": [turns("assistant", "user", "assistant"), turns("user", "system", "assistant"),
-                   turns("user", "user"), turns("system", "assistant", "user")],
-    "personal-data": [qa("Who to mail?", "Write to jane.doe@example.org about it."),
+                   turns("user", "user"), turns("system", "assistant", "user"), turns("system", "assistant"),
+                   turns("user", "tool", "assistant"), turns("user", "assistant", "tool", "assistant")],
+    "personal-data": [qa("Who to mail?", "Write to jane.doe@fastmail.com about it."),
                       qa("Who to call?", "Call 555-123-4567 today."),
                       qa("Which key?", "Use sk-abcdefghijklmnopqrstuvwxyz123 for it."),
                       qa("Who to mail?", "Write to jane@ex\u00e4mple.org about it."),
                       qa("Who to call?", "Call \u0665\u0665\u0665 \u0661\u0662\u0663 \u0664\u0665\u0666\u0667 now."),
                       qa("Which key?", "-----BEGIN RSA PRIVATE KEY-----\nMIIE")],
+    "repetition": [qa("Describe it", "It is big. " + "The sky is very blue today. " * 12),
+                   qa("Count", "ha" * 800)],
+    "media": [qa("<image>What is this?", "A cat."),
+              [{"role": "user", "content": "What is this?",
+                "parts": [{"type": "image_url", "image_url": {"url": "x.png"}}, {"type": "text", "text": "What is this?"}]},
+               {"role": "assistant", "content": "A cat."}]],
 }
+# and rows whose flags depend on the example beyond its messages
+CRAFTED_EXTRA = {"media": [(qa("What is in the picture?", "A cat."), {"images": ["cat.jpg"]}),
+                           (qa("Describe the clip", "A dog runs."), {"videos": ["dog.mp4"]})]}
 
 
 @pytest.fixture(scope="module")
 def examples() -> list[Example]:
     assert len(DATASETS) >= 3, f"expected the shared datasets in {DATA}"
     rows = [ex for path in DATASETS for ex in load_examples(path).examples]
-    crafted = [messages for rows_of_rule in CRAFTED.values() for messages in rows_of_rule]
-    return rows + [Example(m, "crafted", i + 1) for i, m in enumerate(crafted)]
+    crafted = [(messages, None) for rows_of_rule in CRAFTED.values() for messages in rows_of_rule]
+    crafted += [row for rows_of_rule in CRAFTED_EXTRA.values() for row in rows_of_rule]
+    return rows + [Example(m, "crafted", i + 1, extra=extra) for i, (m, extra) in enumerate(crafted)]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +108,7 @@ def brute_force(examples):
         if name not in flags:
             config = CONFIGS[name]
             flags[name] = [(i, rule, config.severity_of(rule), message)
-                           for i, ex in enumerate(examples) for rule, message in check_example(ex.messages, config)]
+                           for i, ex in enumerate(examples) for rule, message in check_example(ex, config)]
         return flags[name]
     return of
 
@@ -103,7 +121,10 @@ def test_crafted_rows_make_every_rule_fire():
     assert set(CRAFTED) == set(RULES), "a rule without crafted rows is not held to its check"
     for rule, rows in CRAFTED.items():
         for messages in rows:
-            assert rule in {r for r, _ in check_example(messages, LintConfig())}, (rule, messages)
+            assert rule in {r for r, _ in check_example(Example(messages, "m", 1), LintConfig())}, (rule, messages)
+    for rule, rows in CRAFTED_EXTRA.items():
+        for messages, extra in rows:
+            assert rule in {r for r, _ in check_example(Example(messages, "m", 1, extra=extra), LintConfig())}, rule
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 def answer_of(messages: list[dict]) -> str:
-    """The last message when the assistant wrote it, else \"\"."""
-    return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+    """The last message when the assistant wrote it and it is trained (its weight is not 0), else \"\"."""
+    last = messages[-1] if messages else None
+    return last["content"] if last and last["role"] == "assistant" and last.get("weight", 1) != 0 else ""
 
 
 def prompt_of(messages: list[dict]) -> str:
@@ -68,6 +69,22 @@ class Columns:
             return hit
         mask = np.zeros(self.n, dtype=bool)
         mask[self.owner[hit]] = True
+        return mask
+
+    def count(self, text: str, pattern: str):
+        """Matches of a RE2 `pattern` in each row's `text` ("answer" or "prompt")."""
+        import pyarrow.compute as pc
+
+        return pc.count_substring_regex(getattr(self, text), pattern).to_numpy()
+
+    @cached_property
+    def carries_media(self):
+        """A row mask: the rows with extra keys (Example.extra) or a message that kept its content `parts`."""
+        import numpy as np
+
+        mask = np.fromiter((ex.extra is not None for ex in self.examples), bool, count=self.n)
+        parts = np.fromiter(("parts" in m for ex in self.examples for m in ex.messages), bool, count=len(self.owner))
+        mask[self.owner[parts]] = True
         return mask
 
     def chars(self, text: str, stripped: bool = False):
