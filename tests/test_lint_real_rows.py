@@ -151,5 +151,9 @@ def test_media_is_flagged_and_makes_a_reference_to_it_seen():
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
         {"type": "text", "text": "What is in this photo?"}]}, {"role": "assistant", "content": "A dog."}]
     assert rules_of(parts) == {"media"}
+    reasoning = [{"role": "user", "content": "What is 17 * 3?"}, {"role": "assistant", "content": "51",
+                 "reasoning_content": "17 * 3 = 51.", "parts": [{"type": "reasoning", "value": "17 * 3 = 51."},
+                                                               {"type": "text", "value": "51"}]}]
+    assert rules_of(reasoning) == set()  # kept parts that are not media are nothing to say
     assert rules_of(qa("<video>What happens?", "A dog runs.")) == {"media"}
     assert rules_of(qa("Name a fruit", "Apple."), {"images": [], "id": 7}) == set()  # no media: nothing to say

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from engine.data.prefilter import answer_of, prompt_of
+from engine.data.rows import MEDIA_KEYS, MEDIA_PART_TYPES
 
-MEDIA_KEYS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns
 MEDIA_TAG = re.compile(r"<(?:image|video|audio)>")  # the same convention's placeholder in the text
 
 
@@ -34,7 +34,7 @@ class Texts:
         return cls(example.messages, answer_of(example.messages), prompt_of(example.messages), example.extra)
 
     def media(self) -> str | None:
-        """What media the row attaches (its images/videos/audios, a message's non-text parts), or None."""
+        """What media the row attaches (its images/videos/audios, a message's media parts), or None."""
         for key in MEDIA_KEYS:
             if self.extra and self.extra.get(key):
                 n = len(self.extra[key]) if isinstance(self.extra[key], list) else 1
@@ -42,8 +42,8 @@ class Texts:
         for msg in self.messages:
             for part in msg.get("parts") or ():
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind != "text":
-                    return f"a {kind or 'non-text'} part in the {msg['role']} turn"
+                if kind in MEDIA_PART_TYPES:
+                    return f"a {kind} part in the {msg['role']} turn"
         return None
 
 

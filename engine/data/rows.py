@@ -22,7 +22,7 @@ WEIGHT_KEYS = ("weight", "loss_weight")
 MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video", "video_url",
                     "file"}
 
-MEDIA_KEYS = {"images", "videos", "audios"}  # LLaMA-Factory's multimodal columns, beside `<image>` in the text
+MEDIA_KEYS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns, beside `<image>` in the text
 
 LABEL_FIELDS = ("label", "category", "class")
 

@@ -63,7 +63,7 @@ def carried_counts(examples) -> dict[str, int]:
         "tool schemas": lambda ex: bool(ex.tools),
         "weight-0 turns": lambda ex: any(m["role"] == "assistant" and not trained_turn(m) for m in ex.messages),
         "reasoning": lambda ex: any(m.get("reasoning_content") for m in ex.messages),
-        "media": lambda ex: bool(set(ex.extra or ()) & MEDIA_KEYS) or any(
+        "media": lambda ex: any((ex.extra or {}).get(k) for k in MEDIA_KEYS) or any(
             isinstance(p, dict) and p.get("type") in MEDIA_PART_TYPES for m in ex.messages for p in m.get("parts") or ()),
     }
     counts = {name: sum(1 for ex in examples if has(ex)) for name, has in kinds.items()}
