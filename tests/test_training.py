@@ -274,3 +274,18 @@ def test_config_the_worker_cannot_parse_leaves_the_run_failed(write_config, work
     assert worker.returncode == 2 and "config key 'learning_rate'" in worker.stderr
     status = run.status()
     assert status["state"] == "failed" and status["error"].startswith("config: config key 'learning_rate'")
+
+
+def test_a_run_on_tool_calling_data_trains_the_calls(write_config, workspace, tmp_path):
+    """Every row of the real shapes (tool calls, glaive, weights, parts, media) reaches the Trainer through the
+    engine; the tiny model's ChatML template shows no tools, so the fallback renders them."""
+    from test_data_formats import ALL_ROWS
+
+    from engine.testing import write_jsonl
+
+    data = write_jsonl(tmp_path / "tools.jsonl", ALL_ROWS * 2)
+    run, proc = start(write_config(data=str(data), max_steps=2, validation_split=0, max_seq_length=1024), workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    ready = next(e for e in events(run) if e.get("state") == "data_ready")["train"]
+    assert ready["examples"] == ready["kept"] == 2 * len(ALL_ROWS) and ready["dropped_no_target"] == 0
+    assert not [e for e in events(run) if e.get("code") == "bad_row"]
