@@ -4,7 +4,9 @@ Exact: the text of every turn, lower-cased with whitespace collapsed, compared w
 Near: MinHash signatures of word 2-gram shingles, banded LSH for candidates, and a
 candidate joins a cluster only when its estimated Jaccard similarity is at least
 the threshold. All of it is numpy over the whole corpus at once: words are found
-and hashed with prefix sums over the UTF-8 bytes, never with a Python loop per token.
+and hashed with prefix sums over the UTF-8 bytes that Arrow holds, documents told
+apart by Arrow's offsets (no separator character, which a text could contain),
+never with a Python loop per token.
 
 Keep rule: in file order, an example is a duplicate of the first earlier *kept*
 example it is similar to; otherwise it is kept. So every cluster keeps its first
@@ -26,7 +28,6 @@ KEEP_RULE = ("in file order, an example is a duplicate of the first earlier kept
              "the first of every cluster is kept")
 SHINGLE_WORDS = 2
 NUM_PERM = 128
-_MASK61 = np.uint64((1 << 61) - 1)
 _WS = re.compile(r"\s+")
 
 
@@ -83,16 +84,30 @@ def _groups(labels: np.ndarray) -> list[list[int]]:
     return groups
 
 
+# ASCII letters and digits, and any non-ASCII byte (UTF-8 letters of other scripts), make words.
+_WORD_BYTE = np.zeros(256, dtype=bool)
+_WORD_BYTE[[*range(48, 58), *range(97, 123), *range(128, 256)]] = True
+
+
 def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit hash of every word in the corpus, the document of each word), vectorised."""
-    data = "\x00".join(texts).lower().encode("utf-8")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    # A word: ASCII letters/digits or any non-ASCII byte (UTF-8 letters of other scripts).
-    is_word = ((buf >= 48) & (buf <= 57)) | ((buf >= 97) & (buf <= 122)) | (buf >= 128)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Documents are told apart by Arrow's offsets, not by a separator: any character can occur in a text.
+    arr = pc.utf8_lower(pa.array(texts, pa.large_string()))
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    buf = np.frombuffer(arr.buffers()[2] or b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    is_word = _WORD_BYTE[buf]
     edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    doc_of_byte_boundary = np.flatnonzero(buf == 0)  # separators between documents
-    doc = np.searchsorted(doc_of_byte_boundary, starts)
+    # a word must not run on from the end of one document into the next
+    cut = np.unique(offsets[1:-1])
+    cut = cut[(cut > 0) & (cut < len(buf))]
+    cut = cut[is_word[cut - 1] & is_word[cut]]
+    starts = np.sort(np.concatenate((np.flatnonzero(edges == 1), cut)), kind="stable")
+    ends = np.sort(np.concatenate((np.flatnonzero(edges == -1), cut)), kind="stable")
+    doc = np.searchsorted(offsets, starts, side="right") - 1
     # Polynomial hash of each word from prefix sums: H[i] = sum b[j] * P^j (mod 2^64),
     # word hash = (H[end] - H[start]) * P^-start. Wrapping uint64 arithmetic is exact mod 2^64.
     p = np.uint64(0x100000001B3)
