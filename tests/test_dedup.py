@@ -1,4 +1,4 @@
-"""Dedup on what real rows hold: any character (NUL included), scripts written without spaces."""
+"""Dedup on what real rows hold: any character (NUL included), scripts written without spaces, tool calls."""
 
 from __future__ import annotations
 
@@ -79,3 +79,36 @@ def test_a_nul_inside_a_row_does_not_shift_the_rows_after_it():
 def test_a_word_at_the_end_of_one_row_does_not_run_on_into_the_next():
     sig, has = minhash(["the cat sat", "on the mat", "the cat sat"])  # no separator between rows any more
     assert has.all() and (sig[0] == sig[2]).all()
+
+
+def weather(arguments, call_id="call_1", reasoning=None) -> Example:
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    assistant = {"role": "assistant", "content": "", "tool_calls": [call]}
+    if reasoning:
+        assistant["reasoning_content"] = reasoning
+    return Example([{"role": "user", "content": "What is the weather like where I am going?"}, assistant,
+                    {"role": "tool", "tool_call_id": call_id, "content": "18 C, light rain"},
+                    {"role": "assistant", "content": "It is 18 C with light rain: take an umbrella."}], "m", 1)
+
+
+def test_examples_that_differ_only_in_a_tool_call_are_not_duplicates():
+    # (near-duplicates they may be: the rest of the conversation is the same)
+    found = dedup([weather('{"city": "Paris", "unit": "C"}'), weather('{"city": "Lyon", "unit": "C"}')], None)
+    assert found["exact"].groups == []
+    found = dedup([weather({"city": "Paris", "unit": "C"}), weather({"unit": "C", "city": "Lyon"})], None)
+    assert found["exact"].groups == []
+    renamed = weather('{"city": "Paris", "unit": "C"}')
+    renamed.messages[1]["tool_calls"][0]["function"]["name"] = "get_forecast"
+    assert dedup([weather('{"city": "Paris", "unit": "C"}'), renamed], None)["exact"].groups == []
+
+
+def test_identical_tool_calls_are_duplicates_whatever_their_ids_and_key_order():
+    found = dedup([weather({"city": "Paris", "unit": "C"}), weather({"unit": "C", "city": "Paris"}, "call_9")])
+    assert found["exact"].groups == [[0, 1]]
+
+
+def test_the_reasoning_is_part_of_the_example():
+    examples = [weather("{}", reasoning="The user is going to Paris, so ask for Paris."),
+                weather("{}", reasoning="The user did not say where; ask for the current location.")]
+    assert dedup(examples, None)["exact"].groups == []
+    assert dedup([*examples, examples[0]], None)["exact"].groups == [[0, 2]]

@@ -1,6 +1,7 @@
 """Exact and near-duplicate examples, reported as clusters with one example kept.
 
-Exact: the text of every turn, lower-cased with whitespace collapsed, compared whole.
+Exact: the text of every turn (content, reasoning and tool calls: `example_text`), lower-cased with
+whitespace collapsed, compared whole.
 Near: MinHash signatures of shingles, banded LSH for candidates, and a candidate joins a cluster only
 when its estimated Jaccard similarity is at least the threshold. All of it is numpy over the whole
 corpus at once: tokens are found and hashed with prefix sums over the UTF-8 bytes that Arrow holds,
@@ -28,6 +29,7 @@ two characters) take part only in exact deduplication.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -52,7 +54,19 @@ class Clusters:
 
 
 def example_text(messages: list[dict]) -> str:
-    return "\n\x1f".join(m["content"] for m in messages)
+    """All of the messages' text that a row trains on: each message's reasoning, content and tool calls
+    (name and arguments; a call's id is left out, as it is random per row)."""
+    # a message of role and content only is the common case, and the one that stays cheap
+    return "\n\x1f".join(m["content"] if len(m) == 2 else _message_text(m) for m in messages)
+
+
+def _message_text(m: dict) -> str:
+    parts = [m["reasoning_content"], m["content"]] if m.get("reasoning_content") else [m["content"]]
+    for call in m.get("tool_calls") or ():
+        args = call["function"]["arguments"]
+        parts.append(call["function"]["name"] + " "
+                     + (args if isinstance(args, str) else json.dumps(args, sort_keys=True, ensure_ascii=False)))
+    return "\n\x1f".join(parts)
 
 
 def normalise(texts: list[str]) -> list[str]:
