@@ -81,6 +81,10 @@ def test_a_word_at_the_end_of_one_row_does_not_run_on_into_the_next():
     assert has.all() and (sig[0] == sig[2]).all()
 
 
+def test_near_dedup_of_examples_too_short_to_shingle_finds_no_near_duplicates_and_does_not_crash():
+    assert near_clusters(["yes", "no", "yes", "好的"]).groups == []  # exact dedup is what finds these
+
+
 def weather(arguments, call_id="call_1", reasoning=None) -> Example:
     call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
     assistant = {"role": "assistant", "content": "", "tool_calls": [call]}

@@ -263,8 +263,10 @@ def near_clusters(texts: list[str], threshold: float = 0.8, num_perm: int = NUM_
     if n < 2:
         return Clusters([])
     sig, has = minhash(texts, num_perm, seed)
-    bands, rows = lsh_params(threshold, num_perm)
     idx = np.flatnonzero(has)
+    if len(idx) < 2:  # too few examples long enough to shingle (one-word answers)
+        return Clusters([])
+    bands, rows = lsh_params(threshold, num_perm)
     mult = np.random.default_rng(seed + 1).integers(1, 1 << 61, size=rows, dtype=np.uint64) | np.uint64(1)
     src, dst = [], []
     with np.errstate(over="ignore"):
