@@ -57,7 +57,7 @@ def example_text(messages: list[dict]) -> str:
     """All of the messages' text that a row trains on: each message's reasoning, content and tool calls
     (name and arguments; a call's id is left out, as it is random per row)."""
     # a message of role and content only is the common case, and the one that stays cheap
-    return "\n\x1f".join(m["content"] if len(m) == 2 else _message_text(m) for m in messages)
+    return "\n\x1f".join([m["content"] if len(m) == 2 else _message_text(m) for m in messages])
 
 
 def _message_text(m: dict) -> str:
