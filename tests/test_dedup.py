@@ -7,7 +7,14 @@ import pytest
 from engine.data.dedup import dedup, minhash, near_clusters
 from engine.data.load import Example
 
-# ~270-character answers: two on one topic (sleep) per script, written for these tests.
+# ~270-character answers: two on one topic (sleep) per script, written for these tests (and for the
+# edit-recall figure of benchmarks/bench_data.py).
+EN_A = ("To sleep better, keep a regular schedule: go to bed and get up at the same time every day, even at weekends. "
+        "Avoid screens for an hour before bed, because their blue light delays melatonin. Keep the bedroom quiet, "
+        "dark and cool, and have no coffee after lunch.")
+EN_B = ("Getting more sunlight and exercise during the day makes it easier to fall asleep at night. Keep naps under "
+        "thirty minutes, take a warm shower and stretch for a few minutes before bed, and use the bed only for "
+        "sleep. If insomnia lasts for weeks, see a doctor.")
 ZH_A = ("要改善睡眠质量，首先要保持规律的作息时间，每天尽量在同一时间上床和起床，即使在周末也不要相差太多。其次，睡前一小时应避免使用手机和电脑，"
         "因为屏幕发出的蓝光会抑制褪黑素的分泌，让人更难入睡。卧室的环境也很重要，温度最好保持在十八到二十二摄氏度之间，并尽量保持安静和黑暗。"
         "下午以后要少喝咖啡、浓茶等含有咖啡因的饮料，晚餐也不宜吃得过饱。适量的运动有助于睡眠，但剧烈运动最好安排在睡前三小时以前。"
@@ -50,12 +57,13 @@ def one_character_changed(text: str, old: str, new: str) -> str:
 
 
 @pytest.mark.parametrize("a, edited, b", [
+    (EN_A, one_character_changed(EN_A, "coffee", "toffee"), EN_B),
     (ZH_A, one_character_changed(ZH_A, "咖啡因", "咖啡碱"), ZH_B),  # 269 characters, one changed
     (JA_A, one_character_changed(JA_A, "青い光", "白い光"), JA_B),
     (TH_A, one_character_changed(TH_A, "กาแฟหรือชา", "กาแฟหรือยา"), TH_B),  # tea to medicine
     (KO_A, one_character_changed(KO_A, "녹차", "홍차"), KO_B),  # Hangul is written with spaces: word shingles
     (MIXED_A, one_character_changed(MIXED_A, "前五行", "前十行"), MIXED_B),
-], ids=["chinese", "japanese", "thai", "korean", "chinese-with-code"])
+], ids=["english", "chinese", "japanese", "thai", "korean", "chinese-with-code"])
 def test_near_dedup_finds_a_one_character_edit_in_every_script_and_not_a_different_answer(a, edited, b):
     assert near_clusters([a, edited, b]).groups == [[0, 1]]  # the default threshold, 0.8
     assert near_clusters([a, b], 0.3).groups == []  # one topic, different answers: far below even 0.3
