@@ -6,6 +6,7 @@
   on the three shared real datasets and a synthetic file of --rows rows;
 - token counting on its own (bound by the tokenizer), when the demo model is present;
 - near-duplicate time and peak memory on --near-rows examples;
+- near-duplicate recall of one-character edits in English and in scripts written without spaces;
 - time to the first example and j keypress latency in the app, 1M-line file vs 1k-line file.
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.data.dedup import dedup, exact_clusters, example_text  # noqa: E402
 from engine.data.lint import lint  # noqa: E402
-from engine.data.load import load_examples  # noqa: E402
+from engine.data.load import Example, load_examples  # noqa: E402
 
 SHARED = Path("/work/shared/data")
 WORDS = ("alpha beta gamma delta model data train token answer question river stone light "
@@ -68,6 +69,29 @@ def lint_and_exact(path: Path) -> dict:
     return {"file": path.name, "rows": len(ex), "parse_s": parse, "lint_s": t_lint, "exact_s": t_exact,
             "flags": len(flags), "exact_dups": len(exact.duplicates()),
             "rows_per_s": rate, "vs_parse": (t_lint + t_exact) / parse}
+
+
+def edit_recall(edits: int = 200, seed: int = 0) -> None:
+    """How often near dedup (0.8) pairs a ~270-character answer with itself after one random letter changed."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_dedup as answers
+
+    rng = random.Random(seed)
+    for script, question, answer in (("English", "How can I sleep better?", answers.EN_A),
+                                     ("Chinese", "怎样才能睡得更好？", answers.ZH_A),
+                                     ("Japanese", "よく眠るにはどうすればいいですか？", answers.JA_A),
+                                     ("Thai", "ทำอย่างไรจึงจะนอนหลับได้ดีขึ้น", answers.TH_A),
+                                     ("Korean", "잠을 잘 자려면 어떻게 해야 하나요?", answers.KO_A)):
+        letters = [i for i, c in enumerate(answer) if c.isalpha()]
+        pool = sorted({c for c in answer if c.isalpha()})  # replacements from the same script
+        found = 0
+        for _ in range(edits):
+            i = rng.choice(letters)
+            edited = answer[:i] + rng.choice([c for c in pool if c != answer[i]]) + answer[i + 1:]
+            pair = [Example([{"role": "user", "content": question}, {"role": "assistant", "content": text}], "m", 1)
+                    for text in (answer, edited)]
+            found += bool(dedup(pair, 0.8)["near"].groups)
+        print(f"  {script:8s} ({len(answer)} characters): {found}/{edits} one-character edits found")
 
 
 async def app_latency(path: Path) -> tuple[float, float, float]:
@@ -129,6 +153,8 @@ def main() -> None:
     print(f"near dedup (MinHash 128 perm, LSH, 0.8) on {len(ex):,} examples: {dt:.1f}s, "
           f"peak RSS {rss1 / 1024:,.0f} MiB (grew {(rss1 - rss0) / 1024:,.0f} MiB), "
           f"{len(found['near'].duplicates()):,} duplicates")
+    print("near-duplicate recall, one random letter changed in a ~270-character answer, threshold 0.8")
+    edit_recall()
     for rows in (1000, args.rows):
         path = tmp / f"app-{rows}.jsonl"
         synthetic(path, rows, seed=2)
