@@ -30,7 +30,6 @@ two characters) take part only in exact deduplication.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,6 @@ KEEP_RULE = ("in file order, an example is a duplicate of the first earlier kept
 SHINGLE_WORDS = 2
 SHINGLE_CHARS = 3  # for scripts written without spaces: see the module docstring
 NUM_PERM = 128
-_WS = re.compile(r"\s+")
 
 
 @dataclass
@@ -63,38 +61,22 @@ def example_text(messages: list[dict]) -> str:
 def _message_text(m: dict) -> str:
     parts = [m["reasoning_content"], m["content"]] if m.get("reasoning_content") else [m["content"]]
     for call in m.get("tool_calls") or ():
-        args = call["function"]["arguments"]
-        parts.append(call["function"]["name"] + " "
-                     + (args if isinstance(args, str) else json.dumps(args, sort_keys=True, ensure_ascii=False)))
+        args = call["function"].get("arguments", {})
+        args = json.loads(args) if isinstance(args, str) else args  # the loader checked it is a JSON object
+        parts.append(call["function"]["name"] + " " + json.dumps(args, sort_keys=True, ensure_ascii=False))
     return "\n\x1f".join(parts)
-
-
-def normalise(texts: list[str]) -> list[str]:
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-    except ImportError:
-        return [_WS.sub(" ", t.lower()).strip() for t in texts]
-    arr = pc.utf8_lower(pa.array(texts, pa.large_string()))
-    arr = pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"\s+", " "))
-    return arr.to_pylist()
 
 
 def exact_clusters(texts: list[str]) -> Clusters:
     """Clusters of identical normalised text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if not texts:
         return Clusters([])
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        arr = pc.utf8_lower(pa.array(texts, pa.large_string()))
-        arr = pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"\s+", " "))
-        codes = arr.dictionary_encode().indices.to_numpy()
-    except ImportError:
-        seen: dict[str, int] = {}
-        codes = np.fromiter((seen.setdefault(t, len(seen)) for t in normalise(texts)), dtype=np.int64,
-                            count=len(texts))
+    arr = pc.utf8_lower(pa.array(texts, pa.large_string()))
+    arr = pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, r"\s+", " "))
+    codes = arr.dictionary_encode().indices.to_numpy()
     return Clusters(_groups(codes))
 
 
