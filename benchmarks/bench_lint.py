@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.data.lint import lint  # noqa: E402
 from engine.data.load import Example  # noqa: E402
-from engine.data.rows import row_to_messages  # noqa: E402
+from engine.data.rows import parse_row  # noqa: E402
 
 SHARED = Path("/work/shared/data")
 FILES = ("gsm8k_train", "gpteacher_toolformer", "gpteacher_roleplay")
@@ -183,7 +183,7 @@ KINDS = {"truncated-answer": truncated, "placeholder-input": placeholder_input,
 
 def _chat(row, **change):
     row = {**row, **change}
-    return row_to_messages(row), None
+    return parse_row(row).messages, None
 
 
 def main() -> None:
@@ -197,7 +197,7 @@ def main() -> None:
     for name in FILES:
         rows = json.loads((SHARED / f"{name}.json").read_text())
         for i, row in enumerate(rows):
-            examples.append(Example(row_to_messages(row), name, i + 1))
+            examples.append(Example(parse_row(row).messages, name, i + 1))
             origin.append((name, None, i))
         for kind, plant in KINDS.items():
             planted = 0

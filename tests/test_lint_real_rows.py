@@ -157,3 +157,47 @@ def test_media_is_flagged_and_makes_a_reference_to_it_seen():
     assert rules_of(reasoning) == set()  # kept parts that are not media are nothing to say
     assert rules_of(qa("<video>What happens?", "A dog runs.")) == {"media"}
     assert rules_of(qa("Name a fruit", "Apple."), {"images": [], "id": 7}) == set()  # no media: nothing to say
+
+
+def file_of(answers: list[str], source: str = "f.jsonl") -> list[Example]:
+    return [Example(qa(f"Question {i} about the topic at hand", a), source, i + 1) for i, a in enumerate(answers)]
+
+
+def cut_flags(examples) -> dict[int, str]:
+    return {f.index: f.message for f in lint(examples) if f.rule == "truncated-answer"}
+
+
+def test_an_answer_cut_before_a_plausible_word_is_caught_by_how_its_file_ends():
+    """"The current weather in Los" is a cut no pattern sees alone: its file's answers all end with a full
+    stop or a bracket, so its bare last word is a cut, not a style."""
+    complete = [f"The current weather in city number {i} is weather('city {i}')." for i in range(250)]
+    letter = "Thank you for your kind words.\n\nYours sincerely,\nMary, Queen of Scots"
+    examples = file_of(complete + ["The current weather in Los", letter, "Day 7: farewell dinner in Roppongi"])
+    assert cut_flags(examples) == {250: "ends with 'Los' without punctuation, unlike 99% of the answers in its file"}
+    # Planted defects do not lower the file's share and hide themselves: 20 more cuts of a kind the
+    # per-example check catches, and the bare cut is still found.
+    dangling = [f"The forecast for city {i} is sunny with" for i in range(20)]
+    assert 270 in cut_flags(file_of(complete + dangling + ["The current weather in Los"]))
+
+
+def test_a_file_whose_answers_end_either_way_gives_no_such_evidence():
+    mixed = [f"So the answer is {i}." if i % 2 else f"Then she goes home with her friend Anna" for i in range(250)]
+    assert cut_flags(file_of(mixed + ["The current weather in Los"])) == {}
+    few = [f"The current weather in city number {i} is sunny." for i in range(50)]  # too few answers to judge
+    assert cut_flags(file_of(few + ["The current weather in Los"])) == {}
+
+
+def test_worked_maths_ends_with_a_number_in_its_last_line():
+    """GSM8K: 43% of its complete answers end in a number or a word, but 99.97% end with a line that holds a
+    number; a step cut before its result does not."""
+    steps = [f"Natalia sold {i}/2 = {i / 2} clips in May.\nIn total she sold {i}+{i / 2} = {1.5 * i} clips"
+             for i in range(250)]
+    cut = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold the clips to her"
+    assert cut_flags(file_of(steps + [cut])) == {250: "its last line holds no number, unlike 100% of the answers "
+                                                      "in its file"}
+
+
+def test_each_file_is_judged_by_its_own_answers():
+    punctuated = file_of([f"The weather in city {i} is sunny." for i in range(250)], "a.jsonl")
+    numbers = file_of([f"{i} + 2 = {i + 2}" for i in range(250)], "b.jsonl")
+    assert cut_flags(punctuated + numbers) == {}

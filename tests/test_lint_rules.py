@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.lint import RULES, LintConfig, Rule, check_example, lint
+from engine.data.lint import RULES, LintConfig, Rule, check_example, lint, unlike_the_file
 from engine.data.load import Example, load_examples
-from engine.data.prefilter import Matches
+from engine.data.prefilter import Columns, Matches
 
 DATA = Path("/work/shared/data")
 DATASETS = sorted(p for p in DATA.iterdir() if p.suffix in {".json", ".jsonl", ".csv", ".parquet"})
@@ -107,8 +107,13 @@ def brute_force(examples):
     def of(name: str) -> list[tuple]:
         if name not in flags:
             config = CONFIGS[name]
-            flags[name] = [(i, rule, config.severity_of(rule), message)
-                           for i, ex in enumerate(examples) for rule, message in check_example(ex, config)]
+            exact = [(i, rule, config.severity_of(rule), message)
+                     for i, ex in enumerate(examples) for rule, message in check_example(ex, config)]
+            # and the one pass over the whole file: answers that end unlike the rest of their file
+            by_file = [(i, "truncated-answer", config.severity_of("truncated-answer"), message)
+                       for i, message in unlike_the_file(Columns(examples), {f[0] for f in exact})
+                       ] if config.enabled("truncated-answer") else []
+            flags[name] = sorted(exact + by_file, key=lambda f: f[0])
         return flags[name]
     return of
 

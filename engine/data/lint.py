@@ -16,6 +16,7 @@ pattern (`Matches`), a vectorised condition (`Computed`), or says it must see ev
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,15 @@ from engine.data.checks import DANGLING_WORDS, Texts, role_order_problem
 from engine.data.prefilter import DIGIT, WS, Columns, Computed, Matches, Prefilter
 
 SEVERITIES = ("error", "warning", "info")
+# Forms of an answer's ending that a file may hold to (RE2 patterns, for pyarrow), and what a lacking one says:
+# a last character that ends a sentence, a quote, a bracket, code or a list; a number in the last line.
+FILE_ENDINGS = {"punctuation": (r"[.!?…。！？」』)\]}\"'»”’`*:;>|%]$", "ends with {word!r} without punctuation"),
+                "number": (r"\d[^\n]*$", "its last line holds no number")}
+FILE_EVIDENCE = 200  # answers a file needs before its habit of ending with punctuation is a rule
+SIGN_OFF_LINE = re.compile(r"(?:^|[\n.!?]\s*)(?:yours|sincerely|best|kind|warm|with|regards|cheers|love|forever|"
+                           r"respectfully|faithfully|your)\b[^\n.!?]{0,40},(?:\s*\n\s*[^\n]{1,60}|[ \t]*[^\n,]{1,60})\Z|"
+                           r"(?:^|\s)[-–—]\s*[A-Z][\w .]{0,40}\Z", re.I)
+LIST_LINE = re.compile(r"(?:[-*•]|\d+[.)]|[A-Z][\w ]{0,30}:)\s")
 
 
 @dataclass
@@ -177,30 +187,29 @@ def check_example(example, config: LintConfig) -> list[tuple[str, str]]:
     return [(rule.id, message) for rule in _enabled(config) if (message := rule.check(texts, config)) is not None]
 
 
-def candidates(examples, config: LintConfig):
-    """For each enabled rule, a boolean mask (numpy) of the examples its check must see; None without pyarrow."""
-    try:
-        import numpy as np
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return None
-    columns = Columns(examples)
+def candidates(columns: Columns, config: LintConfig):
+    """For each enabled rule, a boolean mask (numpy) of the examples its check must see."""
+    import numpy as np
+
     return {rule.id: np.asarray(rule.prefilter.rows(columns, config), dtype=bool) for rule in _enabled(config)}
 
 
 def lint(examples, config: LintConfig | None = None, token_counts=None) -> list[Flag]:
     """Flags for every example (`examples`: a list of Example). `token_counts`: one per example, or None."""
     config = config or LintConfig()
-    picked = candidates(examples, config)
+    columns = Columns(examples)
+    picked = candidates(columns, config)
     texts: dict[int, Texts] = {}  # each picked example read once, whichever rules picked it
     flags = []
     for rule in _enabled(config):
-        rows = range(len(examples)) if picked is None else picked[rule.id].nonzero()[0].tolist()
-        for i in rows:
+        for i in picked[rule.id].nonzero()[0].tolist():
             if (t := texts.get(i)) is None:
                 t = texts[i] = Texts.of(examples[i])
             if (message := rule.check(t, config)) is not None:
                 flags.append(Flag(i, rule.id, config.severity_of(rule.id), message))
+    if config.enabled("truncated-answer"):
+        flags += [Flag(i, "truncated-answer", config.severity_of("truncated-answer"), message)
+                  for i, message in unlike_the_file(columns, {f.index for f in flags})]
     if token_counts is not None and config.enabled("too-long"):
         import numpy as np
 
@@ -210,6 +219,48 @@ def lint(examples, config: LintConfig | None = None, token_counts=None) -> list[
                               f"{int(counts[i]):,} tokens > {config.max_tokens:,} (max_seq_length)"))
     flags.sort(key=lambda f: f.index)  # stable: one example's flags stay in registry order
     return flags
+
+
+def unlike_the_file(columns: Columns, flagged: set[int]) -> list[tuple[int, str]]:
+    """Answers whose ending lacks a form that 98% or more of the other answers of their file have (at least
+    FILE_EVIDENCE of them, not `flagged` by another rule): a final punctuation mark (chat, roleplay) or a
+    number in the last line (worked maths: GSM8K 99.97%). There a bare last word is a cut, not a style; a
+    file whose answers end either way gives no evidence, and nothing is flagged there."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    answers = pc.utf8_rtrim_whitespace(columns.answer)
+    present = pc.greater(pc.utf8_length(answers), 0).to_numpy(zero_copy_only=False)
+    files = pa.array([ex.source for ex in columns.examples], pa.string()).dictionary_encode()
+    file_of = files.indices.to_numpy(zero_copy_only=False)
+    unflagged = np.ones(columns.n, dtype=bool)
+    unflagged[list(flagged)] = False
+    found: dict[int, str] = {}
+    for form, (pattern, lacking) in FILE_ENDINGS.items():
+        has = pc.match_substring_regex(answers, pattern).to_numpy(zero_copy_only=False)
+        for code in range(len(files.dictionary)):
+            in_file = present & (file_of == code)
+            evidence = in_file & unflagged  # a file full of defects must not hide them by lowering its own share
+            if evidence.sum() < FILE_EVIDENCE or (share := has[evidence].mean()) < 0.98:
+                continue
+            for i in np.flatnonzero(evidence & ~has).tolist():
+                answer = answers[i].as_py()
+                if i not in found and not ends_by_form(answer):
+                    found[i] = f"{lacking.format(word=answer[-15:].split()[-1])}, unlike {share:.0%} of the answers " \
+                               "in its file"
+    return sorted(found.items())
+
+
+def ends_by_form(answer: str) -> bool:
+    """Endings that need no punctuation: a signature ("Yours sincerely,\nSherlock Holmes"), a list item or
+    a labelled line ("Day 7: ..."), verse (short lines, most unpunctuated), a hashtag, a word or two."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    last = lines[-1]
+    if len(answer.split()) <= 3 or SIGN_OFF_LINE.search(answer) or LIST_LINE.match(last) or last.startswith("#") \
+            or last.split()[-1].startswith("#"):
+        return True
+    return len(lines) >= 3 and all(len(line) <= 60 for line in lines[-3:])  # verse
 
 
 def parse_rule_options(disable: list[str] | None = None, severities: list[str] | None = None) -> LintConfig:

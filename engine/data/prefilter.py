@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from engine.data.rows import trained_turn
+
 if TYPE_CHECKING:
     from engine.data.lint import LintConfig
 
 
 def answer_of(messages: list[dict]) -> str:
     """The last message when the assistant wrote it and it is trained (its weight is not 0), else \"\"."""
-    last = messages[-1] if messages else None
-    return last["content"] if last and last["role"] == "assistant" and last.get("weight", 1) != 0 else ""
+    return messages[-1]["content"] if messages and trained_turn(messages[-1]) else ""
 
 
 def prompt_of(messages: list[dict]) -> str:
