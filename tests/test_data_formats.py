@@ -184,6 +184,10 @@ def test_the_light_template_renders_as_transformers_does(tmp_path, tokenizer):
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok", "weight": 0.5}]},
      "message 1 has weight 0.5: only 0 (shown, not trained) and 1 are supported"),
     ({**GLAIVE_ROW, "tools": "[{\"name\": "}, "'tools' is not valid JSON"),
+    ({"messages": [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": None,
+      "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+     "message 1 uses OpenAI's legacy function calling (function_call, role 'function'): write it as tool_calls "
+     "and role 'tool'"),
     ({"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "get_time()"}]},
      "turn 1: the function_call is not valid JSON"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "value": "x"}]},
@@ -192,3 +196,17 @@ def test_the_light_template_renders_as_transformers_does(tmp_path, tokenizer):
 def test_rows_that_cannot_train_say_why(tmp_path, row, reason):
     result = load_examples(write(tmp_path / "bad.jsonl", [row, OPENAI_WEIGHTED]))
     assert len(result.examples) == 1 and [p.reason for p in result.problems] == [reason]
+
+
+GEMMA2_LIKE = (  # Gemma 2's template refuses a system turn and knows no tools
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_a_template_without_a_system_turn_gets_the_schemas_in_the_first_user_turn(tmp_path, tokenizer):
+    tokenizer.chat_template = GEMMA2_LIKE
+    glaive = load_examples(write(tmp_path / "rows.jsonl", [GLAIVE_ROW])).examples[0]
+    trained, untrained = trained_and_untrained(tokenizer, glaive)
+    assert untrained.startswith("<|im_start|>user\nYou can call these tools.")
+    assert "Hi, I need help calculating my loan payment." in untrained and "<tool_call>" in trained

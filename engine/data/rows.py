@@ -122,6 +122,9 @@ def _openai_messages(messages) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise ValueError(f"message {i} needs a string 'content'")
+        if "function_call" in m or m.get("role") == "function":
+            raise ValueError(f"message {i} uses OpenAI's legacy function calling (function_call, role 'function'): "
+                             "write it as tool_calls and role 'tool'")
         if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise ValueError(f"message {i} has unknown role {brief(m.get('role'))}")
         message = dict(m)

@@ -44,8 +44,14 @@ def render_chat(tokenizer, messages: list[dict], tools: list | None = None) -> t
             return messages, tools, text
     except Exception:  # noqa: BLE001 - a template that refuses the tool role: the fallback renders it
         pass
-    messages = tool_fallback(messages, tools)
-    return messages, None, tokenizer.apply_chat_template(messages, tokenize=False)
+    fallback = tool_fallback(messages, tools)
+    try:
+        return fallback, None, tokenizer.apply_chat_template(fallback, tokenize=False)
+    except Exception:  # noqa: BLE001 - Gemma 2's template refuses a system turn: the schemas go to the user's
+        if messages[0]["role"] == "system" or not tools:
+            raise
+    fallback = tool_fallback(messages, tools, system=False)
+    return fallback, None, tokenizer.apply_chat_template(fallback, tokenize=False)
 
 
 def assistant_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
@@ -83,16 +89,19 @@ def template_inputs(messages: list[dict], tools: list | None) -> tuple[list[dict
     return out, tools
 
 
-def tool_fallback(messages: list[dict], tools: list | None) -> list[dict]:
-    """Tools, calls and results as plain text for a template that cannot show them (module docstring)."""
+def tool_fallback(messages: list[dict], tools: list | None, system: bool = True) -> list[dict]:
+    """Tools, calls and results as plain text for a template that cannot show them (module docstring);
+    `system=False`: the schemas open the first user turn, for a template without a system turn."""
     out = []
     if tools:
         listing = TOOLS_PREAMBLE + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + "\n</tools>"
         if messages[0]["role"] == "system":
             out.append({**messages[0], "content": messages[0]["content"] + "\n\n" + listing})
             messages = messages[1:]
-        else:
+        elif system:
             out.append({"role": "system", "content": listing})
+        else:
+            messages = [{**messages[0], "content": listing + "\n\n" + messages[0]["content"]}] + messages[1:]
     for m in messages:
         if m["role"] == "tool":
             block = "<tool_response>\n" + m["content"] + "\n</tool_response>"
