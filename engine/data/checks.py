@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from engine.data.prefilter import answer_of, prompt_of
-from engine.data.rows import MEDIA_KEYS, MEDIA_PART_TYPES
+from engine.data.rows import attached_media
 
 MEDIA_TAG = re.compile(r"<(?:image|video|audio)>")  # the same convention's placeholder in the text
 
@@ -34,17 +34,7 @@ class Texts:
         return cls(example.messages, answer_of(example.messages), prompt_of(example.messages), example.extra)
 
     def media(self) -> str | None:
-        """What media the row attaches (its images/videos/audios, a message's media parts), or None."""
-        for key in MEDIA_KEYS:
-            if self.extra and self.extra.get(key):
-                n = len(self.extra[key]) if isinstance(self.extra[key], list) else 1
-                return f"{n} {key if n != 1 else key[:-1]} in the row's {key!r}"
-        for msg in self.messages:
-            for part in msg.get("parts") or ():
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind in MEDIA_PART_TYPES:
-                    return f"a {kind} part in the {msg['role']} turn"
-        return None
+        return attached_media(self.messages, self.extra)
 
 
 # ---- patterns ----------------------------------------------------------------------------
@@ -61,6 +51,11 @@ DANGLING_END = re.compile(r"(?:[,;(\[{\-–—]|\b(?:" + DANGLING_WORDS + r")|\b
 SENTENCE_BREAK = re.compile(r"[.!?][\"')\]]?\s+(?=[\"'(]?[A-Z])")
 LAST_WORD = re.compile(r"(?:^|\s)([A-Za-z]+(?:[-'][A-Za-z]+)*)\Z")
 SIGN_OFF = re.compile(r"[,\-–—]\s+(?!I\b)[A-Z][^,]*\Z")  # "With respect, Your AI companion", "Best of luck! - Harry"
+# A letter's closing anywhere at the end of an answer, for the file pass (lint.unlike_the_file)
+SIGN_OFF_LINE = re.compile(r"(?:^|[\n.!?]\s*)(?:yours|sincerely|best|kind|warm|with|regards|cheers|love|forever|"
+                           r"respectfully|faithfully|your)\b[^\n.!?]{0,40},(?:\s*\n\s*[^\n]{1,60}|[ \t]*[^\n,]{1,60})\Z|"
+                           r"(?:^|\s)[-–—]\s*[A-Z][\w .]{0,40}\Z", re.I)
+LIST_LINE = re.compile(r"(?:[-*•]|\d+[.)]|[A-Z][\w ]{0,30}:)\s")
 RESULT_END = re.compile(r"=\s*\$?\d[\d,.]*%?\s*(?:[A-Za-z]+\s*){0,4}\Z")  # "= 900 tents": a result and unit
 # words that open a sentence and cannot close one: "... of the war. This" was cut after one word
 STARTERS = frozenset("the this that these those it its they their we our you your he his she her my another "
@@ -314,3 +309,14 @@ def media(t, config):
         if m := MEDIA_TAG.search(msg["content"]):
             return f"{m.group(0)!r} in the {msg['role']} text"
     return None
+
+
+def ends_by_form(answer: str) -> bool:
+    """Endings that need no punctuation: a signature ("Yours sincerely,\nSherlock Holmes"), a list item or
+    a labelled line ("Day 7: ..."), verse (its last three lines short), a hashtag, three words or fewer."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    last = lines[-1]
+    if len(answer.split()) <= 3 or SIGN_OFF_LINE.search(answer) or LIST_LINE.match(last) or last.startswith("#") \
+            or last.split()[-1].startswith("#"):
+        return True
+    return len(lines) >= 3 and all(len(line) <= 60 for line in lines[-3:])  # verse

@@ -105,7 +105,8 @@ def _write_parquet(rows: list[dict], path: Path) -> None:
     columns = {}
     for key in dict.fromkeys(k for row in rows for k in row):
         values = [row.get(key) for row in rows]
-        if (key == "messages" and plain) or not (key in ("messages", "tools") or any(map(_holds_object, values))):
+        native = plain if key == "messages" else key != "tools" and not any(map(_holds_object, values))
+        if native:
             try:
                 columns[key] = pa.array(values)
                 continue

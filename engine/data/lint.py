@@ -16,7 +16,6 @@ pattern (`Matches`), a vectorised condition (`Computed`), or says it must see ev
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,10 +29,6 @@ SEVERITIES = ("error", "warning", "info")
 FILE_ENDINGS = {"punctuation": (r"[.!?…。！？」』)\]}\"'»”’`*:;>|%]$", "ends with {word!r} without punctuation"),
                 "number": (r"\d[^\n]*$", "its last line holds no number")}
 FILE_EVIDENCE = 200  # answers a file needs before its habit of ending with punctuation is a rule
-SIGN_OFF_LINE = re.compile(r"(?:^|[\n.!?]\s*)(?:yours|sincerely|best|kind|warm|with|regards|cheers|love|forever|"
-                           r"respectfully|faithfully|your)\b[^\n.!?]{0,40},(?:\s*\n\s*[^\n]{1,60}|[ \t]*[^\n,]{1,60})\Z|"
-                           r"(?:^|\s)[-–—]\s*[A-Z][\w .]{0,40}\Z", re.I)
-LIST_LINE = re.compile(r"(?:[-*•]|\d+[.)]|[A-Z][\w ]{0,30}:)\s")
 
 
 @dataclass
@@ -246,21 +241,10 @@ def unlike_the_file(columns: Columns, flagged: set[int]) -> list[tuple[int, str]
                 continue
             for i in np.flatnonzero(evidence & ~has).tolist():
                 answer = answers[i].as_py()
-                if i not in found and not ends_by_form(answer):
+                if i not in found and not checks.ends_by_form(answer):
                     found[i] = f"{lacking.format(word=answer[-15:].split()[-1])}, unlike {share:.0%} of the answers " \
                                "in its file"
     return sorted(found.items())
-
-
-def ends_by_form(answer: str) -> bool:
-    """Endings that need no punctuation: a signature ("Yours sincerely,\nSherlock Holmes"), a list item or
-    a labelled line ("Day 7: ..."), verse (short lines, most unpunctuated), a hashtag, a word or two."""
-    lines = [line.strip() for line in answer.splitlines() if line.strip()]
-    last = lines[-1]
-    if len(answer.split()) <= 3 or SIGN_OFF_LINE.search(answer) or LIST_LINE.match(last) or last.startswith("#") \
-            or last.split()[-1].startswith("#"):
-        return True
-    return len(lines) >= 3 and all(len(line) <= 60 for line in lines[-3:])  # verse
 
 
 def parse_rule_options(disable: list[str] | None = None, severities: list[str] | None = None) -> LintConfig:

@@ -235,6 +235,20 @@ def _tools(value) -> list | None:
     return value or None
 
 
+def attached_media(messages: list[dict], extra: dict | None) -> str | None:
+    """What media an example attaches (its row's images/videos/audios, a message's media parts), or None."""
+    for key in MEDIA_KEYS:
+        if extra and extra.get(key):
+            n = len(extra[key]) if isinstance(extra[key], list) else 1
+            return f"{n} {key if n != 1 else key[:-1]} in the row's {key!r}"
+    for message in messages:
+        for part in message.get("parts") or ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in MEDIA_PART_TYPES:
+                return f"a {kind} part in the {message['role']} turn"
+    return None
+
+
 def trained_turn(message: dict) -> bool:
     """Whether training learns this turn: the assistant's, unless its weight is 0."""
     return message["role"] == "assistant" and all(message.get(k, 1) != 0 for k in WEIGHT_KEYS)

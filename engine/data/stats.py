@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.data.rows import MEDIA_KEYS, MEDIA_PART_TYPES, trained_turn
+from engine.data.rows import attached_media, trained_turn
 
 CHARS_PER_TOKEN = 4  # about right for English text under the usual BPE vocabularies
 TEMPLATE_TOKENS = 16  # the chat template's role markers around an example's turns
@@ -63,8 +63,7 @@ def carried_counts(examples) -> dict[str, int]:
         "tool schemas": lambda ex: bool(ex.tools),
         "weight-0 turns": lambda ex: any(m["role"] == "assistant" and not trained_turn(m) for m in ex.messages),
         "reasoning": lambda ex: any(m.get("reasoning_content") for m in ex.messages),
-        "media": lambda ex: any((ex.extra or {}).get(k) for k in MEDIA_KEYS) or any(
-            isinstance(p, dict) and p.get("type") in MEDIA_PART_TYPES for m in ex.messages for p in m.get("parts") or ()),
+        "media": lambda ex: attached_media(ex.messages, ex.extra) is not None,
     }
     counts = {name: sum(1 for ex in examples if has(ex)) for name, has in kinds.items()}
     return {name: n for name, n in counts.items() if n}
