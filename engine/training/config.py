@@ -23,6 +23,8 @@ METHODS = ("full", "lora", "qlora")  # what is trained: every weight, a LoRA ada
 
 
 DEFAULT_LORA_DROPOUT = 0.05
+# LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4); 1e-5..2e-5 is a full fine-tuning rate.
+DEFAULT_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 
 
 def resolve_lora_dropout(value: float | str, wraps_experts: bool) -> float:
@@ -108,10 +110,7 @@ class RunConfig:
     nproc_per_node: int = 1
 
     def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        # LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4); 1e-5..2e-5 is a full fine-tuning rate.
-        return 2e-5 if self.method == "full" else 2e-4
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
