@@ -164,3 +164,11 @@ class ReportExported(Message):
     """The evaluation report copied to `path`."""
 
     path: Path
+
+
+@dataclass
+class DiagnosisReady(Message):
+    """engine.evaluation.diagnosis's result for a run."""
+
+    run: Run
+    result: dict

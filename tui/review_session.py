@@ -129,6 +129,17 @@ class ReviewSession:
             self.remembered = self.hashes[index]
 
     # ---- moving ----
+    def go_to_line(self, line: int) -> bool:
+        """Show the example read from `line` of the file (leaving a filter that hides it); False if none is."""
+        index = next((i for i, ex in enumerate(self.result.examples) if ex.line == line), None)
+        if index is None:
+            return False
+        if index not in self.view:
+            self._apply("all", keep_position=False)
+        self.pos = self.view.index(index)
+        self._remember()
+        return True
+
     def move(self, delta: int) -> None:
         self.pos = max(0, min(len(self.view) - 1, self.pos + delta))
         self._remember()

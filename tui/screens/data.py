@@ -61,6 +61,7 @@ class DataScreen(ModeScreen):
         self.show_template = False
         self.template = None
         self.loading = False
+        self.go_to: int | None = None  # the file line to show once the dataset is loaded
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="data-head")
@@ -96,7 +97,12 @@ class DataScreen(ModeScreen):
         self.app.push_screen(PathPrompt("Open a dataset", "Dataset file or directory:",
                                         str(self.path or "")), chosen)
 
-    def open_path(self, path: Path) -> None:
+    def open_path(self, path: Path, line: int | None = None) -> None:
+        """Open a dataset; at the example read from `line` of the file when given (a diagnosis names it)."""
+        self.go_to = line
+        if self.session is not None and self.session.path == path and line is not None:
+            self._go_to_line()
+            return
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -145,6 +151,15 @@ class DataScreen(ModeScreen):
             return
         self.loading = False
         self.session = ReviewSession(message.path, message.result, message.flags, message.clusters, message.stats)
+        if self.go_to is not None:
+            self._go_to_line()
+        else:
+            self.refresh_view()
+
+    def _go_to_line(self) -> None:
+        if not self.session.go_to_line(self.go_to):
+            self.notify(f"{self.path.name} has no example at line {self.go_to}", severity="warning")
+        self.go_to = None
         self.refresh_view()
 
     # ---- drawing ----

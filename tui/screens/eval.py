@@ -83,6 +83,7 @@ class EvalScreen(ModeScreen):
         Binding("u", "undo", "Undo", id="eval.undo"),
         Binding("o", "choose_run", "Run", id="eval.choose"),
         Binding("x", "export", "Export report", id="eval.export"),
+        Binding("d", "diagnose", "Diagnose", id="eval.diagnose"),
         Binding("R", "reload", "Reload", show=False, id="eval.reload"),
     ]
 
@@ -271,7 +272,7 @@ class EvalScreen(ModeScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("judge", "undo"):
             return self.view == "ab" and self.store is not None
-        if action in ("show_view", "move", "export"):
+        if action in ("show_view", "move", "export", "diagnose"):
             return self.report is not None
         if action == "choose_run":
             return len(self.choices) > 1
@@ -318,6 +319,14 @@ class EvalScreen(ModeScreen):
         self.pair = self.store.pair(undone)
         self._render_ab()
         self.notify(f"Undone: pair {self.pair.position + 1} is unjudged again.")
+
+    def action_diagnose(self) -> None:
+        if self.run is None:
+            self.notify("No evaluated run to diagnose yet.", severity="warning")
+            return
+        from tui.screens.diagnosis import DiagnosisScreen
+
+        self.app.push_screen(DiagnosisScreen(self.run, "eval"))
 
     def action_choose_run(self) -> None:
         from tui.screens.choose_run import RunChooser

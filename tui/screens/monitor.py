@@ -42,6 +42,7 @@ class MonitorScreen(ModeScreen):
         Binding("c", "command('checkpoint')", "Checkpoint", id="monitor.checkpoint"),
         Binding("e", "command('eval')", "Eval", id="monitor.eval"),
         Binding("l", "toggle_log", "Log", id="monitor.log"),
+        Binding("d", "diagnose", "Diagnose", id="monitor.diagnose"),
         Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
     ]
 
@@ -257,6 +258,11 @@ class MonitorScreen(ModeScreen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    def action_diagnose(self) -> None:
+        from tui.screens.diagnosis import DiagnosisScreen
+
+        self.app.push_screen(DiagnosisScreen(self.run, "runs"))
 
     def action_resume_run(self) -> None:
         state = self._state()
