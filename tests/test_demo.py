@@ -53,3 +53,7 @@ def test_demo_command_end_to_end(tmp_path):
     report = json.loads(open(os.path.join(out["run_dir"], "eval", "report.json")).read())
     assert len(report["rows"]) == 3 and all(r["tuned"].strip() and "baseline" in r for r in report["rows"])
     assert os.path.isfile(os.path.join(out["run_dir"], "eval", "report.md"))
+    # It ends with the diagnosis of its own run, on the evaluation it just wrote.
+    findings = out["diagnosis"]["findings"]
+    assert findings and all(set(f) >= {"id", "evidence", "advice", "config"} for f in findings)
+    assert any("held-out evaluation (3 examples)" in c for c in out["diagnosis"]["checked"])

@@ -161,3 +161,28 @@ def test_general_text_perplexity_rise_is_forgetting_and_the_cure_is_written(memo
 def test_diagnose_errors_are_one_line(workspace):
     result = cli("diagnose", "no-such-run", "--workspace", str(workspace))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no-such-run" in result.stderr
+
+
+def test_answers_out_of_format_name_the_training_examples_most_like_them(tiny_project, tmp_path, workspace):
+    # The held-out references are JSON; the training answers teach `a-b`: the data, not the run, is at fault.
+    held = [{"messages": [row["messages"][0], {"role": "assistant", "content": json.dumps(
+        dict(zip(("first", "second"), row["messages"][0]["content"].split()[1::2])))}]}
+        for row in random_rows(6, 3)]
+    test = write_jsonl(tmp_path / "test.jsonl", held)
+    cfg = config_file(tmp_path, "fmt", tiny_project, data=str(tiny_project / "train.jsonl"), test_data=str(test),
+                      max_steps=30, learning_rate=3e-3, eval_steps=1000)
+    run, proc = start(cfg, workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    evaluated = subprocess.run([sys.executable, "-m", "engine.evaluation.run", "--run-dir", str(run.path)],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = diagnose(run)
+    found = finding(result, "format")
+    assert found["evidence"].startswith("format compliance 0% on 6 held-out examples")
+    train = [json.loads(line)["messages"][1]["content"] for line in
+             (tiny_project / "train.jsonl").read_text().splitlines()]
+    for failing in found["details"]["similar"]:
+        assert len(failing["training"]) == 3
+        for near in failing["training"]:  # real lines of the training file, most alike first
+            assert train[near["line"] - 1] == near["answer"]
+        assert failing["training"][0]["similarity"] >= failing["training"][-1]["similarity"] > 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 import time
 
+from engine.evaluation.diagnosis import diagnose
 from tui.cli.common import exit_code, print_json
+from tui.cli.diagnosis import format_diagnosis
 from tui.cli.evaluation import format_eval, run_eval
 from tui.cli.runs import train_in_foreground
 
@@ -34,10 +36,13 @@ def cmd_demo(args) -> int:
     say(f"4/4 evaluating the tuned model against the prompted base model (3-shot) on "
         f"{args.eval_examples} held-out examples, and the forgetting probes...")
     result = run_eval(run, None, baseline=True, limit=args.eval_examples)
+    diagnosis = diagnose(run)
     if args.json:
-        print_json({"run_id": run.id, "run_dir": str(run.path), **status, **result})
+        print_json({"run_id": run.id, "run_dir": str(run.path), **status, **result, "diagnosis": diagnosis})
         return 0
     print(format_eval(result))
+    print(f"\n{format_diagnosis(diagnosis)}\n(`tunedeck diagnose {run.id} --write-config FILE` writes the next "
+          "run's configuration)")
     if sys.stdout.isatty() and not args.no_app:
         from tui.app import run_app
 
