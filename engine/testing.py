@@ -32,6 +32,15 @@ def learnable_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def unlearnable_rows(n: int, seed: int, prompt: str = "join {} and {}", answer_words: int = 2) -> list[dict]:
+    """Chat rows whose answers do not follow from their prompts: learnt only by heart (overfitting,
+    memorization)."""
+    rng = random.Random(seed)
+    return [{"messages": [{"role": "user", "content": prompt.format(rng.choice(WORDS), rng.choice(WORDS))},
+                          {"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(answer_words))}]}
+            for _ in range(n)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -5,7 +5,7 @@ attached to a real training run of a tiny model (trained here, on the CPU, in ab
 
 With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
 report in the shape engine.evaluation.run writes (tests/eval_fixtures.py). --only takes some of
-gpu, plan, monitor, eval. SVGs come from Textual's own
+gpu, plan, data, monitor, eval, diagnosis (a real tiny run planted to overfit). SVGs come from Textual's own
 screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
 """
 
@@ -43,8 +43,11 @@ def start_tiny_run(tmp: Path, workspace: Path):
     return start_detached(path, workspace)
 
 
-async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0) -> Path:
+async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0, keys: tuple[str, ...] = ()) -> Path:
+    """`keys` are pressed once the app has started, before waiting for `ready`."""
     async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.5)
+        await pilot.press(*keys)
         deadline = time.time() + timeout
         while not ready(app):
             if time.time() > deadline:
@@ -54,6 +57,30 @@ async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0) -> Pat
         app.clear_notifications()
         await pilot.pause()
         return Path(app.save_screenshot(filename=f"{name}.svg", path=str(out)))
+
+
+def overfit_run(tmp: Path, workspace: Path):
+    """A finished real run planted to overfit (as in tests/test_diagnosis.py): twelve answers that do not
+    follow from their prompts, a separate eval file, full fine-tuning at a constant rate."""
+    import yaml
+
+    from engine.runs.launch import start_detached
+    from engine.runs.protocol import FINAL_STATES
+    from engine.testing import build_tiny_model, unlearnable_rows, write_jsonl
+
+    if not (tmp / "tiny-model").is_dir():
+        build_tiny_model(tmp / "tiny-model")
+    config = {"name": "overfit", "model": str(tmp / "tiny-model"), "method": "full",
+              "data": str(write_jsonl(tmp / "overfit-train.jsonl", unlearnable_rows(12, 1))),
+              "eval_data": str(write_jsonl(tmp / "overfit-eval.jsonl", unlearnable_rows(12, 2))), "max_steps": 80,
+              "eval_steps": 10, "save_steps": 1000, "learning_rate": 3e-3, "lr_scheduler_type": "constant",
+              "warmup_steps": 0, "early_stopping_patience": None, "max_seq_length": 64}
+    path = tmp / "overfit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = start_detached(path, workspace)
+    while run.status().get("state") not in FINAL_STATES:
+        time.sleep(1)
+    return run
 
 
 def eval_workspace(workspace: Path) -> Path:
@@ -88,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,data,monitor,eval", help="comma-separated shots to take")
+    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis", help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +123,7 @@ def main() -> None:
     from engine.demo import write_demo_data
     from tui.app import TunedeckApp
     from tui.screens.data import DataScreen
+    from tui.screens.diagnosis import DiagnosisScreen
     from tui.screens.eval import EvalScreen
     from tui.screens.gpu import GpuScreen
     from tui.screens.monitor import MonitorScreen
@@ -122,6 +150,11 @@ def main() -> None:
             eval_ws = args.workspace if args.workspace else eval_workspace(tmp / "eval-ws")
             made.append(asyncio.run(shoot(TunedeckApp(eval_ws, mode="eval"), "eval", args.out,
                                           lambda app: isinstance(app.screen, EvalScreen) and app.screen.report)))
+        if "diagnosis" in only:
+            run = overfit_run(tmp, workspace)
+            made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run.id), "diagnosis", args.out,
+                                          lambda app: isinstance(app.screen, DiagnosisScreen) and app.screen.result,
+                                          keys=("d",))))
         if "monitor" in only:
             run_id, run = args.run, None
             if run_id is None:

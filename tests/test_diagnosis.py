@@ -4,7 +4,6 @@ next run's configuration it writes, trained as written."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 
@@ -13,19 +12,11 @@ import yaml
 from engine_runs import dump, events, start, wait_final
 
 from engine.evaluation.diagnosis import MARK_CLOSE, MARK_OPEN, diagnose
-from engine.testing import WORDS, write_jsonl
+from engine.testing import unlearnable_rows, write_jsonl
 
 
 def cli(*argv, timeout=300):
     return subprocess.run([sys.executable, "-m", "tui.cli", *argv], capture_output=True, text=True, timeout=timeout)
-
-
-def random_rows(n: int, seed: int, prompt: str = "join {} and {}", answer_words: int = 2) -> list[dict]:
-    """Rows whose answers do not follow from their prompts: learnt only by heart."""
-    r = random.Random(seed)
-    return [{"messages": [{"role": "user", "content": prompt.format(r.choice(WORDS), r.choice(WORDS))},
-                          {"role": "assistant", "content": " ".join(r.choice(WORDS) for _ in range(answer_words))}]}
-            for _ in range(n)]
 
 
 def config_file(tmp_path, name: str, tiny_project, **keys):
@@ -46,8 +37,8 @@ def finding(result: dict, id_: str) -> dict:
 def test_overfit_run_is_diagnosed_and_its_next_config_trains_healthy(tiny_project, tmp_path, workspace):
     # Twelve answers to learn by heart, a separate eval file, full fine-tuning at a constant rate: train
     # loss goes to zero while eval loss turns up after a few evaluations.
-    train = write_jsonl(tmp_path / "train.jsonl", random_rows(12, seed=1))
-    held = write_jsonl(tmp_path / "eval.jsonl", random_rows(12, seed=2))
+    train = write_jsonl(tmp_path / "train.jsonl", unlearnable_rows(12, seed=1))
+    held = write_jsonl(tmp_path / "eval.jsonl", unlearnable_rows(12, seed=2))
     cfg = config_file(tmp_path, "overfit", tiny_project, data=str(train), eval_data=str(held), method="full",
                       max_steps=80, eval_steps=10, learning_rate=3e-3, lr_scheduler_type="constant",
                       warmup_steps=0, early_stopping_patience=None)
@@ -116,8 +107,8 @@ def test_exploding_run_is_lr_too_high(write_config, workspace):
 def memorized_run(tiny_project, tmp_path_factory):
     """Six long answers learnt by heart, then evaluated on eight other prompts with their own answers."""
     tmp = tmp_path_factory.mktemp("memo")
-    train = write_jsonl(tmp / "train.jsonl", random_rows(6, 1, "story of {} {}", answer_words=12))
-    test = write_jsonl(tmp / "test.jsonl", random_rows(8, 2, "story of {} {}", answer_words=12))
+    train = write_jsonl(tmp / "train.jsonl", unlearnable_rows(6, 1, "story of {} {}", answer_words=12))
+    test = write_jsonl(tmp / "test.jsonl", unlearnable_rows(8, 2, "story of {} {}", answer_words=12))
     cfg = config_file(tmp, "memo", tiny_project, data=str(train), test_data=str(test), method="full",
                       max_steps=80, eval_steps=1000, learning_rate=3e-3, lr_scheduler_type="constant",
                       warmup_steps=0, per_device_train_batch_size=2, validation_split=0)
@@ -148,7 +139,7 @@ def test_copied_training_answers_are_memorization(memorized_run):
 
 def test_general_text_perplexity_rise_is_forgetting_and_the_cure_is_written(memorized_run, tmp_path):
     run, tmp = memorized_run
-    general = write_jsonl(tmp_path / "general.jsonl", random_rows(20, 7, "say {} {}"))
+    general = write_jsonl(tmp_path / "general.jsonl", unlearnable_rows(20, 7, "say {} {}"))
     result = diagnose(run, general_data=str(general))
     found = finding(result, "forgetting")
     perplexity = json.loads((run.path / "eval" / "report.json").read_text())["forgetting"]["perplexity"]
@@ -167,7 +158,7 @@ def test_answers_out_of_format_name_the_training_examples_most_like_them(tiny_pr
     # The held-out references are JSON; the training answers teach `a-b`: the data, not the run, is at fault.
     held = [{"messages": [row["messages"][0], {"role": "assistant", "content": json.dumps(
         dict(zip(("first", "second"), row["messages"][0]["content"].split()[1::2])))}]}
-        for row in random_rows(6, 3)]
+        for row in unlearnable_rows(6, 3)]
     test = write_jsonl(tmp_path / "test.jsonl", held)
     cfg = config_file(tmp_path, "fmt", tiny_project, data=str(tiny_project / "train.jsonl"), test_data=str(test),
                       max_steps=30, learning_rate=3e-3, eval_steps=1000)
