@@ -90,6 +90,10 @@ def test_held_out_metrics_and_forgetting_side_by_side(copies):
     assert forgetting["general-text ppl"] == ["21.30 (+6%)", "21.30 (+6%)"]
     assert not any("evaluation report" in n for e in comparison["runs"] for n in e["notes"])
 
+    (b.path / "eval" / "report.json").write_text("[]")  # valid JSON, but no report
+    metrics = dict(dict(table_sections(compare_runs([a, b])))["held-out metrics (tuned model)"])
+    assert metrics["examples"] == ["40", "unreadable"] and metrics["exact match"] == ["50.0%", ""]
+
 
 def test_damaged_and_missing_pieces_are_notes_not_crashes(copies, tmp_path):
     a, b = copies
@@ -110,7 +114,9 @@ def test_damaged_and_missing_pieces_are_notes_not_crashes(copies, tmp_path):
     assert [e["eval"] for e in comparison["runs"]] == [None, None]
     # With one config unread nothing can differ, and the table says the key is unknown rather than absent.
     assert comparison["config_diff"] == []
-    assert dict(table_sections(comparison))["run"][0] == ("name", ["train", "-"])
+    sections = dict(table_sections(comparison))
+    assert sections["run"][0] == ("name", ["train", "-"])
+    assert sections["held-out metrics: no run has a readable evaluation report (see the notes)"] == []
 
     a.status_path.unlink()
     gone = tmp_path / "gone"

@@ -49,7 +49,8 @@ def _run_entry(run: Run) -> tuple[dict, dict | None]:
         "method": config.get("method") or status.get("method"),
         "step": status.get("step", last_step), "max_steps": status.get("max_steps"),
         "curves": curves, "best_eval": {"eval_loss": best[1], "step": best[0]} if best else None,
-        "config_read": bool(config), "eval": _eval_summary(run, notes), "notes": notes,
+        "config_read": bool(config), "eval": _eval_summary(run, notes),
+        "eval_report": str(report_path(run)) if report_path(run).is_file() else None, "notes": notes,
     }
     return entry, config or None
 
@@ -63,7 +64,7 @@ def _curves(run: Run, notes: list[str]) -> tuple[dict[str, list[list[float]]], i
     points: dict[str, dict[int, float]] = {name: {} for name in CURVES}
     nonfinite = dict.fromkeys(CURVES, 0)
     last_step = None
-    for event in reader.read_new():
+    for event in _all_events(reader):
         step = event.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
             continue
@@ -82,6 +83,12 @@ def _curves(run: Run, notes: list[str]) -> tuple[dict[str, list[list[float]]], i
         if count:
             notes.append(f"{count} NaN/Inf {name.replace('_', ' ')} value{'s' if count != 1 else ''} left out")
     return {name: [[step, value] for step, value in sorted(p.items())] for name, p in points.items()}, last_step
+
+
+def _all_events(reader: EventReader):
+    """Every whole event, read a megabyte at a time so a long run's file is never held whole."""
+    while batch := reader.read_new(1 << 20):
+        yield from batch
 
 
 def _eval_summary(run: Run, notes: list[str]) -> dict | None:
@@ -168,10 +175,10 @@ def table_sections(comparison: dict) -> list[tuple[str, list[tuple[str, list[str
     sections.append(("configuration: keys that differ" if diff else "configuration: no key differs", config_rows))
     summaries = [e["eval"] for e in entries]
     if any(summaries):
-        sections.append(("held-out metrics (tuned model)", _metric_table(comparison["metrics"], summaries)))
+        sections.append(("held-out metrics (tuned model)", _metric_table(comparison["metrics"], summaries, entries)))
         sections.append(("forgetting check", _forgetting_rows(summaries)))
     else:
-        sections.append(("held-out metrics: no run has an evaluation report", []))
+        sections.append(("held-out metrics: no run has a readable evaluation report (see the notes)", []))
     return sections
 
 
@@ -191,9 +198,10 @@ def _config_cell(value, absent: bool, entry: dict) -> str:
     return "null" if value is None else str(value)
 
 
-def _metric_table(metrics: list[dict], summaries: list[dict | None]) -> list[tuple[str, list[str]]]:
+def _metric_table(metrics: list[dict], summaries: list[dict | None], entries: list[dict]) -> list[tuple[str, list[str]]]:
     names = {s.get("task_metric") for s in summaries if s}
-    rows = [("examples", [str(s.get("examples", "?")) if s else "no report" for s in summaries])]
+    rows = [("examples", [str(s.get("examples", "?")) if s else "unreadable" if e["eval_report"] else "no report"
+                          for s, e in zip(summaries, entries)])]
     for m in metrics:
         label = f"task: {next(iter(names))}" if m["key"] == "task_metric" and len(names) == 1 else m["label"]
         cells = [format_value(v, m["kind"]) if s else "" for v, s in zip(m["values"], summaries)]

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from engine.runs.compare import table_sections
+from engine.runs.compare import fit, table_sections
 from engine.runs.protocol import Run
 from tui.follow import BucketSeries
 from tui.messages import RunsCompared
@@ -72,8 +72,16 @@ class CompareScreen(ModeScreen):
         for plot_id, name in (("#cmp-loss", "loss"), ("#cmp-eval", "eval_loss")):
             self.query_one(plot_id, BraillePlot).set_series(
                 [PlotSeries(short_id(e["run_id"]), downsample(e["curves"][name]), marker=e["letter"]) for e in entries])
-        self.query_one("#cmp-table", Static).update(sections_view(self.comparison))
+        self._render_table()
         self.query_one("#cmp-notes", Static).update(notes_view(entries))
+
+    def on_resize(self) -> None:
+        if self.comparison is not None:
+            self._render_table()
+
+    def _render_table(self) -> None:
+        table = self.query_one("#cmp-table", Static)
+        table.update(sections_view(self.comparison, table.content_size.width))
 
     def action_scroll(self, lines: int) -> None:
         self.query_one("#cmp-body", VerticalScroll).scroll_relative(y=lines, animate=False)
@@ -105,9 +113,11 @@ def legend(entries: list[dict]) -> Text:
     return text
 
 
-def sections_view(comparison: dict) -> Group:
-    """One table per section, all with the same column widths, so the runs' columns line up throughout."""
+def sections_view(comparison: dict, width: int) -> Group:
+    """One table per section, all with the same column widths, so the runs' columns line up throughout.
+    Long values fold onto more lines, except paths: they keep their end (the file name) on one line."""
     letters = [e["letter"] for e in comparison["runs"]]
+    cell = max(8, (width - LABEL_WIDTH) // len(letters) - 2)  # 2: the padding between columns
     tables = []
     for i, (title, rows) in enumerate(table_sections(comparison)):
         table = Table(box=None, expand=True, show_header=i == 0, header_style="bold", pad_edge=False,
@@ -116,7 +126,7 @@ def sections_view(comparison: dict) -> Group:
         for letter in letters:
             table.add_column(letter, ratio=1, overflow="fold")
         for label, cells in rows:
-            table.add_row(label, *cells)
+            table.add_row(label, *(fit(c, cell) if "/" in c else c for c in cells))
         tables.append(table)
     return Group(*tables)
 
