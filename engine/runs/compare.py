@@ -23,6 +23,8 @@ _ABSENT = object()  # a key one run's config does not have
 
 def compare_runs(runs: list[Run]) -> dict:
     """The comparison of two or more runs, as JSON-ready data (curves are [step, value] pairs)."""
+    if len(runs) > len(LETTERS):
+        raise RunError(f"{len(runs)} runs is more than one comparison shows; compare at most {len(LETTERS)} at a time")
     entries, configs = [], []
     for letter, run in zip(LETTERS, runs):
         entry, config = _run_entry(run)
@@ -170,8 +172,8 @@ def table_sections(comparison: dict) -> list[tuple[str, list[tuple[str, list[str
     ]
     sections = [("run", run_rows)]
     diff = comparison["config_diff"]
-    config_rows = [(row["key"], [_config_cell(v, absent, e) for v, absent, e in zip(row["values"], row["absent"], entries)])
-                   for row in diff]
+    config_rows = [(row["key"], [_config_cell(value, absent, e)
+                                  for value, absent, e in zip(row["values"], row["absent"], entries)]) for row in diff]
     sections.append(("configuration: keys that differ" if diff else "configuration: no key differs", config_rows))
     summaries = [e["eval"] for e in entries]
     if any(summaries):
@@ -198,7 +200,8 @@ def _config_cell(value, absent: bool, entry: dict) -> str:
     return "null" if value is None else str(value)
 
 
-def _metric_table(metrics: list[dict], summaries: list[dict | None], entries: list[dict]) -> list[tuple[str, list[str]]]:
+def _metric_table(metrics: list[dict], summaries: list[dict | None],
+                  entries: list[dict]) -> list[tuple[str, list[str]]]:
     names = {s.get("task_metric") for s in summaries if s}
     rows = [("examples", [str(s.get("examples", "?")) if s else "unreadable" if e["eval_report"] else "no report"
                           for s, e in zip(summaries, entries)])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from engine.runs.compare import compare_runs, fit, table_sections
+from engine.runs.protocol import Run
 from engine.runs.workspace import resolve_run
 from tui.cli.common import CliError, print_json
 from tui.widgets.textplot import sparkline
@@ -14,7 +15,7 @@ LABEL = 22  # the row labels' column, indent included
 SPARK = 30  # cells of each curve's sparkline
 
 
-def resolve_runs(refs: list[str], workspace) -> list:
+def resolve_runs(refs: list[str], workspace) -> list[Run]:
     if len(refs) < 2:
         raise CliError("compare needs two or more runs, e.g. `tunedeck compare RUN_A RUN_B` (ids from `tunedeck runs`)")
     runs = [resolve_run(ref, workspace) for ref in refs]
@@ -62,7 +63,8 @@ def _curve_lines(entries: list[dict], name: str, width: int) -> list[str]:
             lines.append(f"  {e['letter']}  (none)")
             continue
         spark = sparkline(_on_axis(curve, x0, x1, cells), cells, lo, hi)
-        text = f"  {e['letter']}  {spark:<{SPARK}}  {curve[0][1]:.3f} -> {curve[-1][1]:.3f}  steps {curve[0][0]}-{curve[-1][0]}"
+        text = (f"  {e['letter']}  {spark:<{SPARK}}  {curve[0][1]:.3f} -> {curve[-1][1]:.3f}  "
+                f"steps {curve[0][0]}-{curve[-1][0]}")
         lines.append(fit(text, width))
     return lines
 

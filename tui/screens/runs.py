@@ -135,7 +135,8 @@ class RunsScreen(ModeScreen):
         hint = "Enter attach · n new run"
         if row["state"] in RESUMABLE_STATES:
             hint += " · r resume"
-        hint += f" · space mark · c compare ({len(self.marked)} marked)" if self.marked else " · space mark to compare"
+        hint += (f" · space mark · c compare ({len(self.marked)} marked)" if self.marked
+                 else " · space mark to compare")
         text.append(hint, "dim")
         detail.update(text)
 
