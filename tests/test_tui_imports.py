@@ -1,9 +1,8 @@
 """DESIGN section 1 at run time: starting the app with the real GPU probe and visiting every screen
-(also a run's monitor, the keys screen, the command palette and the Compare screen) loads none of the heavy
-libraries.
-It sees only the code paths this visit takes; test_import_contract.py checks every module's imports
-statically. Run in a fresh interpreter, since other tests in this pytest process may have imported
-torch already."""
+(also a run's monitor, the keys screen, the command palette and the Compare screen) loads none of the
+heavy libraries. It sees only the code paths this visit takes; test_import_contract.py checks every
+module's imports statically. Run in a fresh interpreter, since other tests in this pytest process may
+have imported torch already."""
 
 from __future__ import annotations
 
