@@ -9,6 +9,8 @@ import pytest
 from eval_fixtures import write_report
 from tui_fixtures import SIZE, assert_snapshot, make_app, make_run, screen_text, wait_for
 
+from engine.runs.events import EventWriter
+from engine.runs.protocol import Run
 from tui.screens.compare import CompareScreen
 from tui.screens.runs import RunsScreen
 from tui.widgets.plot import BraillePlot
@@ -71,6 +73,12 @@ async def test_marking_two_runs_opens_the_comparison(snap_ws):
             ["learning_rate", "(not", "set)", "0.0003"]]
         assert "95.0%" in text and "1 of 8" in text and "no report" in text
         assert "no evaluation report: `tunedeck eval 20250101-100000-qlora-0002" in text
+        writer = EventWriter(Run(snap_ws / "runs" / ids[1]).events_path)  # B trains on
+        writer.write("log", 61, loss=0.25)
+        writer.close()
+        await pilot.press("R")
+        await wait_for(pilot, lambda: screen.comparison["runs"][1]["curves"]["loss"][-1] == [61, 0.25])
+        assert len(loss.series[1].points) == 61
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen) and app.screen.marked == {ids[0], ids[1]}
 

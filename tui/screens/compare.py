@@ -36,6 +36,7 @@ class CompareScreen(ModeScreen):
         Binding("escape,backspace", "back", "Runs", id="compare.back"),
         Binding("j", "scroll(3)", "Down", show=False, id="compare.down"),
         Binding("k", "scroll(-3)", "Up", show=False, id="compare.up"),
+        Binding("R", "reload", "Reload", id="compare.reload"),
     ]
 
     def __init__(self, runs: list[Run]):
@@ -45,7 +46,7 @@ class CompareScreen(ModeScreen):
 
     def compose_body(self) -> ComposeResult:
         head = Text(f"Comparing {len(self.runs)} runs", style="bold")
-        head.append("  j/k scroll · esc back to Runs", "dim")
+        head.append("  j/k scroll · R reload · esc back to Runs", "dim")
         yield Static(head, id="cmp-head")
         with VerticalScroll(id="cmp-body", can_focus=True):
             yield Static(f"Reading {len(self.runs)} runs…", id="cmp-legend")
@@ -82,6 +83,10 @@ class CompareScreen(ModeScreen):
     def _render_table(self) -> None:
         table = self.query_one("#cmp-table", Static)
         table.update(sections_view(self.comparison, table.content_size.width))
+
+    def action_reload(self) -> None:
+        """Read the runs again: a run still training has moved on since the screen opened."""
+        self.compare()
 
     def action_scroll(self, lines: int) -> None:
         self.query_one("#cmp-body", VerticalScroll).scroll_relative(y=lines, animate=False)
