@@ -43,11 +43,11 @@ def start_tiny_run(tmp: Path, workspace: Path):
     return start_detached(path, workspace)
 
 
-async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0, keys: tuple[str, ...] = ()) -> Path:
-    """`keys` are pressed once the app has started, before waiting for `ready`."""
+async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0, prepare=None) -> Path:
+    """The screen once `ready(app)` holds; `prepare(pilot)`, when given, presses the keys that lead there."""
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.5)
-        await pilot.press(*keys)
+        if prepare is not None:
+            await prepare(pilot)
         deadline = time.time() + timeout
         while not ready(app):
             if time.time() > deadline:
@@ -102,6 +102,38 @@ def eval_workspace(workspace: Path) -> Path:
     return workspace
 
 
+def compare_workspace(workspace: Path) -> Path:
+    """Two finished runs that differ in method and learning rate, the first evaluated, and a third one."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from eval_fixtures import write_report
+    from tui_fixtures import make_run
+
+    a = make_run(workspace, run_id="20260105-101500-people-3f2a", state="completed", steps=60, max_steps=60,
+                 warnings=False)
+    write_report(a)
+    b = make_run(workspace, run_id="20260105-141000-people-9c1e", state="completed", steps=60, max_steps=60,
+                 warnings=False, decay=12)
+    b.config_path.write_text(a.config_path.read_text() + "learning_rate: 0.0003\n")
+    make_run(workspace, run_id="20260105-170000-people-b210", state="completed", steps=20, max_steps=20)
+    return workspace
+
+
+async def diagnose_attached(pilot) -> None:
+    """On the monitor of the attached run: d."""
+    from tui.screens.monitor import MonitorScreen
+
+    while not isinstance(pilot.app.screen, MonitorScreen):
+        await pilot.pause(0.1)
+    await pilot.press("d")
+
+
+async def mark_two_and_compare(pilot) -> None:
+    """In the Runs list: past the newest run, mark the next two (space), compare them (c)."""
+    while not pilot.app.screen.rows:
+        await pilot.pause(0.1)
+    await pilot.press("j", "space", "space", "c")
+
+
 def to_png(svg: Path) -> Path | None:
     if not shutil.which("rsvg-convert"):
         return None
@@ -115,13 +147,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis", help="comma-separated shots to take")
+    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis,compare",
+                        help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
 
     from engine.demo import write_demo_data
     from tui.app import TunedeckApp
+    from tui.screens.compare import CompareScreen
     from tui.screens.data import DataScreen
     from tui.screens.diagnosis import DiagnosisScreen
     from tui.screens.eval import EvalScreen
@@ -154,7 +188,11 @@ def main() -> None:
             run = overfit_run(tmp, workspace)
             made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run.id), "diagnosis", args.out,
                                           lambda app: isinstance(app.screen, DiagnosisScreen) and app.screen.result,
-                                          keys=("d",))))
+                                          prepare=diagnose_attached)))
+        if "compare" in only:
+            made.append(asyncio.run(shoot(TunedeckApp(compare_workspace(tmp / "compare-ws"), mode="runs"), "compare",
+                                          args.out, lambda app: isinstance(app.screen, CompareScreen)
+                                          and app.screen.comparison, prepare=mark_two_and_compare)))
         if "monitor" in only:
             run_id, run = args.run, None
             if run_id is None:

@@ -1,8 +1,8 @@
 """DESIGN section 1 at run time: starting the app with the real GPU probe and visiting every screen
-(also a run's monitor, the keys screen and the command palette) loads none of the heavy libraries.
-It sees only the code paths this visit takes; test_import_contract.py checks every module's imports
-statically. Run in a fresh interpreter, since other tests in this pytest process may have imported
-torch already."""
+(also a run's monitor, the keys screen, the command palette and the Compare screen) loads none of the
+heavy libraries. It sees only the code paths this visit takes; test_import_contract.py checks every
+module's imports statically. Run in a fresh interpreter, since other tests in this pytest process may
+have imported torch already."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent("""
 
     async def visit(ws):
         run = make_run(ws, steps=30)
+        make_run(ws, steps=10)  # a second run, to compare with the first
         app = TunedeckApp(ws)  # the real GPU probe, the real engine modules
         async with app.run_test(size=(80, 24)) as pilot:
             visited = []
@@ -48,6 +49,12 @@ SCRIPT = textwrap.dedent("""
             await pilot.press("escape", "ctrl+p")
             await pilot.pause(0.2)
             visited.append(type(app.screen).__name__)
+            await pilot.press("escape", "escape", "space", "space", "c")  # back to Runs, mark both, compare
+            for _ in range(100):
+                if getattr(app.screen, "comparison", None):
+                    break
+                await pilot.pause(0.05)
+            visited.append(type(app.screen).__name__)
         return visited
 
     with tempfile.TemporaryDirectory() as ws:
@@ -61,5 +68,5 @@ def test_visiting_every_screen_imports_no_heavy_library():
     assert out.returncode == 0, out.stderr[-3000:]
     visited, heavy = out.stdout.strip().splitlines()[-2:]
     assert visited == ("['GpuScreen', 'PlanScreen', 'DataScreen', 'RunsScreen', 'EvalScreen', "
-                       "'MonitorScreen', 'KeysScreen', 'CommandPalette']")
+                       "'MonitorScreen', 'KeysScreen', 'CommandPalette', 'CompareScreen']")
     assert heavy == "[]"

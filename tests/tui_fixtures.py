@@ -96,8 +96,9 @@ async def wait_for(pilot, predicate, timeout: float = 5.0) -> None:
 def make_run(workspace: Path, *, name: str = "demo", run_id: str | None = None, steps: int = 40, max_steps: int = 100,
              state: str = "running", pid: int | None = None, heartbeat: float | None = None,
              created_ago: float = 7200.0, log_lines: tuple[str, ...] = ("loading model", "training"),
-             warnings: bool = True, evals: bool = True) -> Run:
-    """A run directory as the engine writes it, with `steps` log events and a matching status."""
+             warnings: bool = True, evals: bool = True, decay: float = 30.0) -> Run:
+    """A run directory as the engine writes it, with `steps` log events (loss falling over `decay` steps)
+    and a matching status."""
     config = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "method": "lora", "data": "train.jsonl"}
     run = create_run(workspace, config, name=name)
     if run_id is not None:  # a fixed id keeps snapshots stable
@@ -110,11 +111,11 @@ def make_run(workspace: Path, *, name: str = "demo", run_id: str | None = None, 
     writer = EventWriter(run.events_path)
     writer.write("state", 0, state="running")
     for step in range(1, steps + 1):
-        writer.write("log", step, loss=2.5 * math.exp(-step / 30) + 0.3, learning_rate=2e-4 * (1 - step / max_steps),
+        writer.write("log", step, loss=2.5 * math.exp(-step / decay) + 0.3, learning_rate=2e-4 * (1 - step / max_steps),
                      grad_norm=1.0 + (step % 7) / 10, epoch=step / 50, tokens_per_second=850.0,
                      tokens_seen=step * 512)
         if evals and step % 10 == 0:
-            writer.write("eval", step, eval_loss=2.4 * math.exp(-step / 35) + 0.4)
+            writer.write("eval", step, eval_loss=2.4 * math.exp(-step / (decay + 5)) + 0.4)
         if warnings and step == 25:
             writer.write("warning", step, code="grad_spike", message="grad norm 9.1 is 8x its running median")
     writer.close()

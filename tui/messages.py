@@ -145,6 +145,13 @@ class RunLaunched(Message):
         return f"{'Resumed' if self.resumed else 'Started'} {self.run.id}"
 
 
+@dataclass
+class RunsCompared(Message):
+    """engine.runs.compare's comparison of the runs the Compare screen was opened on."""
+
+    comparison: dict
+
+
 # ---- Eval ----
 
 

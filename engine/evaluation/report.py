@@ -1,8 +1,13 @@
-"""The evaluation report: the metrics it lists, its Markdown form, and the `tunedeck eval --json` summary."""
+"""The evaluation report: where a run keeps it and reading it back, the metrics it lists, its Markdown form,
+and the `tunedeck eval --json` summary."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+from engine.runs.protocol import Run, RunError
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,23 @@ METRICS = (
     Metric("perplexity", "perplexity", "ppl", "fit"),
     Metric("judge_score", "judge score (1-5)", "score", "judge"),
 )
+
+
+def report_path(run: Run) -> Path:
+    return run.path / "eval" / "report.json"
+
+
+def read_report(run: Run) -> dict:
+    """The run's report; a damaged one is a RunError that says how to rewrite it."""
+    path = report_path(run)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path} is not valid JSON ({error}); run `tunedeck eval {run.id}` again "
+                       "to rewrite it.") from None
+    if not isinstance(report, dict) or not isinstance(report.get("tuned"), dict):
+        raise RunError(f"{path} has no tuned metrics; run `tunedeck eval {run.id}` again to rewrite it.")
+    return report
 
 
 def format_value(value, kind: str) -> str:

@@ -10,7 +10,6 @@ the report and opening the store happen in a worker; failures go to the app's mo
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from textual.worker import Worker, WorkerState
 
 from engine.core.files import ensure_private_dir
 from engine.evaluation.ab import ABStore, Pair, pairs_from_report
+from engine.evaluation.report import read_report, report_path
 from engine.runs.protocol import Run, RunError
 from engine.runs.workspace import list_runs
 from tui.follow import fmt_age
@@ -41,26 +41,10 @@ VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r",
 CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}
 
 
-def report_path(run: Run) -> Path:
-    return run.path / "eval" / "report.json"
-
-
 def evaluated_runs(workspace: Path) -> list[Run]:
     """Runs with an evaluation report, newest first (run ids begin with their start time)."""
     return sorted((run for run in list_runs(workspace) if report_path(run).is_file()),
                   key=lambda run: run.id, reverse=True)
-
-
-def read_report(run: Run) -> dict:
-    path = report_path(run)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunError(f"{path} is not valid JSON ({error}); run `tunedeck eval {run.id}` again "
-                       "to rewrite it.") from None
-    if not isinstance(report, dict) or not isinstance(report.get("tuned"), dict):
-        raise RunError(f"{path} has no tuned metrics; run `tunedeck eval {run.id}` again to rewrite it.")
-    return report
 
 
 def default_export_path(workspace: Path, run: Run) -> Path:

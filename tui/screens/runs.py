@@ -53,6 +53,8 @@ class RunsScreen(ModeScreen):
         Binding("enter,a", "attach", "Attach", id="runs.attach"),
         Binding("n", "new_run", "New run", id="runs.new"),
         Binding("r", "resume", "Resume", id="runs.resume"),
+        Binding("space", "toggle_mark", "Mark", id="runs.mark"),
+        Binding("c", "compare", "Compare", id="runs.compare"),
         Binding("j", "cursor(1)", "Down", show=False, id="runs.down"),
         Binding("k", "cursor(-1)", "Up", show=False, id="runs.up"),
     ]
@@ -60,10 +62,12 @@ class RunsScreen(ModeScreen):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict] = []
+        self.marked: set[str] = set()  # run ids to compare
 
     def compose_body(self) -> ComposeResult:
         table = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("run", "state", "model", "method", "step", "loss", "age")
+        table.add_column("run", key="run")
+        table.add_columns("state", "model", "method", "step", "loss", "age")
         yield table
         yield Static("", id="run-detail")
 
@@ -86,11 +90,12 @@ class RunsScreen(ModeScreen):
         if message.rows != self.rows:
             current = self.selected()
             self.rows = message.rows
+            self.marked &= {row["id"] for row in self.rows}  # a run deleted meanwhile is no longer marked
             table.clear()
             for row in self.rows:
                 state = Text(row["state"], style="bold" if row["state"] in {"crashed", "failed"} else "")
-                table.add_row(row["id"], state, row["model"], row["method"], row["step"], row["loss"],
-                              row["age"], key=row["id"])
+                table.add_row(self._run_cell(row["id"]), state, row["model"], row["method"], row["step"],
+                              row["loss"], row["age"], key=row["id"])
             if current is not None:
                 for i, row in enumerate(self.rows):
                     if row["id"] == current["id"]:
@@ -130,12 +135,42 @@ class RunsScreen(ModeScreen):
         hint = "Enter attach · n new run"
         if row["state"] in RESUMABLE_STATES:
             hint += " · r resume"
+        hint += (f" · space mark · c compare ({len(self.marked)} marked)" if self.marked
+                 else " · space mark to compare")
         text.append(hint, "dim")
         detail.update(text)
 
     def action_cursor(self, delta: int) -> None:
         table = self.query_one("#runs-table", DataTable)
         table.action_cursor_down() if delta > 0 else table.action_cursor_up()
+
+    def _run_cell(self, run_id: str) -> str:
+        """The run's id, after a ✓ when it is marked; no room is taken while nothing is (80 columns are tight)."""
+        if not self.marked:
+            return run_id
+        return f"{'✓' if run_id in self.marked else ' '} {run_id}"
+
+    def action_toggle_mark(self) -> None:
+        """Mark or unmark the highlighted run for comparing, then move down, to mark the next one quickly."""
+        row = self.selected()
+        if row is None:
+            return
+        self.marked ^= {row["id"]}
+        table = self.query_one("#runs-table", DataTable)
+        for each in self.rows:
+            table.update_cell(each["id"], "run", self._run_cell(each["id"]), update_width=True)
+        self.action_cursor(1)
+        self._show_detail()
+
+    def action_compare(self) -> None:
+        from tui.screens.compare import CompareScreen
+
+        if len(self.marked) < 2:
+            self.notify("Mark two or more runs with space, then press c to compare them.", severity="warning")
+            return
+        # Oldest first (ids begin with their start time): run A is the earliest.
+        self.app.push_screen(CompareScreen([Run(Path(row["path"])) for row in reversed(self.rows)
+                                            if row["id"] in self.marked]))
 
     def action_attach(self) -> None:
         row = self.selected()
