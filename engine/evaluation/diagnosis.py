@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine.core.files import read_json
 from engine.runs.events import EventReader
-from engine.runs.protocol import Run
+from engine.runs.protocol import Run, is_number
 from engine.training.config import DEFAULT_LEARNING_RATES
 
 # not_learning: the mean loss of the last fifth of the logged steps against the first fifth. A fall
@@ -86,8 +86,8 @@ class Evidence:
         events = EventReader(run.events_path).read_new()
         of = lambda kind: [e for e in events if e.get("type") == kind]
         data_ready = next((e for e in reversed(of("state")) if e.get("state") == "data_ready"), None)
-        return cls(run, run.config(), run.status(), [e for e in of("log") if _number(e.get("loss"))],
-                   [e for e in of("eval") if _number(e.get("eval_loss"))], of("warning"), of("error"),
+        return cls(run, run.config(), run.status(), [e for e in of("log") if is_number(e.get("loss"))],
+                   [e for e in of("eval") if is_number(e.get("eval_loss"))], of("warning"), of("error"),
                    data_ready, read_json(run.path / "eval" / "report.json"))
 
     @cached_property
@@ -102,18 +102,14 @@ class Evidence:
 
     def learning_rate(self) -> float:
         lr = self.config.get("learning_rate")
-        return float(lr) if _number(lr) else self.recipe_learning_rate()
+        return float(lr) if is_number(lr) else self.recipe_learning_rate()
 
     def recipe_learning_rate(self) -> float:
         return DEFAULT_LEARNING_RATES.get(self.config.get("method"), DEFAULT_LEARNING_RATES["lora"])
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _finite(x) -> bool:
-    return _number(x) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)
 
 
 def _count(n: int, what: str) -> str:
@@ -143,7 +139,7 @@ def failed(ev: Evidence) -> Finding | None:
 
 def lr_too_high(ev: Evidence) -> Finding | None:
     seen = []
-    bad_logs = [e for e in ev.logs if not _finite(e["loss"]) or (_number(e.get("grad_norm"))
+    bad_logs = [e for e in ev.logs if not _finite(e["loss"]) or (is_number(e.get("grad_norm"))
                                                                  and not _finite(e["grad_norm"]))]
     if bad_logs:
         first = bad_logs[0]
@@ -166,7 +162,7 @@ def lr_too_high(ev: Evidence) -> Finding | None:
     factor = 10 if broken else 3
     config = {"learning_rate": _lr(lr / factor)}
     warmup = ev.config.get("warmup_steps")
-    if _number(warmup) and warmup < 0.1:
+    if is_number(warmup) and warmup < 0.1:
         config["warmup_steps"] = 0.1
     if not ev.config.get("max_grad_norm") or ev.config.get("max_grad_norm", 1.0) > 1.0:
         config["max_grad_norm"] = 1.0
@@ -266,13 +262,13 @@ def overfitting(ev: Evidence) -> Finding | None:
                 f"{train_then:.3g} -> {train_now:.3g}")
     config: dict = {}
     max_steps = ev.config.get("max_steps", -1)
-    epoch = next((e.get("epoch") for e in reversed(ev.logs) if e["step"] <= best["step"] and _number(e.get("epoch"))),
+    epoch = next((e.get("epoch") for e in reversed(ev.logs) if e["step"] <= best["step"] and is_number(e.get("epoch"))),
                  None)
-    if _number(max_steps) and max_steps > 0:
+    if is_number(max_steps) and max_steps > 0:
         config["max_steps"] = int(best["step"])
     elif epoch:
         config["num_train_epochs"] = max(0.1, math.ceil(float(epoch) * 10) / 10)
-    if not _number(ev.config.get("weight_decay")) or ev.config["weight_decay"] < 0.1:
+    if not is_number(ev.config.get("weight_decay")) or ev.config["weight_decay"] < 0.1:
         config["weight_decay"] = 0.1
     if ev.config.get("method") in ("lora", "qlora") and (ev.config.get("lora_dropout") in ("auto", None)
                                                          or float(ev.config["lora_dropout"]) < 0.1):
@@ -282,7 +278,7 @@ def overfitting(ev: Evidence) -> Finding | None:
         config["early_stopping_patience"] = 2
     best_step = ev.status.get("best_step")
     kept = (f"the saved {'model' if ev.config.get('method') == 'full' else 'adapter'} is the step-{int(best_step)} "
-            "one (the best evaluation is kept)" if _number(best_step) else
+            "one (the best evaluation is kept)" if is_number(best_step) else
             "the best evaluation's checkpoint is in checkpoints/")
     return Finding("overfitting", evidence,
                    f"{kept}; train for fewer steps, add weight decay or dropout, and stop early; more (or more "
@@ -304,13 +300,13 @@ def _words(text: str) -> list[str]:
 def format_finding(ev: Evidence, training) -> Finding | None:
     tuned = (ev.report or {}).get("tuned") or {}
     rate = tuned.get("format_compliance")
-    if not _number(rate) or rate >= FORMAT_COMPLIANCE:
+    if not is_number(rate) or rate >= FORMAT_COMPLIANCE:
         return None
     rows = ev.report.get("rows") or []
     failing = [r for r in rows if r.get("tuned_format") is False]
     baseline = (ev.report.get("baseline") or {}).get("format_compliance")
     evidence = (f"format compliance {rate:.0%} on {ev.report.get('examples', len(rows))} held-out examples"
-                + (f" (prompted baseline {baseline:.0%})" if _number(baseline) else "")
+                + (f" (prompted baseline {baseline:.0%})" if is_number(baseline) else "")
                 + (f"; failing answers, e.g. line {failing[0].get('line')}: {failing[0].get('tuned', '')[:80]!r}"
                    if failing else ""))
     similar = similar_training_examples(failing[:MAX_FAILURES_SEARCHED], training)
@@ -381,9 +377,9 @@ def memorization(ev: Evidence, training) -> Finding | None:
     first = copied[0]
     config = {}
     epochs = ev.config.get("num_train_epochs")
-    if _number(ev.config.get("max_steps")) and ev.config["max_steps"] > 0:
+    if is_number(ev.config.get("max_steps")) and ev.config["max_steps"] > 0:
         config["max_steps"] = max(1, int(ev.config["max_steps"]) // 2)
-    elif _number(epochs):
+    elif is_number(epochs):
         config["num_train_epochs"] = max(1.0, float(epochs) / 2)
     if ev.config.get("method") in ("lora", "qlora"):
         config["lora_dropout"] = 0.1
@@ -468,7 +464,7 @@ def healthy(ev: Evidence) -> Finding:
                     f"{ev.evals[-1]['step']}")
     if ev.report:
         rate = (ev.report.get("tuned") or {}).get("format_compliance")
-        if _number(rate):
+        if is_number(rate):
             seen.append(f"format compliance {rate:.0%}")
         if ev.report.get("forgetting"):
             seen.append(ev.report["forgetting"].get("verdict", ""))

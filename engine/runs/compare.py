@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.evaluation.report import METRICS, format_value, read_report, report_path, summary
 from engine.runs.events import EventReader
-from engine.runs.protocol import Run, RunError
+from engine.runs.protocol import Run, RunError, is_number
 
 CURVES = {"loss": "log", "eval_loss": "eval"}  # curve -> the event type that carries it
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # each run's column and plot marker: readable without colour
@@ -72,7 +72,7 @@ def _curves(run: Run, notes: list[str]) -> tuple[dict[str, list[list[float]]], i
             continue
         for name, kind in CURVES.items():
             value = event.get(name)
-            if event.get("type") != kind or not _number(value):
+            if event.get("type") != kind or not is_number(value):
                 continue
             if math.isfinite(value):
                 points[name][step] = float(value)
@@ -108,9 +108,6 @@ def _eval_summary(run: Run, notes: list[str]) -> dict | None:
                      f"run `tunedeck eval {run.id}` again to rewrite it")
     return None
 
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ---- configuration -----------------------------------------------------------
@@ -148,7 +145,7 @@ def metric_rows(entries: list[dict]) -> list[dict]:
     tuned = [((e["eval"] or {}).get("tuned") or {}) for e in entries]
     rows = []
     for m in METRICS:
-        values = [t.get(m.key) if _number(t.get(m.key)) else None for t in tuned]
+        values = [t.get(m.key) if is_number(t.get(m.key)) else None for t in tuned]
         if any(v is not None for v in values):
             rows.append({"key": m.key, "label": m.label, "kind": m.kind, "values": values})
     return rows
@@ -228,8 +225,8 @@ def _forgetting_cells(forgetting) -> tuple[str, str, str, str]:
     perplexity = f.get("perplexity") if isinstance(f.get("perplexity"), dict) else {}
     base, tuned = perplexity.get("base"), perplexity.get("tuned")
     ppl = "-"
-    if _number(tuned):
-        ppl = format_value(tuned, "ppl") + (f" ({(tuned / base - 1) * 100:+.0f}%)" if _number(base) and base else "")
+    if is_number(tuned):
+        ppl = format_value(tuned, "ppl") + (f" ({(tuned / base - 1) * 100:+.0f}%)" if is_number(base) and base else "")
     if not probes:
         return "-", "-", "-", ppl
     return (f"{len(lost)} of {len(probes)}", ", ".join(str(n) for n in lost) or "none",

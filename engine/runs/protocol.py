@@ -70,10 +70,15 @@ NUMERIC_STATUS_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "lea
                          "best_metric", "best_step", "cuda_memory_gb")
 
 
+def is_number(value) -> bool:
+    """A number as JSON gives it (NaN and Inf included), not a bool: what readers of status and events
+    may do arithmetic with."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _sane(status: dict) -> dict:
     """A status object readers can trust the types of: an unknown state reads `unknown`."""
-    status = {k: v for k, v in status.items() if k not in NUMERIC_STATUS_FIELDS
-              or isinstance(v, (int, float)) and not isinstance(v, bool)}
+    status = {k: v for k, v in status.items() if k not in NUMERIC_STATUS_FIELDS or is_number(v)}
     if not isinstance(status.get("warnings", []), list):
         del status["warnings"]
     for key in ("error", "model", "method", "host", "run_id"):
