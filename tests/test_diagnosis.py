@@ -177,3 +177,13 @@ def test_answers_out_of_format_name_the_training_examples_most_like_them(tiny_pr
         for near in failing["training"]:  # real lines of the training file, most alike first
             assert train[near["line"] - 1] == near["answer"]
         assert failing["training"][0]["similarity"] >= failing["training"][-1]["similarity"] > 0
+
+
+def test_failed_run_is_said_first_with_the_engines_own_message(tiny_project, tmp_path, workspace):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')  # no answer to train on
+    run, proc = start(config_file(tmp_path, "bad", tiny_project, data=str(bad), max_steps=5), workspace)
+    assert wait_final(run, proc)["state"] == "failed", dump(run)
+    found = diagnose(run)["findings"][0]
+    assert found["id"] == "failed" and "no usable examples" in found["evidence"]
+    assert found["config"] == {}  # not a memory problem: nothing to change in the config
