@@ -191,7 +191,7 @@ def test_served_reference_model_is_asked_the_few_shot_prompt(trained_run, served
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "ref model: big-7b at " + url in text
-    assert text.splitlines()[2].split() == ["ref", "model", "tuned", "tuned/ref", "model"]
+    assert text.splitlines()[2].split() == ["ref", "model", "tuned", "vs", "ref", "model"]
     assert next(line for line in text.splitlines() if line.startswith("exact match")).split()[2] == "100.0%"
     loss = next(line for line in text.splitlines() if line.startswith("loss")).split()
     assert loss[1] == "-" and loss[2] != "-"  # no loss from an endpoint: '-', never a number

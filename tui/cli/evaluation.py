@@ -25,9 +25,9 @@ def format_eval(result: dict) -> str:
     if "reference_model" in result:
         lines.append(f"ref model: {result['reference_model'].get('model')}, prompted like the baseline")
     lines.append(f"{'':<20}" + "".join(f"{SIDE_LABELS[s]:>10}" for s in shown)
-                 + "".join(f"{'tuned/' + SIDE_LABELS[s]:>16}" for s in against))
+                 + "".join(f"{'vs ' + SIDE_LABELS[s]:>13}" for s in against))  # cost: tuned as a multiple
     for m in present(result, shown):
-        ratios = "".join(f"{format_ratio(result['ratios'][s].get(m.key)):>16}" for s in against) \
+        ratios = "".join(f"{format_ratio(result['ratios'][s].get(m.key)):>13}" for s in against) \
             if m.group == "cost" else ""
         lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in shown)
                      + ratios)

@@ -1,8 +1,8 @@
 """Eval mode (5): the prompted base model against the tuned one on the held-out set.
 
 Opens on the newest run that has `eval/report.json` (o picks another). Three views:
-the metrics with deltas (a reference model's column when measured, latency and prompt
-cost as ratios), the error categories counted and the forgetting verdict (m); one example
+the metrics with deltas (a reference model's column when measured), the forgetting
+verdict, latency and prompt cost as ratios, the error categories counted (m); one example
 at a time with every side's answer (e, j/k), filtered to the tuned failures or to where
 baseline and tuned disagree (f), its error category cycled with c; and the blind A/B
 review (r). A/B judgements go to `<run>/eval/ab.sqlite`, error categories to
@@ -46,7 +46,7 @@ from tui.widgets.eval_views import (
 
 VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r", "A/B review"))
 CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}
-FILTER_WHAT = {"all": "every example", "failures": "the tuned answer is wrong",
+FILTER_WHAT = {"all": "every example", "failures": "the tuned answer misses full marks on the task metric",
                "disagreements": "one of baseline and tuned is right, the other wrong"}
 
 
