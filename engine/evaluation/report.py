@@ -16,7 +16,8 @@ class Metric:
     key: str  # in report[side] for each side of SIDES
     label: str
     kind: str  # rate (0..1, higher is better), score (higher is better), lower (loss), ppl (perplexity);
-    #            cost (lower is better), count (no better or worse), speed (higher is better): compared as ratios
+    #            cost and seconds (lower is better), count (no better or worse), speed (higher is better):
+    #            these compare as ratios
     group: str  # correctness | format | fit | judge | cost: the Eval screen's sections
 
 
@@ -31,10 +32,11 @@ METRICS = (
     Metric("judge_score", "judge score (1-5)", "score", "judge"),
     Metric("prompt_tokens", "prompt tokens", "cost", "cost"),
     Metric("generated_tokens", "generated tokens", "count", "cost"),
-    Metric("seconds_per_example", "seconds/example", "cost", "cost"),
+    Metric("seconds_per_example", "seconds/example", "seconds", "cost"),
     Metric("tokens_per_second", "tokens/s", "speed", "cost"),
 )
-RATIO_KINDS = ("cost", "count", "speed")
+RATIO_KINDS = ("cost", "seconds", "count", "speed")
+LOWER_IS_BETTER = ("lower", "ppl", "cost", "seconds")
 
 
 def sides(report: dict) -> list[str]:
@@ -48,8 +50,10 @@ def format_value(value, kind: str) -> str:
         return "-"
     if kind == "rate":
         return f"{value * 100:.1f}%"
-    if kind in RATIO_KINDS:
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 10000 else f"{value:.0f}"
+    if kind == "seconds":
+        return f"{value:.3f}"
+    if kind in RATIO_KINDS:  # token counts and rates
+        return f"{value:.1f}" if abs(value) < 10000 else f"{value:.0f}"
     if kind == "score" or (kind == "lower" and abs(value) < 100):
         return f"{value:.3f}"
     return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"

@@ -13,7 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.evaluation.errors import CATEGORIES
-from engine.evaluation.report import METRICS, RATIO_KINDS, SIDE_LABELS, format_ratio, format_value, present
+from engine.evaluation.report import (
+    LOWER_IS_BETTER,
+    METRICS,
+    RATIO_KINDS,
+    SIDE_LABELS,
+    format_ratio,
+    format_value,
+    present,
+)
 
 # The report's quality metrics as sections, in this order (the judge's only when it ran). The cost group
 # has a table of its own, below the forgetting verdict, so that the verdict stays in sight at 80x24.
@@ -35,7 +43,7 @@ def fmt_delta(base, tuned, kind: str) -> tuple[str, str]:
         ratio = tuned / base
         if kind == "count" or abs(ratio - 1) < 1e-9:
             return format_ratio(ratio), "same" if abs(ratio - 1) < 1e-9 else ""
-        return format_ratio(ratio), "better" if (ratio < 1) == (kind == "cost") else "worse"
+        return format_ratio(ratio), "better" if (ratio < 1) == (kind in LOWER_IS_BETTER) else "worse"
     delta = tuned - base
     if kind == "rate":
         text = f"{delta * 100:+.1f} pts"
@@ -45,7 +53,7 @@ def fmt_delta(base, tuned, kind: str) -> tuple[str, str]:
         text = f"{delta:+.2f}"
     if abs(delta) < 1e-9:
         return text, "same"
-    better = delta < 0 if kind in ("lower", "ppl") else delta > 0
+    better = delta < 0 if kind in LOWER_IS_BETTER else delta > 0
     return text, "better" if better else "worse"
 
 
