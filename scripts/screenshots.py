@@ -84,14 +84,16 @@ def overfit_run(tmp: Path, workspace: Path):
 
 
 def eval_workspace(workspace: Path) -> Path:
-    """A workspace with one evaluated run: the fixture report, with 5 of its pairs judged blind."""
+    """A workspace with one evaluated run: the fixture report with a reference model's column, 5 of its pairs
+    judged blind and its one tuned failure given an error category."""
     sys.path.insert(0, str(ROOT / "tests"))
     from eval_fixtures import make_report, write_report
     from tui_fixtures import make_run
 
     from engine.evaluation.ab import ABStore, pairs_from_report
+    from engine.evaluation.errors import ErrorStore
 
-    report = make_report()
+    report = make_report(reference=True)
     report["baseline"].update(loss=1.9, perplexity=6.7, shots=3)
     run = make_run(workspace, run_id="20260105-101500-people-3f2a", state="completed", steps=10, max_steps=10)
     write_report(run, report)
@@ -99,6 +101,8 @@ def eval_workspace(workspace: Path) -> Path:
         for pair, outcome in zip(store.pairs(), ("win", "win", "tie", "win", "loss")):
             other = "B" if pair.tuned_side == "A" else "A"
             store.judge(pair.id, {"win": pair.tuned_side, "loss": other, "tie": "tie"}[outcome])
+    with ErrorStore(run.path / "eval" / "errors.sqlite") as errors:
+        errors.set("line-7", "factual")  # the tuned answer put Sofia in Lisbon
     return workspace
 
 

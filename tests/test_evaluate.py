@@ -111,3 +111,102 @@ def test_qlora_run_is_evaluated_on_the_4bit_base_it_was_trained_on(tiny_project,
     result = cli("eval", str(run.path), "--limit", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tuned"]["loss"] > 0
+
+
+def test_latency_and_prompt_cost_and_a_local_reference_model(trained_run, tmp_path):
+    """Per example: prompt tokens as the chat template makes them, generated tokens, seconds; a second local
+    model as the third column, prompted with the baseline's few-shot prompt."""
+    from transformers import AutoTokenizer
+
+    from engine.testing import build_tiny_model
+
+    larger = build_tiny_model(tmp_path / "larger-model", hidden=96, layers=3, seed=1)
+    result = cli("eval", str(trained_run.path), "--baseline", "--reference", str(larger), "--limit", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    ref = out["reference_model"]
+    assert ref["model"] == str(larger) and ref["shots"] == 3
+    assert ref["perplexity"] == pytest.approx(2.718281828 ** ref["loss"], rel=1e-6)
+    report = json.loads((trained_run.path / "eval" / "report.json").read_text())
+    rows = report["rows"]
+    assert all(row["reference_model"] is not None and "reference_model_exact" in row for row in rows)
+    tok = AutoTokenizer.from_pretrained(trained_run.config()["model"])
+    test = [json.loads(line) for line in open(trained_run.config()["test_data"])][:3]
+    for row, example in zip(rows, test):
+        prompt = tok.apply_chat_template(example["messages"][:-1], add_generation_prompt=True, tokenize=False)
+        assert row["tuned_prompt_tokens"] == len(tok(prompt, add_special_tokens=False)["input_ids"])
+        for side in ("tuned", "baseline", "reference_model"):
+            assert 1 <= row[f"{side}_generated_tokens"] <= 96 and row[f"{side}_seconds"] > 0
+            assert len(tok(row[side], add_special_tokens=False)["input_ids"]) <= row[f"{side}_generated_tokens"]
+        # the few-shot prompt of the baseline and the reference is the same text, so the same length here
+        assert row["baseline_prompt_tokens"] == row["reference_model_prompt_tokens"] > row["tuned_prompt_tokens"]
+    for side in ("tuned", "baseline", "reference_model"):
+        assert out[side]["prompt_tokens"] == pytest.approx(sum(r[f"{side}_prompt_tokens"] for r in rows) / 3,
+                                                           abs=1e-3)
+        assert out[side]["tokens_per_second"] == pytest.approx(
+            sum(r[f"{side}_generated_tokens"] for r in rows) / sum(r[f"{side}_seconds"] for r in rows), rel=1e-3)
+    ratio = out["ratios"]["baseline"]["prompt_tokens"]
+    assert ratio == pytest.approx(out["tuned"]["prompt_tokens"] / out["baseline"]["prompt_tokens"], abs=1e-4)
+    assert ratio < 1  # the point of seed 000: the tuned model needs no examples in its prompt
+    md = (trained_run.path / "eval" / "report.md").read_text()
+    assert "## Latency and prompt cost" in md and "| tuned / baseline | tuned / ref model |" in md
+    assert f"| prompt tokens | {out['baseline']['prompt_tokens']:.1f} |" in md
+
+
+@pytest.fixture
+def served_model(trained_run):
+    """A real OpenAI-compatible server on loopback that answers each held-out prompt with its reference."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    answers = {ex["messages"][-2]["content"]: ex["messages"][-1]["content"]
+               for ex in map(json.loads, open(trained_run.config()["test_data"]))}
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            prompt = body["messages"][-1]["content"]
+            data = json.dumps({"choices": [{"message": {"content": answers.get(prompt, "?")}}],
+                               "usage": {"prompt_tokens": 100 + len(body["messages"]),
+                                         "completion_tokens": 7}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/v1", seen
+    httpd.shutdown()
+
+
+def test_served_reference_model_is_asked_the_few_shot_prompt(trained_run, served_model):
+    url, seen = served_model
+    result = cli("eval", str(trained_run.path), "--reference", url, "--reference-model", "big-7b", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "ref model: big-7b at " + url in text
+    assert text.splitlines()[2].split() == ["ref", "model", "tuned", "vs", "ref", "model"]
+    assert next(line for line in text.splitlines() if line.startswith("exact match")).split()[2] == "100.0%"
+    loss = next(line for line in text.splitlines() if line.startswith("loss")).split()
+    assert loss[1] == "-" and loss[2] != "-"  # no loss from an endpoint: '-', never a number
+    assert [line for line in text.splitlines() if line.startswith("prompt tokens")][0].split()[2] == "108.0"
+    assert len(seen) == 2 and all(path == "/v1/chat/completions" for path, _ in seen)
+    body = seen[0][1]
+    assert body["model"] == "big-7b" and body["temperature"] == 0 and body["max_tokens"] == 96
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]  # 3 shots, then the held-out prompt
+    report = json.loads((trained_run.path / "eval" / "report.json").read_text())
+    assert report["reference_model"]["loss"] is None and report["reference_model"]["generated_tokens"] == 7
+    assert "baseline" not in report["ratios"] and report["ratios"]["reference_model"]["prompt_tokens"] > 0
+
+
+def test_unknown_reference_model_fails_before_generating(trained_run, tmp_path):
+    result = cli("eval", str(trained_run.path), "--reference", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "not found" in result.stderr
+    assert result.stderr.strip().count("\n") == 0

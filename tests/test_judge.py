@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from engine.evaluation.judge import JudgeError, judge_rows, score
+from engine.evaluation.endpoint import EndpointError
+from engine.evaluation.judge import judge_rows, score
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_scores_are_parsed_and_averaged(server):
 
 def test_unusable_replies_and_dead_endpoints_are_clear(server):
     url, _ = server
-    with pytest.raises(JudgeError, match="no 1-5 score"):
+    with pytest.raises(EndpointError, match="no 1-5 score"):
         score(url, "m", "p", "garbage", "r")
-    with pytest.raises(JudgeError, match="check --judge-endpoint"):
+    with pytest.raises(EndpointError, match="check --judge-endpoint"):
         score("http://127.0.0.1:9/v1", "m", "p", "a", "r", timeout=5)

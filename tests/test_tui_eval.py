@@ -10,6 +10,7 @@ from eval_fixtures import make_report, write_report
 from tui_fixtures import SIZE, assert_snapshot, make_app, make_run, screen_text, wait_for
 
 from engine.evaluation.ab import ABStore
+from engine.evaluation.errors import ErrorStore
 from tui.screens.choose_run import RunChooser
 from tui.screens.error import ErrorScreen
 from tui.screens.eval import EvalScreen
@@ -86,6 +87,76 @@ async def test_no_judge_section_without_a_judge(tmp_path):
     async with app.run_test(size=(80, 30)) as pilot:
         await loaded(pilot, app)
         assert "judge" not in screen_text(app).lower()
+
+async def test_reference_model_column_and_latency_ratios(tmp_path):
+    evaluated_run(tmp_path, report=make_report(reference=True))
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=(80, 50)) as pilot:  # taller: the cost table sits below the forgetting check
+        screen = await loaded(pilot, app)
+        text = screen_text(app)
+        assert "metric                           baseline     ref   tuned      delta" in text
+        assert "exact match                       10.0%   85.0%   95.0%  +85.0 pts  better" in text
+        loss = next(line for line in text.splitlines() if line.strip().startswith("loss"))
+        assert loss.split() == ["loss", "-", "-", "0.010", "-"]  # a served model has no loss: '-'
+        assert "ref: qwen2.5-7b-instruct at http://localhost:8000/v1, prompted like the" in text
+        assert "Latency and prompt cost · means per example; delta = tuned/baseline" in text
+        assert "prompt tokens        412.5  404.5   54.5  0.13x  better" in text
+        assert "seconds/example      0.410  0.900  0.120  0.29x  better" in text
+        assert "tokens/s              80.5   21.1  150.0  1.86x  better" in text
+        generated = next(line for line in text.splitlines() if line.strip().startswith("generated tokens"))
+        assert generated.split()[-1] == "0.55x"  # a count: neither better nor worse
+        await pilot.press("e")
+        for _ in range(5):
+            await pilot.press("j")
+        text = screen_text(app)
+        assert screen.index == 5 and "▌REF MODEL  not exact, format ok  407 prompt + 19 tokens, 0.90 s" in text
+        assert '"Giza"' in text and "▌TUNED  exact, format ok  57 prompt + 18 tokens, 0.12 s" in text
+
+
+async def test_error_categories_filters_and_their_count(tmp_path):
+    run = evaluated_run(tmp_path)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        await pilot.press("m", "end")  # the counts close the metrics view
+        assert "Error categories · factual 0 · format 0 · reasoning 0 · other 0" in screen_text(app)
+        assert "1 of 1 tuned failures without one" in screen_text(app)
+        await pilot.press("c", "f")  # not in the example browser: nothing happens
+        assert screen.example_filter == "all" and screen.categories == {}
+        await pilot.press("e", "f")
+        text = screen_text(app)
+        assert screen.example_filter == "failures" and screen.index == 4
+        assert "Example 5 of 6 · line 7 · failures: 1 of 1 (f)" in text and "error category: none" in text
+        await pilot.press("c")
+        assert "error category: factual" in screen_text(app)
+        await pilot.press("c")
+        assert "error category: format" in screen_text(app)
+        with ErrorStore(run.path / "eval" / "errors.sqlite") as store:  # committed at once
+            assert store.categories() == {"line-7": "format"}
+        await pilot.press("j", "k")
+        assert screen.index == 4  # the only failure
+        await pilot.press("f")  # where exactly one of baseline and tuned is right: lines 3 and 5
+        assert screen.example_filter == "disagreements" and screen.index == 0
+        assert "disagreements: 1 of 2 (f)" in screen_text(app)
+        await pilot.press("j")
+        assert screen.index == 2 and "Amara" in screen_text(app)
+        assert_snapshot(app, "eval_examples_disagreements")
+        await pilot.press("f")
+        assert screen.example_filter == "all" and screen.index == 2
+        await pilot.press("m", "end")
+        text = screen_text(app)
+        assert "Error categories · factual 0 · format 1 · reasoning 0 · other 0" in text
+        assert "0 of 1 tuned failures without one" in text
+
+    app = make_app(tmp_path, mode="eval")  # reopened: the category is still there
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, app)
+        await pilot.press("e", "f")
+        assert "error category: format" in screen_text(app)
+        for category in ("reasoning", "other", "none", "factual"):  # c cycles, through none
+            await pilot.press("c")
+            assert f"error category: {category}" in screen_text(app)
+
 
 async def test_j_k_browse_examples(tmp_path):
     evaluated_run(tmp_path)

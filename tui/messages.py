@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.data.load import Example, LoadResult
     from engine.data.template import LightTokenizer
     from engine.evaluation.ab import ABStore
+    from engine.evaluation.errors import ErrorStore
     from engine.runs.protocol import Run
     from tui.screens.plan import Computed
 
@@ -157,12 +158,14 @@ class RunsCompared(Message):
 
 @dataclass
 class ReportLoaded(Message):
-    """What the worker read: the run shown, its report, the A/B store, and the runs one could pick."""
+    """What the worker read: the run shown, its report, the A/B store, the error categories, and the runs
+    one could pick."""
 
     run: Run | None
     report: dict | None
     mtime: float | None
     store: ABStore | None
+    errors: ErrorStore | None
     choices: list[tuple[str, str]]
 
 

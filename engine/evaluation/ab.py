@@ -85,18 +85,31 @@ def side_for(seed: str, pair_id: str) -> str:
     return "A" if random.Random(f"{seed}:{pair_id}").random() < 0.5 else "B"
 
 
+def open_store(path: Path, schema: str) -> sqlite3.Connection:
+    """A review database under <run>/eval/ (owner-only), in autocommit mode with WAL and synchronous=FULL:
+    every write made in a `BEGIN IMMEDIATE` block is on disk when the block ends. The A/B store and the
+    error categories (engine.evaluation.errors) both keep their judgements this way."""
+    ensure_private_dir(path.parent, tighten=False)  # <run>/eval/: created owner-only
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
+def row_key(row: dict, index: int) -> str:
+    """A held-out example's id in the review stores: its line in the data file, else its place in the report."""
+    return f"line-{row['line']}" if row.get("line") is not None else f"row-{index}"
+
+
 class ABStore:
     """`ABStore(path, pairs)`: pairs are dicts with id, prompt, baseline, tuned (or 4-tuples in that
     order). Pairs already stored keep their text, side and judgement; new ones are appended."""
 
     def __init__(self, path: str | Path, pairs: Iterable[dict | tuple] = (), seed: str | None = None):
         self.path = Path(path)
-        ensure_private_dir(self.path.parent, tighten=False)  # <run>/eval/: created owner-only
         self.lock = threading.Lock()  # the UI judges on its thread, a worker may read on another
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = open_store(self.path, SCHEMA)
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key='seed'").fetchone()
@@ -203,7 +216,6 @@ def pairs_from_report(report: dict) -> list[dict]:
     for i, row in enumerate(report.get("rows") or []):
         if row.get("baseline") is None or row.get("tuned") is None:
             continue
-        pair_id = f"line-{row['line']}" if row.get("line") is not None else f"row-{i}"
-        pairs.append({"id": pair_id, "prompt": row.get("prompt") or "", "baseline": row["baseline"],
+        pairs.append({"id": row_key(row, i), "prompt": row.get("prompt") or "", "baseline": row["baseline"],
                       "tuned": row["tuned"]})
     return pairs

@@ -149,7 +149,8 @@ def format_checker(fmt: str | None, references: list[str]):
 
 
 def score_rows(rows: list[dict], side: str, task: str | None, fmt=None) -> dict:
-    """Aggregate metrics for one side ('tuned' or 'baseline') and mark each row."""
+    """Aggregate metrics for one side ('tuned', 'baseline', 'reference_model') and mark each row: exact
+    match, format check, task metric."""
     name, metric = task_metric(task)
     check = format_checker(fmt, [r["reference"] for r in rows])
     n = len(rows) or 1
@@ -160,9 +161,37 @@ def score_rows(rows: list[dict], side: str, task: str | None, fmt=None) -> dict:
         row[f"{side}_format"] = check(prediction) if check else None
         totals["exact_match"] += row[f"{side}_exact"]
         totals["normalised_match"] += normalised_match(prediction, row["reference"])
-        totals["task_metric"] += metric(prediction, row["reference"])
+        row[f"{side}_task"] = round(float(metric(prediction, row["reference"])), 4)
+        totals["task_metric"] += row[f"{side}_task"]
         totals["format_compliance"] += bool(row[f"{side}_format"])
     result = {k: round(v / n, 4) for k, v in totals.items()}
     if check is None:
         result["format_compliance"] = None
     return result, name
+
+
+def passed(row: dict, side: str) -> bool | None:
+    """Whether a side's answer to one example is right: the task metric is full marks (a report from
+    before per-row task scores: exact match); None when that side has no answer."""
+    if row.get(side) is None:
+        return None
+    task = row.get(f"{side}_task")
+    return task >= 1.0 if task is not None else bool(row.get(f"{side}_exact"))
+
+
+# Latency and prompt cost ------------------------------------------------------------
+
+def cost_metrics(rows: list[dict], side: str) -> dict:
+    """Means per example of what a side's answers cost: prompt tokens, generated tokens, seconds, and
+    generated tokens per second over all of them. From the rows' {side}_prompt_tokens,
+    {side}_generated_tokens and {side}_seconds; a figure no row has (an endpoint without token usage) is None."""
+    def mean(key):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return round(sum(values) / len(values), 4) if values else None
+
+    timed = [r for r in rows if r.get(f"{side}_generated_tokens") is not None and r.get(f"{side}_seconds")]
+    seconds = sum(r[f"{side}_seconds"] for r in timed)
+    return {"prompt_tokens": mean(f"{side}_prompt_tokens"), "generated_tokens": mean(f"{side}_generated_tokens"),
+            "seconds_per_example": mean(f"{side}_seconds"),
+            "tokens_per_second": round(sum(r[f"{side}_generated_tokens"] for r in timed) / seconds, 2)
+            if seconds else None}

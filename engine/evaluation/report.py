@@ -1,5 +1,5 @@
-"""The evaluation report: where a run keeps it and reading it back, the metrics it lists, its Markdown form,
-and the `tunedeck eval --json` summary."""
+"""The evaluation report: where a run keeps it and reading it back, the sides it compares, the metrics it
+lists, its Markdown form, and the `tunedeck eval --json` summary."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ from pathlib import Path
 
 from engine.runs.protocol import Run, RunError
 
+# The answering sides a report may hold, in the order every view lists them: the prompted base model,
+# a reference model (--reference: a larger local model or a served one, prompted the same way), the tuned model.
+SIDES = ("baseline", "reference_model", "tuned")
+SIDE_LABELS = {"baseline": "baseline", "reference_model": "ref model", "tuned": "tuned"}
+
 
 @dataclass(frozen=True)
 class Metric:
-    key: str  # in report["tuned"] and report["baseline"]
+    key: str  # in report[side] for each side of SIDES
     label: str
-    kind: str  # rate (0..1, higher is better), score (higher is better), lower (loss), ppl (perplexity)
-    group: str  # correctness | format | fit | judge: the Eval screen's sections
+    kind: str  # rate (0..1, higher is better), score (higher is better), lower (loss), ppl (perplexity);
+    #            cost and seconds (lower is better), count (no better or worse), speed (higher is better):
+    #            these compare as ratios
+    group: str  # correctness | format | fit | judge | cost: the Eval screen's sections
 
 
 # Every metric a report may hold, in the order every view lists them (Markdown, `tunedeck eval`, the Eval screen).
@@ -27,7 +34,18 @@ METRICS = (
     Metric("loss", "loss", "lower", "fit"),
     Metric("perplexity", "perplexity", "ppl", "fit"),
     Metric("judge_score", "judge score (1-5)", "score", "judge"),
+    Metric("prompt_tokens", "prompt tokens", "cost", "cost"),
+    Metric("generated_tokens", "generated tokens", "count", "cost"),
+    Metric("seconds_per_example", "seconds/example", "seconds", "cost"),
+    Metric("tokens_per_second", "tokens/s", "speed", "cost"),
 )
+RATIO_KINDS = ("cost", "seconds", "count", "speed")
+LOWER_IS_BETTER = ("lower", "ppl", "cost", "seconds")
+
+
+def sides(report: dict) -> list[str]:
+    """The sides this report measured, in SIDES order."""
+    return [s for s in SIDES if isinstance(report.get(s), dict)]
 
 
 def report_path(run: Run) -> Path:
@@ -53,9 +71,17 @@ def format_value(value, kind: str) -> str:
         return "-"
     if kind == "rate":
         return f"{value * 100:.1f}%"
+    if kind == "seconds":
+        return f"{value:.3f}"
+    if kind in RATIO_KINDS:  # token counts and rates
+        return f"{value:.1f}" if abs(value) < 10000 else f"{value:.0f}"
     if kind == "score" or (kind == "lower" and abs(value) < 100):
         return f"{value:.3f}"
     return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def format_ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def present(report: dict, sides: list[str]) -> list[Metric]:
@@ -63,14 +89,42 @@ def present(report: dict, sides: list[str]) -> list[Metric]:
     return [m for m in METRICS if any(m.key in (report.get(s) or {}) for s in sides)]
 
 
+def ratios(report: dict) -> dict:
+    """Latency and prompt cost of the tuned model as a multiple of each other side's: {side: {key: tuned / side}},
+    None where either figure is missing or the other side's is zero."""
+    tuned = report.get("tuned") or {}
+    out = {}
+    for side in sides(report):
+        if side != "tuned":
+            other = report[side]
+            out[side] = {m.key: (round(tuned[m.key] / other[m.key], 4)
+                                 if tuned.get(m.key) is not None and other.get(m.key) else None)
+                         for m in METRICS if m.kind in RATIO_KINDS}
+    return out
+
+
 def markdown_report(report: dict) -> str:
-    sides = ["baseline", "tuned"] if "baseline" in report else ["tuned"]
+    shown = sides(report)
     lines = [f"# Evaluation of run {report['run_id']}", "",
              f"{report['examples']} held-out examples from `{report['data']}`; task metric: "
-             f"{report['task_metric']}.", "", "| metric | " + " | ".join(sides) + " |",
-             "|---|" + "---|" * len(sides)]
-    for m in present(report, sides):
-        lines.append(f"| {m.label} | " + " | ".join(format_value(report[s].get(m.key), m.kind) for s in sides) + " |")
+             f"{report['task_metric']}."]
+    if "reference_model" in report:
+        lines.append(f"Reference model: `{report['reference_model'].get('model')}`, prompted like the baseline.")
+    lines += ["", "| metric | " + " | ".join(SIDE_LABELS[s] for s in shown) + " |", "|---|" + "---|" * len(shown)]
+    for m in present(report, shown):
+        if m.group != "cost":
+            lines.append(f"| {m.label} | " + " | ".join(format_value(report[s].get(m.key), m.kind) for s in shown)
+                         + " |")
+    cost = [m for m in present(report, shown) if m.group == "cost"]
+    if cost:
+        against = list(report.get("ratios") or {})
+        lines += ["", "## Latency and prompt cost", "", LATENCY_NOTE.format(batch=report.get("batch_size", "?")), "",
+                  "| per example | " + " | ".join(SIDE_LABELS[s] for s in shown)
+                  + "".join(f" | tuned / {SIDE_LABELS[s]}" for s in against) + " |",
+                  "|---|" + "---|" * (len(shown) + len(against))]
+        for m in cost:
+            lines.append(f"| {m.label} | " + " | ".join(format_value(report[s].get(m.key), m.kind) for s in shown)
+                         + "".join(f" | {format_ratio(report['ratios'][s].get(m.key))}" for s in against) + " |")
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -79,10 +133,20 @@ def markdown_report(report: dict) -> str:
     lines += ["", "## Examples", ""]
     for row in report["rows"][:10]:
         lines += [f"**line {row['line']}** prompt: {row['prompt'][:300]!r}", f"- reference: `{row['reference'][:200]}`"]
-        if "baseline" in row:
-            lines.append(f"- baseline: `{row['baseline'][:200]}`")
-        lines += [f"- tuned: `{row['tuned'][:200]}`", ""]
+        for side in shown:
+            if row.get(side) is not None:
+                lines.append(f"- {SIDE_LABELS[side]}: `{row[side][:200]}`")
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+# How the per-example seconds were measured, for the Markdown report.
+LATENCY_NOTE = ("Local models generate in batches of {batch} (the same for every side): an example's seconds "
+                "are its batch's wall time (chat template to decoded text) split evenly among the batch, so "
+                "the mean is the measured time per example; `--batch-size 1` times each example alone. "
+                "Prompt tokens are the example's own, without padding; generated tokens count up to the end "
+                "of the answer. A served reference model is timed per request, its tokens from the server's "
+                "usage. tokens/s: generated tokens over generation seconds.")
 
 
 def summary(report: dict) -> dict:
@@ -91,6 +155,8 @@ def summary(report: dict) -> dict:
                                                    ("probes", "regressed", "improved", "perplexity", "verdict")},
            "report": report.get("report_path"), "examples": report["examples"], "data": report["data"],
            "task_metric": report["task_metric"]}
-    if "baseline" in report:
-        out["baseline"] = report["baseline"]
+    for side in sides(report):
+        out[side] = report[side]
+    if report.get("ratios"):
+        out["ratios"] = report["ratios"]
     return out

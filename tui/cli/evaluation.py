@@ -17,13 +17,20 @@ def run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *ext
 
 
 def format_eval(result: dict) -> str:
-    from engine.evaluation.report import format_value, present
+    from engine.evaluation.report import SIDE_LABELS, format_ratio, format_value, present, sides
 
-    sides = [s for s in ("baseline", "tuned") if s in result]
-    lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}",
-             f"{'':<20}" + "".join(f"{s:>10}" for s in sides)]
-    for m in present(result, sides):
-        lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in sides))
+    shown = sides(result)
+    against = list(result.get("ratios") or {})
+    lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}"]
+    if "reference_model" in result:
+        lines.append(f"ref model: {result['reference_model'].get('model')}, prompted like the baseline")
+    lines.append(f"{'':<20}" + "".join(f"{SIDE_LABELS[s]:>10}" for s in shown)
+                 + "".join(f"{'vs ' + SIDE_LABELS[s]:>13}" for s in against))  # cost: tuned as a multiple
+    for m in present(result, shown):
+        ratios = "".join(f"{format_ratio(result['ratios'][s].get(m.key)):>13}" for s in against) \
+            if m.group == "cost" else ""
+        lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in shown)
+                     + ratios)
     lines.append(f"forgetting: {result['forgetting']['verdict']}")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
@@ -31,8 +38,12 @@ def format_eval(result: dict) -> str:
 
 def cmd_eval(args) -> int:
     run = resolve_run(args.run, args.workspace)
-    judge = ["--judge-endpoint", args.judge_endpoint, "--judge-model", args.judge_model] if args.judge_endpoint else []
-    result = run_eval(run, args.data, args.baseline, args.limit, *judge)
+    extra = ["--batch-size", str(args.batch_size)]
+    if args.judge_endpoint:
+        extra += ["--judge-endpoint", args.judge_endpoint, "--judge-model", args.judge_model]
+    if args.reference:
+        extra += ["--reference", args.reference, "--reference-model", args.reference_model]
+    result = run_eval(run, args.data, args.baseline, args.limit, *extra)
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0
 
@@ -56,6 +67,12 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--limit", type=int, help="evaluate the first N examples")
     p.add_argument("--judge-endpoint", help="optional LLM judge: an OpenAI-compatible base URL (off by default)")
     p.add_argument("--judge-model", default="default")
+    p.add_argument("--reference", metavar="MODEL|URL",
+                   help="a third column: a (larger) model prompted like the baseline: a model directory, GGUF "
+                        "file or cached repo id, or an OpenAI-compatible base URL (http://host:port/v1)")
+    p.add_argument("--reference-model", default="default", metavar="NAME", help="the model a --reference URL serves")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="examples generated together; 1 times each alone (a single request's latency)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", parents=[common], help="export the adapter, or the merged model")

@@ -1,11 +1,15 @@
 """Eval mode (5): the prompted base model against the tuned one on the held-out set.
 
 Opens on the newest run that has `eval/report.json` (o picks another). Three views:
-the metrics with deltas and the forgetting verdict (m), one example at a time with both
-answers (e, j/k), and the blind A/B review (r). A/B judgements go to
-`<run>/eval/ab.sqlite` and are committed before the next pair shows (engine.evaluation.ab), so a
-closed terminal loses nothing and reopening resumes at the next unjudged pair. Reading
-the report and opening the store happen in a worker; failures go to the app's modal.
+the metrics with deltas (a reference model's column when measured), the forgetting
+verdict, latency and prompt cost as ratios, the error categories counted (m); one example
+at a time with every side's answer (e, j/k), filtered to the tuned failures or to where
+baseline and tuned disagree (f), its error category cycled with c; and the blind A/B
+review (r). A/B judgements go to `<run>/eval/ab.sqlite`, error categories to
+`errors.sqlite`, each committed before the next pair or example shows
+(engine.evaluation.ab, .errors), so a closed terminal loses nothing and reopening resumes
+at the next unjudged pair. Reading the report and opening the stores happen in a worker;
+failures go to the app's modal.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from textual.widgets import ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
 from engine.core.files import ensure_private_dir
-from engine.evaluation.ab import ABStore, Pair, pairs_from_report
+from engine.evaluation.ab import ABStore, Pair, pairs_from_report, row_key
+from engine.evaluation.errors import FILTERS, ErrorStore, filter_rows, next_category, tally
 from engine.evaluation.report import read_report, report_path
 from engine.runs.protocol import Run, RunError
 from engine.runs.workspace import list_runs
@@ -31,6 +36,8 @@ from tui.messages import ReportExported, ReportLoaded
 from tui.screens.base import ModeScreen
 from tui.widgets.eval_views import (
     answer_text,
+    cost_view,
+    errors_view,
     example_view,
     forgetting_view,
     metrics_view,
@@ -39,6 +46,8 @@ from tui.widgets.eval_views import (
 
 VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r", "A/B review"))
 CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}
+FILTER_WHAT = {"all": "every example", "failures": "the tuned answer misses full marks on the task metric",
+               "disagreements": "one of baseline and tuned is right, the other wrong"}
 
 
 def evaluated_runs(workspace: Path) -> list[Run]:
@@ -60,6 +69,8 @@ class EvalScreen(ModeScreen):
         Binding("r", "show_view('ab')", "A/B review", show=False, id="eval.ab"),
         Binding("j", "move(1)", "Next example", show=False, id="eval.next"),
         Binding("k", "move(-1)", "Previous example", show=False, id="eval.prev"),
+        Binding("c", "categorise", "Error category", id="eval.category"),
+        Binding("f", "filter", "Filter", id="eval.filter"),
         Binding("a", "judge('A')", "A better", id="eval.judge_a"),
         Binding("b", "judge('B')", "B better", id="eval.judge_b"),
         Binding("t", "judge('tie')", "Tie", id="eval.tie"),
@@ -77,6 +88,9 @@ class EvalScreen(ModeScreen):
         self.report: dict | None = None
         self.mtime: float | None = None
         self.store: ABStore | None = None
+        self.errors: ErrorStore | None = None
+        self.categories: dict[str, str] = {}  # example id -> error category, as errors.sqlite holds them
+        self.example_filter = "all"  # of engine.evaluation.errors.FILTERS
         self.choices: list[tuple[str, str]] = []
         self.view = "metrics"
         self.index = 0
@@ -95,6 +109,8 @@ class EvalScreen(ModeScreen):
             with VerticalScroll(id="eval-metrics", can_focus=True):
                 yield Static("", id="eval-table")
                 yield Static("", id="eval-forgetting")
+                yield Static("", id="eval-cost")
+                yield Static("", id="eval-errors")
             with VerticalScroll(id="eval-examples", can_focus=True):
                 yield Static("", id="eval-example")
             with Vertical(id="eval-ab"):
@@ -114,8 +130,9 @@ class EvalScreen(ModeScreen):
         self.load(None)
 
     def on_unmount(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        for store in (self.store, self.errors):
+            if store is not None:
+                store.close()
 
     def on_screen_resume(self) -> None:
         # Back from another mode: pick up a report written meanwhile. Not after a failure,
@@ -137,20 +154,22 @@ class EvalScreen(ModeScreen):
         choices = [(run.id, _choice_label(run)) for run in runs]
         run = next((r for r in runs if r.id == run_id), runs[0] if runs else None)
         if run is None:
-            self.post_message(ReportLoaded(None, None, None, None, choices))
+            self.post_message(ReportLoaded(None, None, None, None, None, choices))
             return
         mtime = report_path(run).stat().st_mtime
         if not force and self.run is not None and run.id == self.run.id and mtime == self.mtime:
-            self.post_message(ReportLoaded(self.run, self.report, self.mtime, self.store, choices))
+            self.post_message(ReportLoaded(self.run, self.report, self.mtime, self.store, self.errors, choices))
             return
         report = read_report(run)
         pairs = pairs_from_report(report)
         store = ABStore(run.path / "eval" / "ab.sqlite", pairs) if pairs else None
+        errors = ErrorStore(run.path / "eval" / "errors.sqlite") if report.get("rows") else None
         if get_current_worker().is_cancelled:
-            if store is not None:
-                store.close()
+            for opened in (store, errors):
+                if opened is not None:
+                    opened.close()
             return
-        self.post_message(ReportLoaded(run, report, mtime, store, choices))
+        self.post_message(ReportLoaded(run, report, mtime, store, errors, choices))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.group == "eval-load":
@@ -166,9 +185,13 @@ class EvalScreen(ModeScreen):
         same = self.run is not None and message.run is not None and message.run.id == self.run.id
         if message.store is not self.store and self.store is not None:
             self.store.close()
+        if message.errors is not self.errors and self.errors is not None:
+            self.errors.close()
         self.run, self.report, self.mtime, self.store = message.run, message.report, message.mtime, message.store
+        self.errors = message.errors
+        self.categories = self.errors.categories() if self.errors else {}
         if not same:
-            self.index = 0
+            self.index, self.example_filter = 0, "all"
         rows = (self.report or {}).get("rows") or []
         self.index = min(self.index, max(len(rows) - 1, 0))
         self.pair = self.store.next_unjudged() if self.store else None
@@ -196,12 +219,21 @@ class EvalScreen(ModeScreen):
 
     def _render_report(self) -> None:
         self._render_head()
-        self.query_one("#eval-table", Static).update(metrics_view(self.report, self.run.id))
+        self._render_metrics()
         forgetting = self.query_one("#eval-forgetting", Static)
         forgetting.update(forgetting_view(self.report.get("forgetting")))
         self._render_example()
         self._render_ab()
         self.query_one("#eval-views", ContentSwitcher).current = f"eval-{self.view}"
+
+    def _render_metrics(self) -> None:
+        self.query_one("#eval-table", Static).update(metrics_view(self.report, self.run.id))
+        self.query_one("#eval-cost", Static).update(cost_view(self.report))
+        self._render_errors()
+
+    def _render_errors(self) -> None:
+        counted = tally(self.report.get("rows") or [], self.categories) if self.errors else None
+        self.query_one("#eval-errors", Static).update(errors_view(counted) if counted else "")
 
     def _render_head(self) -> None:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -220,7 +252,17 @@ class EvalScreen(ModeScreen):
         if not rows:
             example.update(Text("This report kept no per-example outputs.", style="italic"))
             return
-        example.update(example_view(rows[self.index], self.index, len(rows)))
+        visible = filter_rows(rows, self.example_filter)
+        if not visible:
+            example.update(Text(f"No example is among the {self.example_filter} "
+                                f"({FILTER_WHAT[self.example_filter]}). f shows the next filter.", style="italic"))
+            return
+        if self.index not in visible:
+            self.index = visible[0]
+        shown = "" if self.example_filter == "all" else \
+            f"{self.example_filter}: {visible.index(self.index) + 1} of {len(visible)} (f)"
+        row = rows[self.index]
+        example.update(example_view(row, self.index, len(rows), self.categories.get(row_key(row, self.index)), shown))
         self.query_one("#eval-examples", VerticalScroll).scroll_home(animate=False)
 
     def _render_ab(self) -> None:
@@ -256,6 +298,8 @@ class EvalScreen(ModeScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("judge", "undo"):
             return self.view == "ab" and self.store is not None
+        if action in ("categorise", "filter"):
+            return self.view == "examples" and self.errors is not None
         if action in ("show_view", "move", "export", "diagnose"):
             return self.report is not None
         if action == "choose_run":
@@ -272,9 +316,10 @@ class EvalScreen(ModeScreen):
 
     def action_move(self, delta: int) -> None:
         if self.view == "examples":
-            rows = self.report.get("rows") or []
-            if rows:
-                self.index = max(0, min(len(rows) - 1, self.index + delta))
+            visible = filter_rows(self.report.get("rows") or [], self.example_filter)
+            if self.index in visible:
+                at = max(0, min(len(visible) - 1, visible.index(self.index) + delta))
+                self.index = visible[at]
                 self._render_example()
         elif self.view == "metrics":
             scroll = self.query_one("#eval-metrics", VerticalScroll)
@@ -282,6 +327,24 @@ class EvalScreen(ModeScreen):
         else:
             for name in ("#ab-a", "#ab-b"):
                 self.query_one(name, VerticalScroll).scroll_relative(y=delta * 3, animate=False)
+
+    def action_categorise(self) -> None:
+        """The shown example's error category: the next of factual, format, reasoning, other, none."""
+        rows = self.report.get("rows") or []
+        if self.index not in filter_rows(rows, self.example_filter):
+            return
+        key = row_key(rows[self.index], self.index)
+        category = next_category(self.categories.get(key))
+        self.errors.set(key, category)  # committed before anything else shows
+        self.categories = self.errors.categories()
+        self._render_example()
+        self._render_errors()
+
+    def action_filter(self) -> None:
+        self.example_filter = FILTERS[(FILTERS.index(self.example_filter) + 1) % len(FILTERS)]
+        visible = filter_rows(self.report.get("rows") or [], self.example_filter)
+        self._render_example()
+        self.notify(f"Examples: {self.example_filter} ({len(visible)})")
 
     def action_judge(self, choice: str) -> None:
         if self.store is None:
