@@ -45,7 +45,6 @@ from tui.widgets.eval_views import (
 )
 
 VIEWS = (("metrics", "m", "Metrics"), ("examples", "e", "Examples"), ("ab", "r", "A/B review"))
-CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "tie", "skip": "skipped"}
 FILTER_WHAT = {"all": "every example", "failures": "the tuned answer misses full marks on the task metric",
                "disagreements": "one of baseline and tuned is right, the other wrong"}
 
