@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 from tui.follow import RunView
+from tui.watch import RunNotice
 
 if TYPE_CHECKING:
     from engine.data.dedup import Clusters
@@ -143,6 +144,13 @@ class RunLaunched(Message):
     @property
     def notice(self) -> str:
         return f"{'Resumed' if self.resumed else 'Started'} {self.run.id}"
+
+
+@dataclass
+class RunNoticed(Message):
+    """A run the app watches ended, or raised a warning code for the first time (tui.watch)."""
+
+    notice: RunNotice
 
 
 # ---- Eval ----
