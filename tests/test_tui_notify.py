@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from engine_runs import dump, kill, start
+from engine_runs import dump, events, kill, start
 from tui_fixtures import SIZE, make_run, no_gpu_snapshot, screen_text, wait_for, write_status
 
+from engine.runs.events import EventWriter
 from tui.app import TunedeckApp
 from tui.screens.gpu import GpuScreen
 from tui.screens.monitor import MonitorScreen
@@ -78,8 +79,6 @@ async def test_a_real_run_ending_rings_and_toasts_on_another_screen_and_is_marke
 
 
 def next_bad_row(run) -> str:
-    from engine_runs import events
-
     return next(e["message"] for e in events(run) if e["type"] == "warning" and e["code"] == "bad_row")
 
 
@@ -92,8 +91,6 @@ async def test_an_engine_that_dies_is_announced_as_crashed_and_old_endings_are_n
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.run_watch.endings is not None)
             # the engine as it writes a warning, then its end: a kill -9, which it cannot report
-            from engine.runs.events import EventWriter
-
             writer = EventWriter(going.events_path)
             writer.write("warning", 41, code="divergence", message="loss 9 is 4x its minimum")
             writer.write("warning", 42, code="divergence", message="loss 10 is 5x its minimum")
