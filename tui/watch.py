@@ -2,8 +2,8 @@
 
 `RunWatch.poll()` reads each run's status.json (judged: a dead engine reads crashed) and, for the runs
 still going, the new bytes of events.jsonl; it returns what changed since the last poll as notices:
-a run that reached a final state (completed, stopped, failed, crashed) and a warning code a run raised
-for the first time. What had ended before the app opened is not announced: the Runs list marks it
+a run that reached a final state (completed, stopped, failed, crashed) and a warning code a run's engine
+raised for the first time. What had ended before the app opened is not announced: the Runs list marks it
 until it is seen. Nothing here touches Textual, so it is tested on its own.
 
 An ending is seen once the monitor has shown the run in that state; `<run>/seen.json` records which
@@ -75,23 +75,28 @@ class RunWatch:
         self.endings: dict[Path, str | None] | None = None  # None until the first poll
         self.readers: dict[Path, EventReader] = {}  # the runs still going
         self.warned: dict[Path, set[str]] = {}
-        self._lock = threading.Lock()  # one poll at a time, whichever thread calls it
+        self._lock = threading.Lock()  # one poll at a time: the app's timer may fire during a slow one
 
     def include(self, run: Run) -> None:
         self.included[run.path] = run
 
     def poll(self) -> list[RunNotice]:
-        with self._lock:
+        """What changed since the last poll; nothing while another poll is still reading (a slow disk)."""
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
             return self._poll()
+        finally:
+            self._lock.release()
 
     def _poll(self) -> list[RunNotice]:
         runs = {run.path: run for run in list_runs(self.workspace)} | self.included
         opened = self.endings is None
         before = self.endings or {}
-        notices, self.endings = [], {}
+        notices, endings = [], {}
         for path, run in runs.items():
             status = run.status()
-            key = self.endings[path] = ending_key(status)
+            key = endings[path] = ending_key(status)
             reader = self.readers.get(path)
             if reader is None and key is None:
                 # A run going when the app opened is followed from here; one started since, from its start.
@@ -99,10 +104,13 @@ class RunWatch:
                 reader = self.readers[path] = EventReader(run.events_path, offset=start)
             if reader is not None:
                 notices += self._warnings(run, reader)
-            if key is not None:
+            if key is not None:  # ended: a resumed engine's warnings are new again, as for notify_command
                 self.readers.pop(path, None)
+                self.warned.pop(path, None)
                 if not opened and key != before.get(path):
                     notices.append(ending_notice(run.id, status))
+        self.endings = endings
+        self.readers = {path: reader for path, reader in self.readers.items() if path in runs}  # deleted runs
         return notices
 
     def _warnings(self, run: Run, reader: EventReader) -> list[RunNotice]:
