@@ -71,7 +71,8 @@ class Notifier:
             proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, cwd=self.run_dir,
                                     start_new_session=True)  # its own group: a timeout kills its children too
         except (OSError, ValueError) as exc:  # not found, not executable; a NUL in a value
-            self.failed(f"notify_command {command} could not start for {what}: {getattr(exc, 'strerror', None) or exc}")
+            why = getattr(exc, "strerror", None) or exc
+            self.failed(f"notify_command {command} could not start for {what}: {why}")
             return
         try:
             code = proc.wait(timeout=self.timeout)

@@ -100,7 +100,7 @@ class RunPlumbing:
                 return
             self.events.write(type, step=step, **fields)
         if type == "warning":
-                self.notifier.warning(str(fields.get("code")), str(fields.get("message", "")), step)
+            self.notifier.warning(str(fields.get("code")), str(fields.get("message", "")), step)
 
     def update(self, **fields) -> None:
         self.board.update(**fields)
