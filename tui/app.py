@@ -1,4 +1,5 @@
-"""The tunedeck app: five modes, the global keys, and the one place errors are shown."""
+"""The tunedeck app: five modes, the global keys, the one place errors are shown, and the bell and toast
+when a run ends or warns, whatever screen is open (tui.watch)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tui.messages import ErrorReported
+from tui.messages import ErrorReported, RunNoticed
 from tui.modes import MODES as MODE_TITLES
 from tui.screens.data import DataScreen
 from tui.screens.eval import EvalScreen
 from tui.screens.gpu import GpuScreen
 from tui.screens.plan import PlanScreen
 from tui.screens.runs import RunsScreen
+from tui.watch import RunWatch
 
 SCREENS = {screen.MODE: screen for screen in (GpuScreen, PlanScreen, DataScreen, RunsScreen, EvalScreen)}
 
@@ -33,6 +36,7 @@ class TunedeckApp(App):
         Binding("question_mark,f1", "app.show_keys", "Keys", id="app.keys"),
         Binding("ctrl+q", "app.quit", "Quit", id="app.quit", show=False, priority=True),
     ]
+    WATCH_SECONDS = 2.0  # every run's status is read this often for endings and warnings
 
     def __init__(self, workspace: Path, mode: str | None = None, attach: str | Path | None = None,
                  gpu_sampler: Callable[[Path], dict] | None = None, gpu_interval: float = 1.0,
@@ -48,6 +52,7 @@ class TunedeckApp(App):
             from engine.hardware import snapshot as gpu_sampler
         self.gpu_sampler = gpu_sampler
         self.gpu_interval = gpu_interval
+        self.run_watch = RunWatch(self.workspace)
 
     async def on_mount(self) -> None:
         await self.switch_mode(self.start_mode)
@@ -55,7 +60,24 @@ class TunedeckApp(App):
             from engine.runs.workspace import resolve_run
             from tui.screens.monitor import MonitorScreen
 
-            await self.push_screen(MonitorScreen(resolve_run(self.attach, self.workspace)))
+            run = resolve_run(self.attach, self.workspace)
+            self.run_watch.include(run)  # it may live outside the workspace
+            await self.push_screen(MonitorScreen(run))
+        self.poll_runs()
+        self.set_interval(self.WATCH_SECONDS, self.poll_runs)
+
+    @work(thread=True, group="watch", name="watching runs", exit_on_error=False)
+    def poll_runs(self) -> None:
+        try:
+            notices = self.run_watch.poll()
+        except OSError:
+            return  # an unreadable workspace: the Runs screen says why; the next poll tries again
+        for notice in notices:
+            self.post_message(RunNoticed(notice))
+
+    def on_run_noticed(self, message: RunNoticed) -> None:
+        self.bell()
+        self.notify(message.notice.text, severity=message.notice.severity, timeout=10)
 
     def action_show_keys(self) -> None:
         from tui.screens.keys import KeysScreen

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 from tui.follow import RunView
+from tui.watch import RunNotice
 
 if TYPE_CHECKING:
     from engine.data.dedup import Clusters
@@ -151,6 +152,13 @@ class RunsCompared(Message):
     """engine.runs.compare's comparison of the runs the Compare screen was opened on."""
 
     comparison: dict
+
+
+@dataclass
+class RunNoticed(Message):
+    """A run the app watches ended, or raised a warning code for the first time (tui.watch)."""
+
+    notice: RunNotice
 
 
 # ---- Eval ----

@@ -109,6 +109,10 @@ class RunConfig:
     # several GPUs: processes per node for torchrun; 1 runs a plain process
     nproc_per_node: int = 1
 
+    # notifications (engine.training.notify): a command the engine runs, without a shell, once per
+    # ending and per new warning code, with TUNEDECK_RUN_ID, _STATE, _REASON, _RUN_DIR... in its environment
+    notify_command: str | None = None
+
     def resolved_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
@@ -245,6 +249,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
             if check_paths and not _exists(key, path):
                 raise ConfigError(f"config key {key!r}: file not found: {path}")
             values[key] = str(path)
+    if values.get("notify_command") is not None:
+        values["notify_command"] = _notify_command(values["notify_command"], base, check_paths)
     model = values["model"]
     local = (base / _expand("model", model))
     if model.startswith((".", "/", "~")) or _exists("model", local):
@@ -268,6 +274,26 @@ def _check_reporters(reporters: list[str]) -> None:
         if packages and not any(importlib.util.find_spec(p) for p in packages):
             raise ConfigError(f"config key 'report_to': {name} needs the {packages[0]} package; "
                               f"`pip install {packages[0]}` or leave {name} out")
+
+
+def _notify_command(command: str, base: Path, check_paths: bool) -> str:
+    """The command split as the engine will run it (shlex, no shell), a relative program path taken from
+    `base` (the engine runs in the run directory), and the program found."""
+    import shlex
+    import shutil
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'notify_command': cannot split {_short(command)}: {exc}") from None
+    if not argv:
+        raise ConfigError("config key 'notify_command' is empty; name a program, or leave the key out")
+    if "/" in argv[0]:
+        argv[0] = str(_resolve("notify_command", base / _expand("notify_command", argv[0])))
+    if check_paths and shutil.which(argv[0]) is None:
+        raise ConfigError(f"config key 'notify_command': program {_short(argv[0])} not found or not executable; "
+                          "it runs without a shell, so write `sh -c '...'` for pipes or variables")
+    return shlex.join(argv)
 
 
 def _expand(key: str, value: str) -> Path:

@@ -9,6 +9,8 @@ A recipe, the Trainer callback (engine.training.callback) and the checkpoint boo
     plumbing.set_state(state, step=..., **f)     the state: a status update, a state event, written now
     plumbing.stop_requested                      a graceful stop was asked for (command or signal)
 
+An ending state and each new warning code also run the config's notify_command (engine.training.notify).
+
 It knows nothing of recipes. Under torchrun every rank has one; only rank 0's writes anything.
 """
 
@@ -24,6 +26,7 @@ from engine.core.files import write_atomic
 from engine.runs.events import EventWriter
 from engine.runs.protocol import COMMANDS, HEARTBEAT_SECONDS, Run
 from engine.training.distributed import agree, local_device, rank
+from engine.training.notify import NOTIFY_FAILED, Notifier
 from engine.training.signals import SIGNALS
 
 
@@ -76,20 +79,28 @@ class StatusBoard:
 
 class RunPlumbing:
     """One engine's side of the run directory. `resume`: this engine continues the run, so the status the
-    previous engine left is read (before the heartbeat replaces it) for the best evaluation it recorded."""
+    previous engine left is read (before the heartbeat replaces it) for the best evaluation it recorded.
+    `notify_command`: the config's, run by rank 0 alone."""
 
-    def __init__(self, run: Run, resume: bool = False, **status):
+    def __init__(self, run: Run, resume: bool = False, notify_command: str | None = None, **status):
         self.run, self.resume = run, resume
         self.writes = rank() == 0
         self.events = EventWriter(run.events_path) if self.writes else None
+        self._event_lock = threading.Lock()  # the notify threads report failures as events too
+        self.notifier = Notifier(notify_command if self.writes else None, run.id, run.path,
+                                 lambda message: self.event("warning", code=NOTIFY_FAILED, message=message))
         self.previous_status = run.status() if resume else {}
         self.board = StatusBoard(run, self.writes, state="starting", **status)
         self._stop_requested = False
 
     # ---- the interface ------------------------------------------------------
     def event(self, type: str, step: int | None = None, **fields) -> None:
-        if self.events is not None:
+        with self._event_lock:
+            if self.events is None:
+                return
             self.events.write(type, step=step, **fields)
+        if type == "warning":
+            self.notifier.warning(str(fields.get("code")), str(fields.get("message", "")), step)
 
     def update(self, **fields) -> None:
         self.board.update(**fields)
@@ -98,6 +109,7 @@ class RunPlumbing:
         self.board.update(state=state, **fields)
         self.event("state", step=step, state=state, **{k: v for k, v in fields.items() if k != "warnings"})
         self.board.flush()
+        self.notifier.ending(state, fields.get("error") or fields.get("reason") or f"{state} at step {step}", step)
 
     @property
     def stop_requested(self) -> bool:
@@ -127,6 +139,9 @@ class RunPlumbing:
         self.board.start()
 
     def close(self) -> None:
+        self.notifier.wait()  # their failures are events: before the event file closes
         self.board.close()
-        if self.events is not None:
-            self.events.close()
+        with self._event_lock:  # a command still running after a second stop signal writes nothing now
+            events, self.events = self.events, None
+        if events is not None:
+            events.close()

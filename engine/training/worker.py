@@ -14,14 +14,17 @@ import os
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a typo'd repo id
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.core.files import PRIVATE_UMASK, write_atomic  # noqa: E402
+from engine.runs.events import EventWriter  # noqa: E402
 from engine.runs.protocol import Run, RunError  # noqa: E402
 from engine.training.config import ConfigError, parse_config  # noqa: E402
+from engine.training.notify import NOTIFY_FAILED, Notifier  # noqa: E402
 from engine.training.signals import SIGNALS, StopNow  # noqa: E402
 
 OOM_ADVICE = ("out of memory: try per_device_train_batch_size 1 with gradient_accumulation_steps, "
@@ -115,11 +118,12 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
 
             recipe_class = SFTRecipe
     except StopNow:
-        return _stopped_before_start(run, rank0)
+        return _stopped_before_start(run, rank0, cfg.notify_command)
     if SIGNALS.count:
-        return _stopped_before_start(run, rank0)
+        return _stopped_before_start(run, rank0, cfg.notify_command)
 
-    plumbing = RunPlumbing(run, resume=args.resume, method=cfg.method, model=cfg.model, max_steps=None, step=0)
+    plumbing = RunPlumbing(run, resume=args.resume, notify_command=cfg.notify_command,
+                           method=cfg.method, model=cfg.model, max_steps=None, step=0)
     recipe = recipe_class(cfg, plumbing)
     code = 0
     try:
@@ -147,13 +151,23 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
     return code
 
 
-def _stopped_before_start(run: Run, rank0: bool) -> int:
+def _stopped_before_start(run: Run, rank0: bool, notify_command: str | None) -> int:
     """A stop signal arrived while the engine started: nothing trained, nothing to save."""
     if rank0:
+        reason = "stop signal before training started"
         write_atomic(run.status_path, json.dumps({**run.status(), "state": "stopped", "pid": os.getpid(),
-                                                  "heartbeat": time.time(),
-                                                  "reason": "stop signal before training started"}))
+                                                  "heartbeat": time.time(), "reason": reason}))
+        notifier = Notifier(notify_command, run.id, run.path, partial(_record_warning, run, NOTIFY_FAILED))
+        notifier.ending("stopped", reason, None)
+        notifier.wait()
     return 0
+
+
+def _record_warning(run: Run, code: str, message: str) -> None:
+    """A warning event from outside the plumbing (which this engine never built)."""
+    events = EventWriter(run.events_path)
+    events.write("warning", code=code, message=message)
+    events.close()
 
 
 def _step(recipe) -> int | None:

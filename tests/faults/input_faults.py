@@ -724,6 +724,8 @@ def out_of_range(rng, key: str) -> list:
                  "./loop", "/dev/null/x"],
         "eval_data": ["./missing.jsonl", "~no-such-user-x/e.jsonl", "./loop"],
         "test_data": ["./missing.jsonl", "~no-such-user-x/t.jsonl", "./" + "t" * 300],
+        "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
+                           "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
     if key in POSITIVE:
         values.append(rng.randint(-10**9, 0))
@@ -744,6 +746,7 @@ def valid_value(rng, key: str):
         "divergence_factor": rng.uniform(1.01, 100), "grad_spike_factor": rng.uniform(1.01, 100),
         "lora_target_modules": rng.choice(["all-linear", ["q_proj", "v_proj"]]),
         "report_to": rng.choice([[], ["tensorboard"]]), "optim": "adamw_torch", "lr_scheduler_type": "cosine",
+        "notify_command": rng.choice([None, "true", "echo 'run ended'", "sh -c 'echo $TUNEDECK_STATE'"]),
     }
     if key in table:
         return table[key]

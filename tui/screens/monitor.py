@@ -24,6 +24,7 @@ from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
 from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
 from tui.messages import ErrorReported, RunLaunched, RunUpdated
 from tui.screens.base import ModeScreen
+from tui.watch import ending_key, mark_seen
 from tui.widgets.plot import BraillePlot, PlotSeries
 from tui.widgets.textplot import meter
 
@@ -60,6 +61,7 @@ class MonitorScreen(ModeScreen):
         self.pending: dict[str, dict] = {}  # command id -> {"command", "sent"}
         self.answered: list[tuple[dict, dict]] = []  # (command, ack event), newest last
         self._stop = threading.Event()
+        self.seen_ending: str | None = None  # the ending this screen has shown, recorded as seen (tui.watch)
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="mon-head")
@@ -122,6 +124,10 @@ class MonitorScreen(ModeScreen):
         self.view = view
         status = view.status
         state = status.get("state", "unknown")
+        ending = ending_key(status)
+        if ending not in (None, self.seen_ending):
+            self.seen_ending = ending
+            mark_seen(self.run, status)
         for cid in [cid for cid in self.pending if cid in view.acks]:
             command = self.pending.pop(cid)
             ack = view.acks[cid]

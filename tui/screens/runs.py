@@ -16,6 +16,7 @@ from engine.runs.workspace import list_runs
 from tui.follow import fmt_age, fmt_num
 from tui.messages import RunLaunched, RunsListed
 from tui.screens.base import ModeScreen
+from tui.watch import is_unseen
 
 REFRESH_SECONDS = 2.0
 
@@ -39,6 +40,7 @@ def run_row(run: Run, now: float | None = None) -> dict:
         "age": fmt_age(now - created) if isinstance(created, (int, float)) else "?",
         "error": status.get("error"),
         "warnings": status.get("warnings") or [],
+        "unseen": is_unseen(run, status),  # ended, and not opened since (tui.watch)
     }
 
 
@@ -93,7 +95,8 @@ class RunsScreen(ModeScreen):
             self.marked &= {row["id"] for row in self.rows}  # a run deleted meanwhile is no longer marked
             table.clear()
             for row in self.rows:
-                state = Text(row["state"], style="bold" if row["state"] in {"crashed", "failed"} else "")
+                state = Text(("•" if row["unseen"] else "") + row["state"],
+                             style="bold" if row["state"] in {"crashed", "failed"} or row["unseen"] else "")
                 table.add_row(self._run_cell(row["id"]), state, row["model"], row["method"], row["step"],
                               row["loss"], row["age"], key=row["id"])
             if current is not None:
@@ -126,7 +129,7 @@ class RunsScreen(ModeScreen):
             return
         text = Text(no_wrap=False)
         text.append(f"{row['id']}  ", "bold")
-        text.append(f"{row['state']}\n")
+        text.append(f"{row['state']}" + (" • not seen yet" if row["unseen"] else "") + "\n")
         text.append(f"{row['path']}\n", "dim")
         if row["error"]:
             text.append(f"{row['error']}\n")

@@ -63,11 +63,24 @@ class Recipe:
         per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
         steps_per_epoch = max(1, -(-len(self.train_dataset) // per_step))
         total = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.num_train_epochs)
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plumbing.run.path / "tensorboard"))
+        self._trackers_into_the_run()
         self.callback = RunCallback(plumbing, HealthMonitor(cfg.divergence_factor, cfg.grad_spike_factor),
                                     self.early, can_evaluate=bool(self.eval_dataset))
         self.trainer = self.build_trainer(self._training_arguments(total), [self.callback])
         plumbing.update(max_steps=total)
+
+    def _trackers_into_the_run(self) -> None:
+        """report_to backends write inside the run directory. wandb runs offline, always: tunedeck opens no
+        network connection (`wandb sync <run>/wandb/offline-run-*` uploads later, if you want), and its
+        settings, cache and data directories are the run's too, so nothing lands in the home directory."""
+        run_dir = self.plumbing.run.path
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+        if "wandb" in self.cfg.report_to:
+            wandb_dir = run_dir / "wandb"
+            os.environ.update(WANDB_MODE="offline", WANDB_ERROR_REPORTING="false", WANDB_DIR=str(run_dir),
+                              WANDB_CONFIG_DIR=str(wandb_dir / "config"), WANDB_CACHE_DIR=str(wandb_dir / "cache"),
+                              WANDB_DATA_DIR=str(wandb_dir / "data"), WANDB_ARTIFACT_DIR=str(wandb_dir / "artifacts"))
+            os.environ.setdefault("WANDB_PROJECT", "tunedeck")
 
     def _load_model(self):
         cfg = self.cfg
@@ -144,7 +157,7 @@ class Recipe:
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=not torch.cuda.is_available(),
             gradient_checkpointing=self.gradient_checkpointing and cfg.method != "qlora",
             gradient_checkpointing_kwargs={"use_reentrant": False},
-            report_to=cfg.report_to or "none", disable_tqdm=True,
+            report_to=cfg.report_to or "none", run_name=self.plumbing.run.id, disable_tqdm=True,
             dataloader_num_workers=0, ddp_find_unused_parameters=False,
         )
 
