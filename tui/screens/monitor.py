@@ -39,10 +39,10 @@ class MonitorScreen(ModeScreen):
         Binding("escape,backspace", "back", "Runs", id="monitor.back"),
         Binding("s", "command('stop')", "Stop", id="monitor.stop"),
         Binding("S", "stop_now", "Stop now", id="monitor.stop_now"),
-        Binding("p", "pause_resume", "Pause/resume", id="monitor.pause"),
+        Binding("p", "pause_resume", "Pause", id="monitor.pause"),
         Binding("c", "command('checkpoint')", "Checkpoint", id="monitor.checkpoint"),
         Binding("e", "command('eval')", "Eval", id="monitor.eval"),
-        Binding("l", "toggle_log", "Log", id="monitor.log"),
+        Binding("l", "toggle_log", "Log", id="monitor.log", show=False),
         Binding("d", "diagnose", "Diagnose", id="monitor.diagnose"),
         Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
     ]
