@@ -107,6 +107,9 @@ class RunConfig:
     # several GPUs: processes per node for torchrun; 1 runs a plain process
     nproc_per_node: int = 1
 
+    # answers sampled while training (engine.training.samples)
+    sample_prompts: int = 3  # held-out prompts answered greedily at each evaluation; 0 turns it off
+
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
@@ -226,6 +229,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
                                   or (high is not None and value >= high)):
             bounds = f"{'at least' if inclusive else 'above'} {low:g}" + (f" and below {high:g}" if high else "")
             raise ConfigError(f"config key {key!r} must be {bounds}, got {value:g}")
+    if values.get("sample_prompts", 0) < 0:
+        raise ConfigError(f"config key 'sample_prompts' must be 0 (off) or more, got {values['sample_prompts']}")
     if not 0 <= values.get("seed", 0) < 2**32:
         raise ConfigError(f"config key 'seed' must be in [0, 2**32), got {values['seed']}")
     if values.get("lora_target_modules") == []:
