@@ -3,12 +3,16 @@ tiny model, harmless to training, and shown by the monitor beside the answers of
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
 from engine_runs import dump, events, start, wait_final
-from tui_fixtures import SIZE, make_app, screen_text, wait_for
+from tui_fixtures import SIZE, assert_snapshot, make_app, make_run, screen_text, wait_for
 
 from engine.data.load import Example
+from engine.runs.events import EventWriter
 from engine.runs.protocol import Run
 from engine.testing import learnable_rows, write_jsonl
 from engine.training.samples import sample_conversations
@@ -106,10 +110,10 @@ async def test_monitor_shows_the_answers_and_what_changed_since_the_evaluation_b
         await pilot.pause()
         text = screen_text(app)
         assert f"answers at step 20 · {changed} of 3 changed since step 15" in text
-        assert "╭─ loss" not in text  # the answers take the plots' place
+        assert "╭─ loss" not in text and "╭─ events" not in text  # the answers take the screen
         blocks = text.split("╮", 1)[1].split("╰", 1)[0]
         for new, old in zip(newest, before):
-            assert f"{new['index'] + 1} {new['prompt']}  ref {new['reference']}" in blocks
+            assert f"{new['index'] + 1} {new['prompt']}" in blocks and f"ref {new['reference']}" in blocks
             shown = new["answer"].strip().replace("\n", " ⏎ ")
             assert f"→ {shown[:40] or '(empty)'}" in blocks
         assert blocks.count("= unchanged since step 15") == 3 - changed
@@ -118,3 +122,31 @@ async def test_monitor_shows_the_answers_and_what_changed_since_the_evaluation_b
         await pilot.press("a")
         await pilot.pause()
         assert "╭─ loss" in screen_text(app)
+
+
+@pytest.mark.asyncio
+async def test_answers_snapshot(monkeypatch):
+    """Long prompts keep both ends; an unchanged, a changed and an empty answer, at 80x24."""
+    monkeypatch.setattr(MonitorScreen, "POLL_SECONDS", 0.05)
+    workspace = Path("/tmp/tunedeck-snapshots-samples")  # a fixed path: the same screen on every machine
+    shutil.rmtree(workspace, ignore_errors=True)
+    run = make_run(workspace, run_id="20250101-090000-live-0001", steps=30, warnings=False)
+    prompts = [("Extract the name, age and city as JSON.\n\nAt 38, Diego Brown moved to Perth for work.",
+                '{"name": "Diego Brown", "age": 38, "city": "Perth"}'),
+               ("join cat and dog", "cat-dog"), ("join sun and tree", "sun-tree")]
+    writer = EventWriter(run.events_path)
+    for step, answers in ((20, ['JSON:\n{"name": "Diego", "age": 38}', "cat-dog", "sun-sun"]),
+                          (30, ['{"name": "Diego Brown", "age": 38, "city": "Perth"}', "cat-dog", ""])):
+        writer.write("sample", step, samples=[{"index": i, "prompt": p, "reference": r, "answer": a}
+                                              for i, ((p, r), a) in enumerate(zip(prompts, answers))])
+    writer.close()
+    try:
+        app = make_app(workspace, attach=run.id)
+        async with app.run_test(size=SIZE) as pilot:
+            mon = app.screen
+            await wait_for(pilot, lambda: mon.view is not None and mon.view.samples and not mon.view.replaying)
+            await pilot.press("a")
+            await pilot.pause()
+            assert_snapshot(app, "monitor_answers")
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)

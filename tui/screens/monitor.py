@@ -203,13 +203,14 @@ class MonitorScreen(ModeScreen):
             changed = sum(s.changed for s in view.samples)
             box.border_title = (f"answers at step {step}" + (f" · {changed} of {len(view.samples)} changed since "
                                                              f"step {before}" if before is not None else ""))
+            width = max(20, self.query_one("#mon-samples-text", Static).content_size.width or 76)
             text = Text(no_wrap=True, overflow="ellipsis")
             for i, sample in enumerate(view.samples):
-                text.append(("\n" if i else "") + f"{sample.index + 1} {_one_line(sample.prompt)}")
-                text.append(f"  ref {_one_line(sample.reference)}", "dim")
+                number = f"{sample.index + 1} "
+                text.append(("\n" if i else "") + number + _middle(_one_line(sample.prompt), width - len(number)))
                 text.append("\n  → ")
                 text.append(_one_line(sample.answer) or "(empty)", "bold" if sample.answer else "dim")
-                text.append("\n  ")
+                text.append(f"\n  ref {_one_line(sample.reference)}\n  ", "dim")
                 text.append_text(_change(sample, before))
         self.query_one("#mon-samples-text", Static).update(text)
 
@@ -290,6 +291,8 @@ class MonitorScreen(ModeScreen):
     def action_toggle_samples(self) -> None:
         self.remove_class("-log-full")
         self.toggle_class("-samples")
+        if self.has_class("-samples"):  # arrows and page keys scroll answers that do not fit
+            self.call_after_refresh(self.query_one("#mon-samples", VerticalScroll).focus)
         if self.view is not None:
             self.call_after_refresh(self.show, self.view)
 
@@ -315,6 +318,14 @@ class MonitorScreen(ModeScreen):
 
 def _one_line(text: str) -> str:
     return text.strip().replace("\n", " ⏎ ")
+
+
+def _middle(text: str, width: int) -> str:
+    """Long prompts often share an instruction and differ at the end: keep both ends."""
+    if len(text) <= width:
+        return text
+    head = width // 3
+    return text[:head] + " … " + text[-(width - head - 3):]
 
 
 def _change(sample: SampleAnswer, before: int | None) -> Text:
