@@ -3,7 +3,10 @@ tiny model, harmless to training, and shown by the monitor beside the answers of
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,16 @@ def test_each_evaluation_writes_the_answers_to_the_first_held_out_prompts(sample
         assert all(isinstance(s["answer"], str) for s in event["samples"])
     # Generated, not copied: the untrained-at-first model does not answer alike at every evaluation.
     assert len({tuple(s["answer"] for s in e["samples"]) for e in samples}) > 1
+
+
+def test_attach_plain_prints_each_answer(sampled_run):
+    result = subprocess.run([sys.executable, "-m", "tui.cli", "attach", str(sampled_run.path), "--plain"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    last = of_type(sampled_run, "sample")[-1]["samples"]
+    for i, sample in enumerate(last, 1):
+        assert (f"step 20: answer {i}: {json.dumps(sample['answer'], ensure_ascii=False)[:100]} "
+                f"(reference {json.dumps(sample['reference'], ensure_ascii=False)[:100]})") in result.stdout
 
 
 def test_sampling_leaves_training_as_it_was_and_zero_turns_it_off(sampled_run, tiny_project, tmp_path):
