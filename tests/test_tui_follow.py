@@ -141,6 +141,8 @@ def test_follower_compares_the_newest_answers_with_the_evaluation_before(tmp_pat
     assert view.sample_steps == (30, 20)  # only the last two evaluations count
     assert [(s.answer, s.previous, s.changed) for s in view.samples] == [
         ("cat-dog is the answer", "cat dog", True), ("dog", "dog", False)]
+    follower.feed({"type": "sample", "step": 40, "samples": [["not", "a", "sample"], {"index": [1], "answer": 3}]})
+    assert [(s.index, s.answer, s.previous) for s in follower.view().samples] == [(1, "3", "dog")]
 
 
 def test_word_diff_marks_changed_words_and_elides_far_context():

@@ -98,16 +98,17 @@ class SampleAnswer:
 
 def sample_answers(older: dict | None, newer: dict) -> tuple[SampleAnswer, ...]:
     """The answers of a `sample` event beside those of the event before it, matched by prompt index."""
-    before = {s.get("index"): s for s in _samples_of(older)} if older else {}
-    return tuple(SampleAnswer(s.get("index", i), str(s.get("prompt", "")), str(s.get("reference", "")),
-                              str(s.get("answer", "")),
-                              str(before[s.get("index")].get("answer", "")) if s.get("index") in before else None)
-                 for i, s in enumerate(_samples_of(newer)))
+    before = dict(_samples_of(older)) if older else {}
+    return tuple(SampleAnswer(i, str(s.get("prompt", "")), str(s.get("reference", "")), str(s.get("answer", "")),
+                              str(before[i].get("answer", "")) if i in before else None)
+                 for i, s in _samples_of(newer))
 
 
-def _samples_of(event: dict) -> list[dict]:
+def _samples_of(event: dict) -> list[tuple[int, dict]]:
+    """(index, sample) for each well-formed sample; a damaged line never breaks the monitor."""
     samples = event.get("samples")
-    return [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
+    return [(s["index"] if isinstance(s.get("index"), int) else i, s)
+            for i, s in enumerate(samples if isinstance(samples, list) else []) if isinstance(s, dict)]
 
 
 def word_diff(old: str, new: str, context: int = 3) -> list[tuple[str, str]]:
