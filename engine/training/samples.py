@@ -58,8 +58,8 @@ class AnswerSampler:
         model.eval()
         try:
             with autocast:
-                answers = generate(model, tokenizer, [c[:-1] for c in self.conversations], self.max_new_tokens,
-                                   self.batch_size)
+                answers, _costs = generate(model, tokenizer, [c[:-1] for c in self.conversations], self.max_new_tokens,
+                                          self.batch_size)
         finally:
             tokenizer.padding_side = padding_side  # the training collator pads on this side
             model.train(was_training)
