@@ -493,12 +493,12 @@ def write_next_config(run: Run, result: dict, path: Path) -> list[str]:
     """Write the next run's configuration, validated as `tunedeck train` will read it; the changes made."""
     import yaml
 
-    from engine.core.files import write_atomic
+    from engine.core.files import ensure_private_dir, write_atomic
     from engine.training.config import parse_config
 
     config, changes = next_config(run, result)
     parse_config(config, base_dir=run.path)  # refuse to write what train would refuse
     header = [f"# next run after the diagnosis of {run.id}"] + [f"#   {c}" for c in changes or ["no change"]]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent, tighten=False)  # an existing folder of the user's keeps its mode
     write_atomic(path, "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
     return changes
