@@ -193,9 +193,3 @@ def _gguf_chat_template(path: Path) -> str | None:
     field = GGUFReader(path).fields.get("tokenizer.chat_template")
     return bytes(field.parts[field.data[0]]).decode() if field else None
 
-
-def summary_line(report: dict) -> str:
-    """One line per check for the command's output."""
-    return "\n".join(f"verified {c['model']} on {report['prompts']} prompts of {report['data']}: next token agrees on "
-                     f"{c['next_token_agreement']:.1%} of {c['positions']} positions, greedy answers same on "
-                     f"{c['greedy_same']}/{c['greedy_total']}" for c in report["checks"])

@@ -55,16 +55,20 @@ def run_export(run: Run, out: Path, merge: bool = False, quant: str | None = Non
 
 
 def format_export(result: dict) -> str:
-    from engine.export.verify import summary_line
-
     written = result.get("gguf") or result["out"]
     lines = [f"exported {result['kind'] if result['kind'] in ('adapter', 'merged') else 'GGUF ' + result['kind']} "
              f"to {written}" + (f" ({result['bytes'] / 2**20:.0f} MiB)" if result.get("bytes") else ""),
-             summary_line(result["verification"])]
+             *verification_lines(result["verification"])]
     lines += [f"warning: {w}" for w in result["verification"]["warnings"]]
     lines += [f"note: {n}" for n in result["verification"]["notes"]]
     lines += [f"model card: {result['card']}", "run it:", result["commands"]]
     return "\n".join(lines)
+
+
+def verification_lines(report: dict) -> list[str]:
+    return [f"verified {c['model']} on {report['prompts']} prompts of {report['data']}: next token agrees on "
+            f"{c['next_token_agreement']:.1%} of {c['positions']} positions, greedy answers same on "
+            f"{c['greedy_same']}/{c['greedy_total']}" for c in report["checks"]]
 
 
 def cmd_export(args) -> int:
