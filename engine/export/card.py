@@ -57,7 +57,7 @@ def checklist(report: dict | None, diagnosis: dict, verification: dict) -> list[
          "not checked by tunedeck: red-team the model and run a safety classifier before serving it"),
         ("Documented training data and parameters", True, "this card: data files with fingerprints, full config"),
         ("Export verified against the run", not verification.get("warnings"),
-         "; ".join(verification.get("warnings") or []) or "next-token agreement and greedy answers below"),
+         "; ".join(verification.get("warnings") or []) or "next-token agreement and greedy answers above"),
     ]
 
 
@@ -92,7 +92,7 @@ def model_card(run_dir: Path, kind: str, verification: dict, files: dict, comman
         lines.append("Not evaluated yet: `tunedeck eval RUN --baseline` writes the metrics and forgetting check.")
     lines += ["", "## Diagnosis", ""]
     for f in diagnosis["findings"]:
-        lines.append(f"- **{f['id']}**: {f['evidence']} Try: {f['advice']}")
+        lines.append(f"- **{f['id']}**: {f['evidence'].rstrip('.')}. Try: {f['advice']}")
     lines += [f"- checked: {c}" for c in diagnosis["checked"]] + [f"- not checked: {c}" for c in diagnosis["not_checked"]]
     lines += ["", "## Verification of this export", "",
               f"{verification['prompts']} prompts of `{verification['data']}` re-run on the exported files and on "
@@ -100,7 +100,7 @@ def model_card(run_dir: Path, kind: str, verification: dict, files: dict, comman
               "| checked on | next-token agreement | positions | greedy answers same |", "|---|---|---|---|"]
     lines += [f"| {c['model']} | {c['next_token_agreement']:.1%} | {c['positions']} | "
               f"{c['greedy_same']}/{c['greedy_total']} |" for c in verification["checks"]]
-    lines += [f"- warning: {w}" for w in verification.get("warnings", [])]
+    lines += [""] + [f"- warning: {w}" for w in verification.get("warnings", [])]
     lines += [f"- note: {n}" for n in verification.get("notes", [])]
     lines += ["", "## Production checklist", ""]
     lines += [f"- [{'x' if done else ' '}] {item}: {how}" for item, done, how in checklist(report, diagnosis,

@@ -105,7 +105,7 @@ CHATML_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
 """
 
 
-def modelfile(gguf_name: str, tokenizer, system: str | None, num_ctx: int) -> str:
+def modelfile(gguf_name: str, tokenizer, system: str | None) -> str:
     """An Ollama Modelfile. Ollama reads the chat template from the GGUF and maps it to one it knows;
     a ChatML template (the demo model's) is written out here so it does not depend on that guess.
     Greedy decoding is the default, as tunedeck evaluated the model."""
@@ -120,7 +120,7 @@ def modelfile(gguf_name: str, tokenizer, system: str | None, num_ctx: int) -> st
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f'PARAMETER stop "{s}"' for s in stops]
-    lines += ["PARAMETER temperature 0", f"PARAMETER num_ctx {num_ctx}", ""]
+    lines += ["PARAMETER temperature 0", ""]
     return "\n".join(lines)
 
 

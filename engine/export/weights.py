@@ -54,7 +54,7 @@ def export(run_dir: Path, out: Path, merge: bool = False, gguf: str | None = Non
             merged_dir = write_merged(run, cfg, Path(tmp) / "merged") if adapter.is_dir() else full
             path = write_gguf(merged_dir, out / f"{run.id}-{gguf}.gguf", gguf)
             tokenizer = load_tokenizer(ModelRef(str(merged_dir)))
-        (out / "Modelfile").write_text(modelfile(path.name, tokenizer, cfg.system_prompt, cfg.max_seq_length))
+        (out / "Modelfile").write_text(modelfile(path.name, tokenizer, cfg.system_prompt))
         kind, commands = gguf, run_commands(path, ollama_name(run.id))
         files = {path.name: f"the merged model, {gguf}, tokenizer and chat template in its metadata",
                  "Modelfile": "for `ollama create`"}
