@@ -65,7 +65,8 @@ def test_adapter_and_merged_exports_are_verified_and_carry_a_model_card(tiny_run
         card = (out / "README.md").read_text()
         front = yaml.safe_load(card.split("---")[1])
         assert front["base_model"] == tiny_run.config()["model"]
-        assert front["library_name"] == ("peft" if kind == "adapter" else "transformers") and "tunedeck" in front["tags"]
+        assert front["library_name"] == ("peft" if kind == "adapter" else "transformers")
+        assert "tunedeck" in front["tags"]
         from engine.data.load import fingerprint
 
         assert f"| data | `{tiny_run.config()['data']}` | {fingerprint(tiny_run.config()['data'])} | 200 |" in card

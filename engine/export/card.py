@@ -66,23 +66,25 @@ def model_card(run_dir: Path, kind: str, verification: dict, files: dict, comman
     config = run.config()
     report = read_json(run.path / "eval" / "report.json")
     diagnosis = diagnose(run)
-    front = {"base_model": str(config.get("model")), "library_name": "peft" if kind == "adapter" else
-             "gguf" if kind not in ("merged",) else "transformers",
-             "tags": ["tunedeck", config.get("method", "lora"), *(["gguf"] if kind not in ("adapter", "merged") else [])]}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# {run.id}", "", f"Fine-tuned from `{config.get('model')}` with tunedeck ({config.get('method', 'lora')}); "
-             f"this export: {kind}.", "", "## Files", ""]
+    method, gguf = config.get("method", "lora"), kind not in ("adapter", "merged")
+    front = {"base_model": str(config.get("model")),
+             "library_name": "gguf" if gguf else "peft" if kind == "adapter" else "transformers",
+             "tags": ["tunedeck", method, *(["gguf"] if gguf else [])]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {run.id}", "",
+             f"Fine-tuned from `{config.get('model')}` with tunedeck ({method}); this export: {kind}.", "",
+             "## Files", ""]
     lines += [f"- `{name}`: {what}" for name, what in files.items()]
     lines += ["", "## Run it", "", "```", commands, "```", "", "## Data", "",
               "| key | file | fingerprint | rows | unusable rows |", "|---|---|---|---|---|"]
     for d in data_rows(config):
-        lines.append(f"| {d['key']} | `{d['path']}` | {d['fingerprint'] or '-'} | {d['rows'] if d['rows'] is not None else '-'} "
+        rows = d["rows"] if d["rows"] is not None else "-"
+        lines.append(f"| {d['key']} | `{d['path']}` | {d['fingerprint'] or '-'} | {rows} "
                      f"| {d.get('unusable', d.get('error', '-'))} |")
     ready = (Evidence.read(run).data_ready or {}).get("train")
     if ready:
         lines += ["", f"After tokenising: {ready.get('kept')} of {ready.get('examples')} training examples kept "
-                      f"({ready.get('truncated', 0)} truncated, {ready.get('dropped_too_long', 0)} dropped as too long, "
-                      f"{ready.get('dropped_no_target', 0)} with nothing to train on)."]
+                      f"({ready.get('truncated', 0)} truncated, {ready.get('dropped_too_long', 0)} dropped as too "
+                      f"long, {ready.get('dropped_no_target', 0)} with nothing to train on)."]
     lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", ""]
     lines += ["## Held-out evaluation", ""]
     if report:
@@ -93,7 +95,8 @@ def model_card(run_dir: Path, kind: str, verification: dict, files: dict, comman
     lines += ["", "## Diagnosis", ""]
     for f in diagnosis["findings"]:
         lines.append(f"- **{f['id']}**: {f['evidence'].rstrip('.')}. Try: {f['advice']}")
-    lines += [f"- checked: {c}" for c in diagnosis["checked"]] + [f"- not checked: {c}" for c in diagnosis["not_checked"]]
+    lines += [f"- checked: {c}" for c in diagnosis["checked"]]
+    lines += [f"- not checked: {c}" for c in diagnosis["not_checked"]]
     lines += ["", "## Verification of this export", "",
               f"{verification['prompts']} prompts of `{verification['data']}` re-run on the exported files and on "
               "the run's model (base in fp32 plus the unmerged adapter).", "",

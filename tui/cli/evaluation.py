@@ -50,8 +50,9 @@ def cmd_eval(args) -> int:
 
 def run_export(run: Run, out: Path, merge: bool = False, quant: str | None = None) -> dict:
     """Export in the engine's process (engine.export.weights); its result, verification included."""
-    return json.loads(engine_subprocess("engine.export.weights", "--run-dir", str(run.path), "--out", str(out.resolve()),
-                                        *(["--merge"] if merge else []), *(["--gguf", quant] if quant else [])))
+    argv = ["--run-dir", str(run.path), "--out", str(out.resolve())] + (["--merge"] if merge else []) \
+        + (["--gguf", quant] if quant else [])
+    return json.loads(engine_subprocess("engine.export.weights", *argv))
 
 
 def format_export(result: dict) -> str:
