@@ -23,22 +23,19 @@ EXPECTED_AGREEMENT = {"adapter": 0.999, "merged": 0.99, "f16": 0.97, "q8_0": 0.9
 EXACT = ("adapter", "merged", "f16")
 
 
-def held_out(run, cfg) -> tuple[str, list[list[dict]]]:
-    """The first few examples of the run's test_data, else eval_data, else its training data, with the
-    run's system prompt as training saw it; examples with tool calls are skipped (their answers are not text)."""
+def held_out(cfg) -> tuple[str, list[list[dict]]]:
+    """The first few held-out conversations of the run's test_data, else eval_data, else its training data,
+    chosen as the training samples are (engine.training.samples: a text answer, no tools), with the run's
+    system prompt as training saw it."""
     from engine.data.load import load_examples
+    from engine.training.samples import sample_conversations
 
     source = cfg.test_data or cfg.eval_data or cfg.data
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    conversations = []
-    for ex in load_examples(source).examples:
-        if ex.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in ex.messages):
-            continue
-        conversations.append(system + [m for m in ex.messages if m["role"] != "system"])
-        if len(conversations) == PROMPTS:
-            break
+    conversations = [system + [m for m in messages if m["role"] != "system"]
+                     for messages in sample_conversations(load_examples(source).examples, PROMPTS)]
     if not conversations:
-        raise ValueError(f"no example without tool calls in {source} to verify the export on")
+        raise ValueError(f"no example in {source} ends in a text answer to verify the export on")
     return str(source), conversations
 
 
@@ -145,9 +142,8 @@ def verify(run_dir: Path, cfg, kind: str, out: Path, gguf: Path | None = None) -
     the run; `kind` is adapter, merged, or the GGUF's quantisation."""
     from engine.models.find import ModelRef, resolve_model
     from engine.models.load import load_model, load_tokenizer
-    from engine.runs.protocol import Run
 
-    source, conversations = held_out(Run(run_dir), cfg)
+    source, conversations = held_out(cfg)
     adapter = run_dir / "adapter"
     tok = load_tokenizer(ModelRef(str(adapter if adapter.is_dir() else run_dir / "model")), cfg.trust_remote_code)
     reference = TorchSide(reference_model(run_dir, cfg), tok)
