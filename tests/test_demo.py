@@ -57,3 +57,8 @@ def test_demo_command_end_to_end(tmp_path):
     findings = out["diagnosis"]["findings"]
     assert findings and all(set(f) >= {"id", "evidence", "advice", "config"} for f in findings)
     assert any("held-out evaluation (3 examples)" in c for c in out["diagnosis"]["checked"])
+    # And with a verified GGUF of its tuned model, and how to run it.
+    export = out["export"]
+    assert export["quant"] == "q8_0" and os.path.isfile(export["gguf"]) and export["verification"]["checks"]
+    assert os.path.isfile(os.path.join(os.path.dirname(export["gguf"]), "Modelfile"))
+    assert "llama-cli -m" in export["commands"] and "ollama run" in export["commands"]

@@ -27,7 +27,8 @@ UI_LIBRARIES = ("textual", "rich", "tui")
 HEAVY_MODULES = ("engine.models.load", "engine.models.anatomy", "engine.training.worker", "engine.training.distributed",
                  "engine.training.plumbing", "engine.training.callback", "engine.training.checkpoints",
                  "engine.training.samples",
-                 "engine.training.recipes.*", "engine.evaluation.run", "engine.export.weights", "engine.testing")
+                 "engine.training.recipes.*", "engine.evaluation.run", "engine.export.weights", "engine.export.verify",
+                 "engine.testing")
 
 RULES = {
     "ui-in-engine": "engine/ never imports textual, rich or tui",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.runs.protocol import Run
 from engine.runs.workspace import resolve_run
-from tui.cli.common import engine_subprocess, print_json
+from tui.cli.common import CliError, engine_subprocess, print_json
 
 
 def run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *extra: str) -> dict:
@@ -48,14 +48,41 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def run_export(run: Run, out: Path, merge: bool = False, quant: str | None = None) -> dict:
+    """Export in the engine's process (engine.export.weights); its result, verification included."""
+    argv = ["--run-dir", str(run.path), "--out", str(out.resolve())] + (["--merge"] if merge else []) \
+        + (["--gguf", quant] if quant else [])
+    return json.loads(engine_subprocess("engine.export.weights", *argv))
+
+
+def format_export(result: dict) -> str:
+    written = result.get("gguf") or result["out"]
+    lines = [f"exported {result['kind'] if result['kind'] in ('adapter', 'merged') else 'GGUF ' + result['kind']} "
+             f"to {written}" + (f" ({result['bytes'] / 2**20:.0f} MiB)" if result.get("bytes") else ""),
+             *verification_lines(result["verification"])]
+    lines += [f"warning: {w}" for w in result["verification"]["warnings"]]
+    lines += [f"note: {n}" for n in result["verification"]["notes"]]
+    lines += [f"model card: {result['card']}", "run it:", result["commands"]]
+    return "\n".join(lines)
+
+
+def verification_lines(report: dict) -> list[str]:
+    return [f"verified {c['model']} on {report['prompts']} prompts of {report['data']}: next token agrees on "
+            f"{c['next_token_agreement']:.1%} of {c['positions']} positions, greedy answers same on "
+            f"{c['greedy_same']}/{c['greedy_total']}" for c in report["checks"]]
+
+
 def cmd_export(args) -> int:
     run = resolve_run(args.run, args.workspace)
-    out = engine_subprocess("engine.export.weights", "--run-dir", str(run.path), "--out", str(args.out.resolve()),
-                             *(["--merge"] if args.merge else []))
+    if args.quant and not args.gguf:
+        raise CliError("--quant goes with --gguf")
+    if args.gguf and args.merge:
+        raise CliError("--gguf exports the merged model already: drop --merge")
+    result = run_export(run, args.out, args.merge, (args.quant or "f16") if args.gguf else None)
     if args.json:
-        print_json({"run_id": run.id, "out": out, "merged": args.merge})
+        print_json(result)
     else:
-        print(f"exported {'merged model' if args.merge else 'adapter'} to {out}")
+        print(format_export(result))
     return 0
 
 
@@ -75,8 +102,13 @@ def add_parsers(sub, common) -> None:
                    help="examples generated together; 1 times each alone (a single request's latency)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", parents=[common], help="export the adapter, or the merged model")
+    p = sub.add_parser("export", parents=[common],
+                       help="export the adapter, the merged model or a GGUF file, verified and with a model card")
     p.add_argument("run")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a new (or empty) directory")
     p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights")
+    p.add_argument("--gguf", action="store_true",
+                   help="the merged model as GGUF (llama.cpp's converter), with an Ollama Modelfile")
+    p.add_argument("--quant", choices=("f16", "q8_0", "q4_k_m"),
+                   help="GGUF quantisation (default f16); q4_k_m needs llama.cpp's llama-quantize")
     p.set_defaults(func=cmd_export)
