@@ -165,3 +165,45 @@ def test_a_short_general_file_is_capped_with_a_warning(tmp_path, write_config, w
     capped = [e["message"] for e in events(run) if e.get("code") == "general_capped"]
     assert capped == ["general_data: 200 task + 8 general examples (4% general); "
                       "the ratio asks for 86, the general file has only 8"]
+
+
+def test_plan_offers_mixing_by_method_and_writes_it_with_a_file(tmp_path):
+    """Full fine-tuning is advised to mix; an adapter is told to check the probes first; the keys reach the
+    config only when a general file was given."""
+    from model_configs import LLAMA_7B
+
+    from engine.models.facts import facts_from_config
+    from engine.plan.recommend import Situation, forgetting_advice, plan
+
+    model = facts_from_config(LLAMA_7B)
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "memory_used_mib": 0}
+    s = Situation(task="extraction", baseline_score=0.2, target_score=0.9, clean_examples=2000, gpus=[h100])
+    lora = plan(model, s)
+    assert lora.method == "lora" and lora.forgetting.startswith("lora forgets less, not nothing")
+    assert "general_data: FILE, general_ratio: 0.3" in lora.forgetting and lora.mixing == []
+    assert "general_data" not in lora.config("m", "d.jsonl")
+    assert "forgetting is worst: mix in general examples" in forgetting_advice("full", s)[0]
+    general = write_jsonl(tmp_path / "general.jsonl", general_rows(5))
+    cfg = plan(model, Situation(**{**s.__dict__, "general_data": str(general)})).config("m", "d.jsonl")
+    assert (cfg["general_data"], cfg["general_ratio"]) == (str(general), 0.3)
+
+
+def test_plan_cli_writes_a_mixing_config_that_loads(tiny_project, tmp_path):
+    import subprocess
+    import sys
+
+    from engine.training.config import load_config
+
+    general = write_jsonl(tmp_path / "general.jsonl", general_rows(5))
+    out = tmp_path / "plan.yaml"
+    base = [sys.executable, "-m", "tui.cli", "plan", "--model", str(tiny_project / "tiny-model"),
+            "--data", str(tiny_project / "train.jsonl"), "--task", "extraction", "--baseline", "0.1",
+            "--target", "0.9", "--write-config", str(out)]
+    result = subprocess.run(base + ["--general-data", str(general)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "forgetting: lora forgets less" in result.stdout and "general_ratio = 0.3" in result.stdout
+    cfg = load_config(out)
+    assert cfg.general_data == str(general) and cfg.general_ratio == 0.3
+    missing = subprocess.run(base + ["--general-data", str(tmp_path / "nope.jsonl")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and "--general-data: file not found" in missing.stderr
