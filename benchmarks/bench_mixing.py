@@ -1,6 +1,6 @@
 """Mixing general data against forgetting: the demo task trained with and without `general_data`.
 
-    nice python benchmarks/bench_mixing.py [--ratio 0.3] [--steps 30] [--out DIR]
+    nice python benchmarks/bench_mixing.py [--ratio 0.3] [--steps 30] [--out DIR] [--arm both|plain|mix]
 
 Both runs are the demo's LoRA on SmolLM2-135M (engine.demo: same data, seed, steps); the second also
 samples general examples into its training split. Each run is then evaluated as `tunedeck eval` does
@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,18 +72,21 @@ def write_general(path: Path, per_source: int, seed: int) -> dict:
 
 
 def train(cfg: dict, workspace: Path):
+    """A completed run of this name in the workspace (from an earlier, interrupted benchmark), or a new one."""
     from engine.runs.launch import create_from_config, spawn
     from engine.runs.protocol import Run
     from engine.training.config import parse_config
 
+    for path in sorted((workspace / "runs").glob(f"*-{cfg['name']}-*")):
+        if Run(path).status().get("state") == "completed":
+            return Run(path)
     run = create_from_config(parse_config(cfg), workspace, argv=["bench_mixing"])
-    started = time.time()
     spawn(run, detach=False).wait()
     status = Run(run.path).status()
     if status.get("state") != "completed":
         raise SystemExit(f"{run.id} ended {status.get('state')}: {status.get('error')}\n"
                          + "\n".join(run.log_tail(30)))
-    return run, time.time() - started
+    return run
 
 
 def data_ready(run) -> dict:
@@ -105,7 +107,10 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--per-source", type=int, default=150, help="general rows sampled from each source")
-    parser.add_argument("--out", type=Path, help="keep the workspace here (default: a temporary directory)")
+    parser.add_argument("--out", type=Path, help="keep the workspace here (default: a temporary directory); a "
+                        "completed run of an arm found there is evaluated again, not retrained")
+    parser.add_argument("--arm", choices=("both", "plain", "mix"), default="both",
+                        help="one arm only (two processes can share the cores); the table needs both in --out")
     args = parser.parse_args()
     from engine.demo import clean_copy, demo_config, prepare_demo_model, write_demo_data
 
@@ -118,30 +123,31 @@ def main() -> int:
     print(f"general file: {general_info['examples']} rows; {general_info['removed_for_probes']} source rows "
           f"shared a probe question's words and were left out", flush=True)
     base_cfg = demo_config(model_dir, data, args.steps)
-    results = {}
-    mix = {"general_data": str(general), "general_ratio": args.ratio}
-    for label, extra in (("mixed", mix), ("task only", {})):
-        run, seconds = train({**base_cfg, **extra, "name": "mix" if extra else "plain"}, root)
+    arms = {"plain": {}, "mix": {"general_data": str(general), "general_ratio": args.ratio}}
+    for name in arms if args.arm == "both" else [args.arm]:
+        run = train({**base_cfg, **arms[name], "name": name}, root)
         ready = data_ready(run)
         report = evaluate(run)
         forgetting = report["forgetting"]
-        results[label] = {
-            "train_examples": ready["train"], "general": ready.get("general"), "train_seconds": round(seconds),
-            "task_metric": report["task_metric"], "tuned": report["tuned"], "regressed": forgetting["regressed"],
-            "base_passes": sum(p["base_pass"] for p in forgetting["probes"]),
+        result = {
+            "train_examples": ready["train"]["examples"], "train_tokens": ready["train"]["tokens"],
+            "general": ready.get("general"), "task_metric": report["task_metric"], "tuned": report["tuned"],
+            "regressed": forgetting["regressed"], "base_passes": sum(p["base_pass"] for p in forgetting["probes"]),
             "tuned_passes": sum(p["tuned_pass"] for p in forgetting["probes"]),
             "perplexity": forgetting["perplexity"], "verdict": forgetting["verdict"], "run": str(run.path)}
-        print(f"{label}: {json.dumps(results[label], default=str)}", flush=True)
+        (root / f"results-{name}.json").write_text(json.dumps(result, indent=1))
+        print(f"{name}: {json.dumps(result)}", flush=True)
+    if not all((root / f"results-{name}.json").exists() for name in arms):
+        return 0
+    plain, mixed = (json.loads((root / f"results-{name}.json").read_text()) for name in arms)
     print(f"\n| | task only | mixed, general_ratio {args.ratio:g} |\n| --- | --- | --- |")
-    plain, mixed = results["task only"], results["mixed"]
-    rows = [("training examples", lambda r: r["train_examples"]),
-            (f"{plain['task_metric']} (40 held-out)", lambda r: f"{r['tuned']['task_metric']:.1%}"),
+    rows = [("training examples (tokens)", lambda r: f"{r['train_examples']} ({r['train_tokens']:,})"),
+            (f"{plain['task_metric']}, 40 held-out", lambda r: f"{r['tuned']['task_metric']:.1%}"),
             ("exact match", lambda r: f"{r['tuned']['exact_match']:.1%}"),
             ("probes regressed", lambda r: f"{len(r['regressed'])} of 10 ({', '.join(r['regressed']) or '-'})"),
             ("probe passes base -> tuned", lambda r: f"{r['base_passes']} -> {r['tuned_passes']}"),
             ("general-text perplexity base -> tuned",
-             lambda r: f"{r['perplexity']['base']:.1f} -> {r['perplexity']['tuned']:.1f}"),
-            ("training seconds", lambda r: r["train_seconds"])]
+             lambda r: f"{r['perplexity']['base']:.1f} -> {r['perplexity']['tuned']:.1f}")]
     for name, cell in rows:
         print(f"| {name} | {cell(plain)} | {cell(mixed)} |")
     return 0
