@@ -95,10 +95,10 @@ def data_ready(run) -> dict:
     return next(e for e in EventReader(run.events_path).read_new() if e.get("state") == "data_ready")
 
 
-def evaluate(run) -> dict:
+def evaluate(run, limit: int | None) -> dict:
     """`tunedeck eval RUN` in its own process, as the CLI runs it (the report lands in the run directory)."""
-    subprocess.run([sys.executable, "-m", "engine.evaluation.run", "--run-dir", str(run.path)], check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "engine.evaluation.run", "--run-dir", str(run.path)]
+                   + (["--limit", str(limit)] if limit else []), check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((run.path / "eval" / "report.json").read_text())
 
 
@@ -111,6 +111,7 @@ def main() -> int:
                         "completed run of an arm found there is evaluated again, not retrained")
     parser.add_argument("--arm", choices=("both", "plain", "mix"), default="both",
                         help="one arm only (two processes can share the cores); the table needs both in --out")
+    parser.add_argument("--eval-limit", type=int, help="held-out examples to generate for (default: all 40)")
     args = parser.parse_args()
     from engine.demo import clean_copy, demo_config, prepare_demo_model, write_demo_data
 
@@ -127,7 +128,7 @@ def main() -> int:
     for name in arms if args.arm == "both" else [args.arm]:
         run = train({**base_cfg, **arms[name], "name": name}, root)
         ready = data_ready(run)
-        report = evaluate(run)
+        report = evaluate(run, args.eval_limit)
         forgetting = report["forgetting"]
         result = {
             "train_examples": ready["train"]["examples"], "train_tokens": ready["train"]["tokens"],
@@ -142,7 +143,7 @@ def main() -> int:
     plain, mixed = (json.loads((root / f"results-{name}.json").read_text()) for name in arms)
     print(f"\n| | task only | mixed, general_ratio {args.ratio:g} |\n| --- | --- | --- |")
     rows = [("training examples (tokens)", lambda r: f"{r['train_examples']} ({r['train_tokens']:,})"),
-            (f"{plain['task_metric']}, 40 held-out", lambda r: f"{r['tuned']['task_metric']:.1%}"),
+            (f"{plain['task_metric']}, {args.eval_limit or 40} held-out", lambda r: f"{r['tuned']['task_metric']:.1%}"),
             ("exact match", lambda r: f"{r['tuned']['exact_match']:.1%}"),
             ("probes regressed", lambda r: f"{len(r['regressed'])} of 10 ({', '.join(r['regressed']) or '-'})"),
             ("probe passes base -> tuned", lambda r: f"{r['base_passes']} -> {r['tuned_passes']}"),
