@@ -105,7 +105,19 @@ async def test_write_config_the_engine_accepts(tmp_path):
         assert path.parent == tmp_path / "ws" / "configs" and path.name.startswith("plan-")
         config = load_config(path)
         assert config.method == "lora" and Path(config.data) == data.resolve()
-        assert Path(config.model) == model
+        assert Path(config.model) == model and config.general_data is None
+
+        # A general file: the forgetting line shows the keys and the written config carries them.
+        general = write_jsonl(tmp_path / "general.jsonl", learnable_rows(5, seed=1))
+        await type_into(pilot, app, "general", str(general), submit=True)
+        await wait_for(pilot, lambda: app.screen.result.plan.mixing)
+        await pilot.press("escape")
+        plan_screen(app).action_scroll(100)
+        await pilot.pause()
+        assert "general_ratio = 0.3" in screen_text(app) and "lora forgets less" in screen_text(app)
+        plan_screen(app).write_config(plan_screen(app).result, tmp_path / "mixed.yaml")
+        config = load_config(tmp_path / "mixed.yaml")
+        assert config.general_data == str(general) and config.general_ratio == 0.3
 
 
 async def test_missing_model_goes_to_the_error_modal(tmp_path):

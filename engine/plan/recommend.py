@@ -46,6 +46,7 @@ class Situation:
     tokens_per_example: int | None = None  # mean, from the data screen
     tokens_p99: int | None = None  # 99th percentile of example length in tokens
     price_per_gpu_hour: float | None = None
+    general_data: str | None = None  # a file of general instruction examples to mix in against forgetting
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Plan:
     time_hours: float | None
     cost_usd: float | None
     time_basis: str
+    forgetting: str = ""  # the reasoned line on forgetting and mixing in general data
+    mixing: list[Hyperparameter] = field(default_factory=list)  # general_data/general_ratio, when a file was given
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +78,7 @@ class Plan:
     def config(self, model: str, data: str) -> dict:
         """A run configuration for `tunedeck train`."""
         cfg = {"model": model, "data": data, "method": self.method or "lora"}
-        for hp in self.hyperparameters:
+        for hp in self.hyperparameters + self.mixing:
             cfg[hp.key] = hp.value
         return cfg
 
@@ -172,6 +175,26 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
     return hps
 
 
+def forgetting_advice(method: str, s: Situation) -> tuple[str, list[Hyperparameter]]:
+    """Mixing in general data (003's first remedy for forgetting), offered by method: full fine-tuning moves
+    every weight, so it is advised there; an adapter forgets less but not nothing (the demo's LoRA regressed
+    3 of 10 probes), so there it is the answer to probes that regress. Written into the config only with a
+    general file to name."""
+    ratio = 0.3
+    keys = f"general_data: FILE, general_ratio: {ratio}"
+    if method == "full":
+        line = (f"full fine-tuning moves every weight, where forgetting is worst: mix in general examples "
+                f"({keys}; 003's 70/30) and check with `tunedeck eval`'s probes")
+    else:
+        line = (f"{method} forgets less, not nothing: check with `tunedeck eval`'s probes; if they regress, "
+                f"mix in general examples ({keys})")
+    if not s.general_data:
+        return line, []
+    return line, [Hyperparameter("general_data", s.general_data, "general examples sampled into the training "
+                                 "split only; the validation split stays the task's"),
+                  Hyperparameter("general_ratio", ratio, "share of general examples in training: 003's 70/30")]
+
+
 def target_reason(model: ModelFacts) -> str:
     """all-linear, said in the model's own module names (what a user would list to narrow it)."""
     names = ", ".join(model.linear_modules)
@@ -223,6 +246,7 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
               for m, e in estimates.items()}
     fit = advice_to_fit(model, method, a, free) if free is not None else []
     hps = hyperparameters(model, method, s, a)
+    forgetting, mixing = forgetting_advice(method, s)
     epochs = next(h.value for h in hps if h.key == "num_train_epochs")
     tokens = (s.clean_examples or 1000) * (s.tokens_per_example or a.seq_len // 2) * epochs
     checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
@@ -230,7 +254,7 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
     price = s.price_per_gpu_hour * max(1, len(s.gpus)) if s.price_per_gpu_hour is not None else price
     return Plan(decision=decision, reasons=reasons, method=method, method_reason=method_reason, memory=memory,
                 free_memory_gib=None if free is None else round(free / GiB, 2), fit_advice=fit,
-                hyperparameters=hps, time_hours=round(hours, 3),
+                hyperparameters=hps, forgetting=forgetting, mixing=mixing, time_hours=round(hours, 3),
                 cost_usd=None if price is None else round(hours * price, 2),
                 time_basis=f"{tokens:,.0f} training tokens on {basis} at {MFU:.0%} of peak"
                            if s.gpus else f"{tokens:,.0f} training tokens on the {basis}")

@@ -19,7 +19,7 @@ from engine.core.files import ensure_private_dir, write_atomic
 from engine.data.load import fingerprint
 from engine.runs.protocol import ACTIVE_STATES, Run, RunError, pid_alive
 from engine.runs.workspace import create_run
-from engine.training.config import RunConfig, load_config
+from engine.training.config import ConfigError, RunConfig, load_config
 from engine.training.signals import STOP_SIGNALS
 
 DDP_DIR = ".ddp"  # in the run directory: the rendezvous and process-group files of a torchrun launch
@@ -106,8 +106,23 @@ def _start_engine(run: Run, resume: bool, detach: bool, status: dict) -> subproc
 
 
 def create_from_config(cfg: RunConfig, workspace: Path, argv: list[str] | None = None) -> Run:
-    return create_run(workspace, cfg.to_dict(), name=cfg.name or Path(cfg.data).stem, argv=argv,
-                      extra_info={"dataset_fingerprint": fingerprint(cfg.data), "split_seed": cfg.seed})
+    info = {"dataset_fingerprint": fingerprint(cfg.data), "split_seed": cfg.seed}
+    if cfg.general_data:
+        info["general_data"] = general_data_info(cfg)
+    return create_run(workspace, cfg.to_dict(), name=cfg.name or Path(cfg.data).stem, argv=argv, extra_info=info)
+
+
+def general_data_info(cfg: RunConfig) -> dict:
+    """What run.json records of the mix: the file, its hash, the ratio and its usable examples (the engine's
+    data_ready event says how many were sampled). A file with none fails here, before an engine starts."""
+    from engine.data.load import load_examples
+
+    usable = len(load_examples(cfg.general_data).examples)
+    if not usable:
+        raise ConfigError(f"config key 'general_data': no usable examples in {cfg.general_data}; "
+                          f"check it with `tunedeck data lint {cfg.general_data}`")
+    return {"path": cfg.general_data, "fingerprint": fingerprint(cfg.general_data), "ratio": cfg.general_ratio,
+            "examples": usable}
 
 
 def start_detached(config_path: Path, workspace: Path) -> Run:

@@ -116,6 +116,10 @@ class RunConfig:
     # answers sampled while training (engine.training.samples)
     sample_prompts: int = 3  # held-out prompts answered greedily at each evaluation; 0 turns it off
 
+    # mixing in general data against forgetting (engine.data.mix): sampled into the training split only
+    general_data: str | None = None  # a file of general instruction examples, any format the loader reads
+    general_ratio: float = 0.3  # share of general examples in the mixed training split, 0 < r < 1
+
     def resolved_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
@@ -123,7 +127,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-PATH_KEYS = ("data", "eval_data", "test_data")
+PATH_KEYS = ("data", "eval_data", "test_data", "general_data")
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 # Bounds of the numbers that TrainingArguments, peft and the health monitor would otherwise refuse (or
@@ -137,6 +141,7 @@ FLOAT_RANGES = {
     "early_stopping_threshold": (0.0, None, True),
     "divergence_factor": (1.0, None, False),  # loss this many times its running minimum: at most 1 is always
     "grad_spike_factor": (1.0, None, False),
+    "general_ratio": (0.0, 1.0, False),  # 0 would mix nothing, 1 nothing but general data
 }
 MAX_INT = 2**31 - 1  # no count or length is larger; a larger one overflows a C int downstream
 POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size",

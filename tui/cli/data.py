@@ -1,4 +1,4 @@
-"""`tunedeck data lint|dedup|stats|split|export|review FILE`: the Data screen's work, headless.
+"""`tunedeck data lint|dedup|stats|split|export|mix|review FILE`: the Data screen's work, headless.
 
 Line numbers are what `engine.data.load.display_line` gives: 1-based lines of a JSONL or
 text file, 0-based indices of a JSON array, CSV, Parquet or Arrow rows.
@@ -204,6 +204,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_mix(args) -> int:
+    from engine.data.export import file_row, write_examples
+    from engine.data.mix import mix_general
+
+    if not 0 < args.ratio < 1:
+        raise DataError(f"--ratio is the general share of the mixed file, between 0 and 1 (exclusive), "
+                        f"got {args.ratio:g}; 0.3 is the usual")
+    out = Path(args.out).expanduser()
+    if any(out.resolve() == Path(given).expanduser().resolve() for given in (args.task_file, args.general_file)):
+        raise DataError(f"--out {args.out} is one of the inputs: write the mix to a new file")
+    loaded = {}
+    for role, path in (("task", args.task_file), ("general", args.general_file)):
+        loaded[role] = load_examples(path)
+        if not loaded[role].examples:
+            raise DataError(f"no usable examples in the {role} file {path}; see `tunedeck data lint {path}`")
+    mixed = mix_general(loaded["task"].examples, loaded["general"].examples, args.ratio, args.seed)
+    written = write_examples([file_row(ex) for ex in mixed.examples], out, args.to_format)
+    if args.json:
+        print_json({"output": str(written), "task": mixed.task, "general": mixed.general, "wanted": mixed.wanted,
+                    "capped": mixed.capped, "ratio": args.ratio, "seed": args.seed,
+                    "skipped": {role: _skipped(result) for role, result in loaded.items()}}, ascii=False)
+        return 0
+    print(f"wrote {len(mixed.examples)} examples to {written}: {mixed.summary()}"
+          + "".join(_skipped_summary(result).replace("\nskipped", f"\n{role}: skipped")
+                    for role, result in loaded.items()))
+    return 0
+
+
 def cmd_review(args) -> int:
     from tui.app import run_app
 
@@ -260,5 +288,18 @@ def add_parsers(subparsers, common_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-duplicates", choices=("exact", "near"), help="drop all but the kept one of each cluster")
     p.add_argument("--keep-bad", action="store_true", help="keep examples reviewed as bad")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("mix", parents=[common_parent],
+                       help="mix a seeded sample of general examples into a task file (against forgetting)",
+                       description="Writes TASK_FILE's examples plus general ones, so that general / (task + "
+                       "general) = --ratio (fewer when GENERAL_FILE has fewer), shuffled. For a run, prefer the "
+                       "config keys general_data and general_ratio: they mix into the training split only, "
+                       "after the validation split is held out; a mixed file used as `data` is split as a whole.")
+    p.add_argument("task_file", metavar="TASK_FILE")
+    p.add_argument("general_file", metavar="GENERAL_FILE", help="general instruction examples, any readable format")
+    p.add_argument("--ratio", type=float, default=0.3, help="share of general examples in the output (default 0.3)")
+    p.add_argument("--seed", type=int, default=42, help="picks the sample and the order (default 42, as runs)")
+    p.add_argument("--out", required=True, help="the mixed file (never an input)")
+    p.add_argument("--to-format", choices=("jsonl", "json", "csv", "parquet"), help="default: by --out suffix")
+    p.set_defaults(func=cmd_mix)
     p = sub.add_parser("review", parents=parents, help="open the app's Data screen on FILE")
     p.set_defaults(func=cmd_review)

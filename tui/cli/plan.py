@@ -96,13 +96,17 @@ def cmd_plan(args) -> int:
         measured = estimate_tokens(load_examples(args.data).examples)
         examples = examples if examples is not None else measured.examples
         tokens, p99 = measured.mean, measured.p99
+    general = str(Path(args.general_data).expanduser().resolve()) if args.general_data else None
+    if general and not Path(general).is_file():
+        raise CliError(f"--general-data: file not found: {args.general_data}")
     gpus = snapshot(args.workspace)["gpus"]
     if args.gpu_memory is not None:
         gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024, "memory_used_mib": 0}] * args.gpus
     situation = Situation(task=args.task, clean_examples=examples, baseline_score=args.baseline,
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
-                          tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price)
+                          tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price,
+                          general_data=general)
     result = plan(facts, situation, a)
     if args.write_config:
         if not args.data:
@@ -125,6 +129,9 @@ def cmd_plan(args) -> int:
         print(f"  try: {advice}")
     print("hyperparameters:")
     for hp in result.hyperparameters:
+        print(f"  {hp.key} = {hp.value}   # {hp.reason}")
+    print(f"forgetting: {result.forgetting}")
+    for hp in result.mixing:
         print(f"  {hp.key} = {hp.value}   # {hp.reason}")
     cost = f", about ${result.cost_usd:,.2f}" if result.cost_usd is not None else ""
     print(f"time: about {result.time_hours * 60:,.0f} min{cost} ({result.time_basis})")
@@ -166,6 +173,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="training file: counts the examples")
     p.add_argument("--task", choices=TASKS, default="formatting")
     p.add_argument("--examples", type=int, help="clean examples (default: counted from --data)")
+    p.add_argument("--general-data", metavar="FILE", help="general examples to mix in against forgetting: "
+                   "--write-config writes general_data and general_ratio")
     p.add_argument("--baseline", type=float, help="the prompted model's score, 0..1")
     p.add_argument("--target", type=float, help="the score you need, 0..1")
     p.add_argument("--fresh-knowledge", action="store_true", help="the need is facts that change, or private docs")

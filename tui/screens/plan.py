@@ -44,6 +44,7 @@ class Inputs:
     fresh: bool
     stable: bool
     numbers: dict
+    general: str = ""  # a general-data file to mix in against forgetting
 
 
 @dataclass
@@ -97,6 +98,8 @@ class PlanScreen(ModeScreen):
                                                  allow_blank=False, id="plan-reason", compact=True))
                 for key, label, hint, _ in NUMBER_FIELDS[3:]:
                     yield self._row(label, Input("", placeholder=hint, id=f"plan-{key}", compact=True))
+                yield self._row("General", Input("", placeholder="optional file", id="plan-general",
+                                                 compact=True))
             with VerticalScroll(id="plan-out", can_focus=True) as out:
                 out.border_title = "Plan"
                 yield Static(COMPUTING, id="plan-result")
@@ -136,7 +139,8 @@ class PlanScreen(ModeScreen):
                       task=str(self.query_one("#plan-task", Select).value),
                       reason=str(self.query_one("#plan-reason", Select).value),
                       fresh=self.query_one("#plan-fresh", Checkbox).value,
-                      stable=self.query_one("#plan-stable", Checkbox).value, numbers=numbers)
+                      stable=self.query_one("#plan-stable", Checkbox).value, numbers=numbers,
+                      general=self.query_one("#plan-general", Input).value.strip())
 
     @on(Input.Changed, "#plan-examples, #plan-baseline, #plan-target, #plan-seq-len, #plan-batch, #plan-price")
     @on(Select.Changed)
@@ -144,13 +148,14 @@ class PlanScreen(ModeScreen):
     def _changed(self) -> None:
         self.action_recompute()
 
-    @on(Input.Submitted, "#plan-model, #plan-data")
-    @on(Input.Blurred, "#plan-model, #plan-data")
+    @on(Input.Submitted, "#plan-model, #plan-data, #plan-general")
+    @on(Input.Blurred, "#plan-model, #plan-data, #plan-general")
     def _path_done(self) -> None:
         # Paths are checked when typed out (enter or leaving the field), not at every keystroke.
-        if self.result is None or (self.result.inputs.model, self.result.inputs.data) != (
+        if self.result is None or (self.result.inputs.model, self.result.inputs.data, self.result.inputs.general) != (
                 self.query_one("#plan-model", Input).value.strip() or "demo",
-                self.query_one("#plan-data", Input).value.strip()):
+                self.query_one("#plan-data", Input).value.strip(),
+                self.query_one("#plan-general", Input).value.strip()):
             self.action_recompute()
 
     def action_recompute(self) -> None:
@@ -170,6 +175,9 @@ class PlanScreen(ModeScreen):
 
         facts = model_facts(inputs.model)
         data_path, measured = self._read_data(inputs.data)
+        general = Path(inputs.general).expanduser().resolve() if inputs.general else None
+        if general is not None and not general.is_file():
+            raise FileNotFoundError(f"general data file {inputs.general} does not exist")
         counted, tokens, p99 = (measured.examples, measured.mean, measured.p99) if measured else (None, None, None)
         if self._gpus is None:
             self._gpus = list(self.app.gpu_sampler(self.app.workspace).get("gpus") or [])
@@ -177,7 +185,8 @@ class PlanScreen(ModeScreen):
         situation = Situation(task=inputs.task, clean_examples=n["examples"] if n["examples"] is not None else counted,
                               baseline_score=n["baseline"], target_score=n["target"], fresh_knowledge=inputs.fresh,
                               task_stable=inputs.stable, reason=inputs.reason, gpus=self._gpus,
-                              tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=n["price"])
+                              tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=n["price"],
+                              general_data=str(general) if general else None)
         assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
@@ -215,7 +224,7 @@ class PlanScreen(ModeScreen):
             if isinstance(error, ModelError):
                 advice = "Type another model in the Model field: a directory, a .gguf file, a cached repo id, or demo."
             elif isinstance(error, FileNotFoundError):
-                advice = "Fix the Data file field, or clear it: the plan works without data."
+                advice = "Fix the Data file or General field, or clear it: the plan works without them."
             else:
                 return  # unexpected: ModeScreen's handler reports it with where it was raised
             event.prevent_default()  # reported here, with advice; not a second time by ModeScreen
@@ -271,6 +280,11 @@ class PlanScreen(ModeScreen):
         out.append(f"{r.method}: {r.method_reason}\n")
         out.append("\nHyperparameters\n", style="bold")
         for hp in r.hyperparameters:
+            out.append(f" {hp.key} = {hp.value}")
+            out.append(f"  {hp.reason}\n", style="dim")
+        out.append("\nForgetting ", style="bold")
+        out.append(f"{r.forgetting}\n")
+        for hp in r.mixing:
             out.append(f" {hp.key} = {hp.value}")
             out.append(f"  {hp.reason}\n", style="dim")
         out.append("\nTime ", style="bold")

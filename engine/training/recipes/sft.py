@@ -13,6 +13,7 @@ import random
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
 
 from engine.data.load import Example, fingerprint, load_examples
+from engine.data.mix import mix_general
 from engine.training.checkpoints import AtomicCheckpointTrainer
 from engine.training.labels import IGNORE_INDEX, encode_examples
 from engine.training.recipes.base import Recipe
@@ -52,6 +53,9 @@ class SFTRecipe(Recipe):
             train = [train[i] for i in order[n_eval:]]
         else:
             held_out = []
+        mixed = self._mix_general(train) if cfg.general_data else None
+        if mixed is not None:
+            train = mixed.examples
         self.held_out = held_out
         encode = lambda examples: encode_examples(self.tokenizer, [ex.messages for ex in examples], cfg.max_seq_length,
                                                   cfg.train_on, cfg.overlong, tools=[ex.tools for ex in examples])
@@ -65,8 +69,20 @@ class SFTRecipe(Recipe):
                            message=f"{train_stats.truncated} examples truncated and {train_stats.dropped_too_long} "
                                    f"dropped at max_seq_length {cfg.max_seq_length} (longest {train_stats.longest})")
         plumbing.event("state", state="data_ready", train=train_stats.summary(),
-                       eval=eval_stats.summary() if eval_stats else None, fingerprint=fingerprint(cfg.data))
+                       eval=eval_stats.summary() if eval_stats else None, fingerprint=fingerprint(cfg.data),
+                       general=None if mixed is None else {
+                           "path": cfg.general_data, "fingerprint": fingerprint(cfg.general_data),
+                           "ratio": cfg.general_ratio, "task": mixed.task, "general": mixed.general})
         return train_features, eval_features
+
+    def _mix_general(self, train: list[Example]):
+        """General examples sampled into the training split (after the held-out split: eval stays task-only)."""
+        cfg = self.cfg
+        general = read_conversations(cfg.general_data, cfg.system_prompt, self.plumbing)
+        mixed = mix_general(train, general, cfg.general_ratio, cfg.seed)
+        if mixed.capped:
+            self.plumbing.event("warning", code="general_capped", message=f"general_data: {mixed.summary()}")
+        return mixed
 
     def build_trainer(self, args: dict, callbacks: list) -> AtomicCheckpointTrainer:
         cfg = self.cfg
