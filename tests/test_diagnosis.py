@@ -11,8 +11,9 @@ import pytest
 import yaml
 from engine_runs import dump, events, start, wait_final
 
-from engine.evaluation.diagnosis import MARK_CLOSE, MARK_OPEN, diagnose
+from engine.evaluation.diagnosis import MARK_CLOSE, MARK_OPEN, diagnose, write_next_config
 from engine.testing import unlearnable_rows, write_jsonl
+from engine.training.config import load_config
 
 
 def cli(*argv, timeout=300):
@@ -147,6 +148,10 @@ def test_general_text_perplexity_rise_is_forgetting_and_the_cure_is_written(memo
     assert "general-text perplexity" in found["evidence"]
     assert found["config"]["method"] == "lora"  # the run was full fine-tuning
     assert found["config"]["general_data"] == str(general) and found["config"]["general_ratio"] == 0.3
+    # The cure as train reads it: a LoRA run with the general file mixed into its training split.
+    write_next_config(run, result, tmp_path / "next.yaml")
+    following = load_config(tmp_path / "next.yaml")
+    assert (following.method, following.general_data, following.general_ratio) == ("lora", str(general), 0.3)
 
 
 def test_diagnose_errors_are_one_line(workspace):
