@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
         app = TunedeckApp(ws)  # the real GPU probe, the real engine modules
         async with app.run_test(size=(80, 24)) as pilot:
             visited = []
-            for key in "12345":
+            for key in "123456":
                 await pilot.press(key)
                 await pilot.pause(0.2)
                 visited.append(type(app.screen).__name__)

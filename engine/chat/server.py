@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         emit("error", message=f"cannot load the models of {args.run_dir.name}: {exc}", fatal=True)
         return 1
-    emit("ready", run_id=run.id, weights=weights_label(weights), system_prompt=cfg.system_prompt,
+    emit("ready", run_id=run.id, weights=weights_label(args.checkpoint), system_prompt=cfg.system_prompt,
          device=str(models.tuned.device), seconds=round(time.perf_counter() - started, 2))
     serve(models, cfg.system_prompt, Requests(sys.stdin, emit), emit)
     return 0

@@ -34,8 +34,8 @@ def chat_weights(run: Run, checkpoint: int | None = None) -> Path | None:
     raise RunError(f"run {run.id} has no checkpoint {checkpoint}{offer or ' (it has no complete checkpoint)'}")
 
 
-def weights_label(weights: Path | None) -> str:
-    return weights.name if weights is not None else "final"
+def weights_label(checkpoint: int | None) -> str:
+    return f"checkpoint-{checkpoint}" if checkpoint is not None else "final"
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:

@@ -9,14 +9,21 @@ import json
 import sys
 
 from engine.chat.client import ChatEngine, ChatEngineError
-from engine.chat.session import Conversation, ConversationLog, chat_weights, turn_record, weights_label, with_system
+from engine.chat.session import (
+    Conversation,
+    ConversationLog,
+    chat_weights,
+    turn_record,
+    weights_label,
+    with_system,
+)
 from engine.runs.workspace import resolve_run
 from tui.cli.common import CliError
 
 
 def cmd_chat(args) -> int:
     run = resolve_run(args.run, args.workspace)
-    weights = chat_weights(run, args.checkpoint)  # a missing adapter or checkpoint fails before loading
+    chat_weights(run, args.checkpoint)  # a missing adapter or checkpoint fails before loading
     if not 0 <= args.temperature <= 5:
         raise CliError(f"--temperature must be between 0 (greedy) and 5, not {args.temperature}")
     if not 0 < args.top_p <= 1:
@@ -31,8 +38,9 @@ def cmd_chat(args) -> int:
         ready = engine.wait_ready()
         log, conversation = ConversationLog(run), Conversation(sides)
         if not args.json and args.prompt is None:
-            print(f"chatting with {run.id} ({weights_label(weights)} weights{' and the base' if args.base else ''}) "
-                  f"on {ready['device']}; an empty line ends", file=sys.stderr)
+            also = " and the base" if args.base else ""
+            print(f"chatting with {run.id} ({weights_label(args.checkpoint)} weights{also}) on {ready['device']}; "
+                  "an empty line ends", file=sys.stderr)
         prompts = [args.prompt] if args.prompt is not None else iter(lambda: read_line(), "")
         for prompt in prompts:
             conversation.ask(prompt)
@@ -47,8 +55,8 @@ def cmd_chat(args) -> int:
                     print()
                     print(f"  [{done['tokens']} tokens, {fmt_rate(done['tokens_per_second'])}]", file=sys.stderr)
                 conversation.answered(side, done["text"])
-                log.append(turn_record(side, weights_label(weights), with_system(messages, ready["system_prompt"]),
-                                       done, settings))
+                sent = with_system(messages, ready["system_prompt"])
+                log.append(turn_record(side, weights_label(args.checkpoint), sent, done, settings))
                 answers[side] = done["text"]
             if args.json:
                 print(json.dumps(answers, ensure_ascii=False), flush=True)
