@@ -70,9 +70,9 @@ class ChatScreen(ModeScreen):
     MODE = "chat"
     TITLE = "Chat"
     BINDINGS = [
-        Binding("escape", "stop", "Stop answer", id="chat.stop"),
-        Binding("i", "type", "Type", id="chat.type"),
-        Binding("ctrl+s", "save_example", "Save as example", id="chat.save"),
+        Binding("escape", "stop", "Stop", id="chat.stop"),
+        Binding("i", "type", "Type", show=False, id="chat.type"),
+        Binding("ctrl+s", "save_example", "Save example", id="chat.save"),
         Binding("ctrl+b", "toggle_base", "Base on/off", id="chat.base"),
         Binding("ctrl+t", "settings", "Sampling", id="chat.settings"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
@@ -92,7 +92,7 @@ class ChatScreen(ModeScreen):
         self.settings = dict(DEFAULT_SETTINGS)
         self.with_base = True
         self.conversation = Conversation(("tuned", "base"))
-        self.log: ConversationLog | None = None
+        self.chat_log: ConversationLog | None = None
         self.pending: dict[int, str] = {}  # request id -> side, answers asked for and not done
         self.partial = {"tuned": "", "base": ""}  # the answer streaming in
         self.speed = {"tuned": "", "base": ""}  # the last answer's tokens and tokens per second
@@ -100,7 +100,8 @@ class ChatScreen(ModeScreen):
         self.saved: Path | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="chat-head")
+        yield Static("", id="chat-title")
+        yield Static("", id="chat-status")
         with Horizontal(id="chat-panes"):
             with VerticalScroll(id="chat-tuned", can_focus=True) as tuned:
                 tuned.border_title = "tuned"
@@ -108,7 +109,7 @@ class ChatScreen(ModeScreen):
             with VerticalScroll(id="chat-base", can_focus=True) as base:
                 base.border_title = "base"
                 yield Static("", id="chat-base-text")
-        yield Input(placeholder="Ask; Enter sends · Tab leaves for the mode keys", id="chat-input")
+        yield Input(placeholder="Ask; Enter sends · Esc leaves for the mode keys (i comes back)", id="chat-input")
 
     def on_mount(self) -> None:
         targets = chat_targets(self.app.workspace)
@@ -116,7 +117,7 @@ class ChatScreen(ModeScreen):
             self.open(*targets[0])
             self.query_one("#chat-input", Input).focus()
         else:
-            self._render()  # nothing focused: the number keys go to the modes
+            self._show()  # nothing focused: the number keys go to the modes
 
     def on_unmount(self) -> None:
         self._close_engine()
@@ -132,11 +133,11 @@ class ChatScreen(ModeScreen):
             chat_weights(run, checkpoint)
         except RunError as exc:
             self.state, self.gone = "gone", str(exc)
-            self._render()
+            self._show()
             return
         self.engine = ChatEngine(run, checkpoint)
         self.state = "loading"
-        self._render()
+        self._show()
         self.follow_engine(self.engine)
 
     @work(thread=True, group="chat-engine", name="the chat engine", exit_on_error=False)
@@ -173,7 +174,7 @@ class ChatScreen(ModeScreen):
             self.notify(reply["message"], severity="error", timeout=10)
             if reply.get("fatal"):
                 self.gone = reply["message"]
-        self._render()
+        self._show()
 
     def on_chat_engine_gone(self, message: ChatEngineGone) -> None:
         if message.engine is not self.engine:
@@ -185,7 +186,7 @@ class ChatScreen(ModeScreen):
             self.partial[side] = ""
         self.pending.clear()
         self._close_engine()
-        self._render()
+        self._show()
 
     def _answered(self, side: str, done: dict) -> None:
         messages = list(self.conversation.history[side])
@@ -193,9 +194,9 @@ class ChatScreen(ModeScreen):
         self.partial[side] = ""
         rate = done.get("tokens_per_second")
         self.speed[side] = f"{done['tokens']} tokens" + (f" · {rate:.1f} tok/s" if rate else "")
-        if self.log is None:
-            self.log = ConversationLog(self.run)
-        self.log.append(turn_record(side, weights_label(self.checkpoint), with_system(
+        if self.chat_log is None:
+            self.chat_log = ConversationLog(self.run)
+        self.chat_log.append(turn_record(side, weights_label(self.checkpoint), with_system(
             messages, self.ready.get("system_prompt")), done, self.settings))
 
     # ---- asking ----
@@ -219,7 +220,7 @@ class ChatScreen(ModeScreen):
                 self.pending[request_id] = side
         if not self.with_base:
             self.conversation.history["base"].pop()  # the base is not asked: its dialogue stays whole
-        self._render()
+        self._show()
 
     def action_stop(self) -> None:
         """Esc: ends the answer streaming in; else leaves the input, so that the number keys switch modes."""
@@ -238,18 +239,18 @@ class ChatScreen(ModeScreen):
         self.with_base = not self.with_base
         self.notify(f"The base model {'answers too' if self.with_base else 'is off'}; a new conversation begins.")
         self._new_conversation()
-        self._render()
+        self._show()
 
     def action_new_conversation(self) -> None:
         if self.pending:
             self.notify("Still answering; Esc stops the answer.", severity="warning")
             return
         self._new_conversation()
-        self._render()
+        self._show()
 
     def _new_conversation(self) -> None:
         self.conversation = Conversation(("tuned", "base"))
-        self.log = None  # the next answer starts a new file in <run>/chat/
+        self.chat_log = None  # the next answer starts a new file in <run>/chat/
         self.partial = {"tuned": "", "base": ""}
         self.speed = {"tuned": "", "base": ""}
 
@@ -266,7 +267,7 @@ class ChatScreen(ModeScreen):
                     self.settings = parse_settings(value)
                 except ValueError as exc:
                     self.notify(str(exc), severity="error")
-                self._render()
+                self._show()
 
         s = self.settings
         self.app.push_screen(PathPrompt("Sampling", "temperature (0: greedy) · top-p · max new tokens:",
@@ -325,7 +326,7 @@ class ChatScreen(ModeScreen):
             data.open_path(self.saved)
 
     # ---- drawing ----
-    def _render(self) -> None:
+    def _show(self) -> None:
         head = Text(no_wrap=True, overflow="ellipsis")
         status = Text(no_wrap=True, overflow="ellipsis")
         if self.run is None:
@@ -346,7 +347,8 @@ class ChatScreen(ModeScreen):
                 if self.pending:
                     status.append(" · answering… (Esc stops)")
             status.append(f" · {settings_line(self.settings)}")
-        self.query_one("#chat-head", Static).update(Text("\n").join([head, status]))
+        self.query_one("#chat-title", Static).update(head)
+        self.query_one("#chat-status", Static).update(status)
         for side in ("tuned", "base"):
             pane = self.query_one(f"#chat-{side}", VerticalScroll)
             pane.border_subtitle = self.speed[side]
