@@ -341,7 +341,7 @@ class ChatScreen(ModeScreen):
             if self.state == "loading":
                 status.append("loading the models…", "bold")
             elif self.state == "gone":
-                status.append(f"CHAT ENGINE GONE: {self.gone} · ctrl+r restarts it", "bold")
+                status.append("CHAT ENGINE GONE (why: in the tuned pane) · ctrl+r restarts it", "bold")
             else:
                 status.append(f"ready on {self.ready.get('device', '?')}", "bold")
                 if self.pending:
@@ -371,5 +371,8 @@ class ChatScreen(ModeScreen):
         if side in self.pending.values():
             text.append(f"{side}: ", "bold")
             text.append(self.partial[side] + "▌")
+        if side == "tuned" and self.state == "gone":
+            text.append(f"\nCHAT ENGINE GONE: {self.gone}.\n", "bold")
+            text.append("ctrl+r starts it again; its log is <run>/chat/engine.log.")
         return text
 
