@@ -83,16 +83,17 @@ class TokenStream(BaseStreamer):
 class StopAsked(StoppingCriteria):
     """True once a stop arrived after this request: the answer ends at the next token."""
 
-    def __init__(self, requests: Requests, request_id: int):
-        self.requests, self.request_id = requests, request_id
+    def __init__(self, requests: Requests, arrival: int):
+        self.requests, self.arrival = requests, arrival
 
     def __call__(self, input_ids, scores, **kwargs):
-        stopped = self.request_id <= self.requests.stopped_through
+        stopped = self.arrival <= self.requests.stopped_through
         return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
 
 class Requests:
-    """Reads stdin in a thread: generate requests queue up; a stop marks every request received so far."""
+    """Reads stdin in a thread: generate requests queue up, numbered as they arrive; a stop marks every request
+    received so far."""
 
     def __init__(self, stream, emit: Output):
         self.queue: queue.Queue[dict | None] = queue.Queue()
@@ -114,8 +115,8 @@ class Requests:
             if kind == "stop":
                 self.stopped_through = self.received
             elif kind == "generate":
-                self.received = max(self.received, int(request.get("id") or 0))
-                self.queue.put(request)
+                self.received += 1
+                self.queue.put({**request, "arrival": self.received})
             else:
                 self.emit("error", message=f"unknown request type {kind!r}; use generate or stop")
         self.queue.put(None)  # stdin closed: the client is gone
@@ -163,7 +164,7 @@ def answer(models, system_prompt: str | None, request: dict, requests: Requests,
     with models.base_context() if request["side"] == "base" else nullcontext(), torch.no_grad():
         model.generate(**batch, **sampling, max_new_tokens=int(request.get("max_new_tokens", 256)),
                        pad_token_id=tokenizer.pad_token_id, streamer=stream,
-                       stopping_criteria=StoppingCriteriaList([StopAsked(requests, request["id"])]))
+                       stopping_criteria=StoppingCriteriaList([StopAsked(requests, request["arrival"])]))
     seconds = time.perf_counter() - started
     first = stream.first_token_at - started if stream.first_token_at else None
     decode_seconds = seconds - first if first is not None else 0.0
@@ -171,7 +172,7 @@ def answer(models, system_prompt: str | None, request: dict, requests: Requests,
          seconds=round(seconds, 4), first_token_seconds=round(first, 4) if first is not None else None,
          # after the first token: the speed of generation itself, not of reading the prompt
          tokens_per_second=round((len(stream.ids) - 1) / decode_seconds, 2) if len(stream.ids) > 1 else None,
-         stopped=request["id"] <= requests.stopped_through)
+         stopped=request["arrival"] <= requests.stopped_through)
 
 
 def serve(models, system_prompt: str | None, requests: Requests, emit: Output) -> None:
