@@ -1,11 +1,11 @@
-"""A real run to chat with, trained once per test module on the tiny model (10 steps, a checkpoint at 5), under
-a fixed id so that snapshots are stable; its system prompt is the one the chat must use."""
+"""A real run to chat with (conftest's `chat_run` fixture trains one per test module) on the tiny model: 10
+steps, a checkpoint at 5, under a fixed id so that snapshots are stable; its system prompt is the one the chat
+must use."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 from conftest import CONTRACT_CONFIG
 from engine_runs import dump, start, wait_final
@@ -16,9 +16,7 @@ CHAT_RUN_ID = "20260301-090000-chat-0001"
 SYSTEM_PROMPT = "Join the two words with a hyphen."
 
 
-@pytest.fixture(scope="module")
-def chat_run(tiny_project, tmp_path_factory) -> Run:
-    workspace = tmp_path_factory.mktemp("chat-ws")
+def train_chat_run(tiny_project, workspace) -> Run:
     cfg = {**CONTRACT_CONFIG, "model": str(tiny_project / "tiny-model"), "data": str(tiny_project / "train.jsonl"),
            "max_steps": 10, "save_steps": 5, "eval_steps": 10, "system_prompt": SYSTEM_PROMPT}
     path = workspace / "config.yaml"

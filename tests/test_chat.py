@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from chat_fixtures import CHAT_RUN_ID, SYSTEM_PROMPT, chat_run  # noqa: F401 (a fixture)
+from chat_fixtures import CHAT_RUN_ID, SYSTEM_PROMPT
 
 from engine.chat.client import ChatEngine, ChatEngineError
 from engine.chat.session import chat_weights, default_dataset, save_example

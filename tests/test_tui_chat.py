@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Input
-from chat_fixtures import CHAT_RUN_ID, SYSTEM_PROMPT, chat_run  # noqa: F401 (a fixture)
+from chat_fixtures import CHAT_RUN_ID, SYSTEM_PROMPT
 from tui_fixtures import SIZE, assert_snapshot, make_app, screen_text, wait_for
 
 from engine.data.load import load_examples
