@@ -67,6 +67,6 @@ def test_visiting_every_screen_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     visited, heavy = out.stdout.strip().splitlines()[-2:]
-    assert visited == ("['GpuScreen', 'PlanScreen', 'DataScreen', 'RunsScreen', 'EvalScreen', "
+    assert visited == ("['GpuScreen', 'PlanScreen', 'DataScreen', 'RunsScreen', 'EvalScreen', 'ChatScreen', "
                        "'MonitorScreen', 'KeysScreen', 'CommandPalette', 'CompareScreen']")
     assert heavy == "[]"
