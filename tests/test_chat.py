@@ -20,6 +20,12 @@ from engine.runs.workspace import create_run
 QUESTION = [{"role": "user", "content": "join red and cat"}]
 
 
+@pytest.fixture(autouse=True)
+def chat_on_the_cpu(monkeypatch):
+    """The chat engine answers on the CPU, so that what it reports is the same on a machine with a GPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 def tunedeck(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tui.cli", *argv], input=stdin, capture_output=True, text=True,
                           timeout=600)

@@ -20,7 +20,13 @@ from tui.screens.data import DataScreen
 from tui.screens.edit import EditAnswer
 
 pytestmark = pytest.mark.asyncio
-LOAD_SECONDS = 180  # a loaded machine: the engine imports torch and loads two models
+LOAD_SECONDS = 180  # a loaded machine: the engine imports torch, loads the base and its adapter
+
+
+@pytest.fixture(autouse=True)
+def chat_on_the_cpu(monkeypatch):
+    """The chat engine answers on the CPU, so that what it reports is the same on a machine with a GPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def workspace_of(run) -> Path:

@@ -67,7 +67,10 @@ class ChatEngine:
     def read(self) -> dict | None:
         """The next message (blocks); None once the process has closed its stdout (exited or killed)."""
         while True:
-            line = self.proc.stdout.readline()
+            try:
+                line = self.proc.stdout.readline()
+            except (ValueError, OSError):  # closed by `close` meanwhile
+                return None
             if not line:
                 return None
             try:
