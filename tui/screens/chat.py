@@ -194,10 +194,13 @@ class ChatScreen(ModeScreen):
         self.partial[side] = ""
         rate = done.get("tokens_per_second")
         self.speed[side] = f"{done['tokens']} tokens" + (f" · {rate:.1f} tok/s" if rate else "")
-        if self.chat_log is None:
-            self.chat_log = ConversationLog(self.run)
-        self.chat_log.append(turn_record(side, weights_label(self.checkpoint), with_system(
-            messages, self.ready.get("system_prompt")), done, self.settings))
+        try:
+            if self.chat_log is None:
+                self.chat_log = ConversationLog(self.run)
+            self.chat_log.append(turn_record(side, weights_label(self.checkpoint), with_system(
+                messages, self.ready.get("system_prompt")), done, self.settings))
+        except OSError as exc:  # a run directory one may read but not write: the chat goes on, unrecorded
+            self.notify(f"This answer is not kept in {self.run.path / 'chat'}: {exc}", severity="error")
 
     # ---- asking ----
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -311,7 +314,11 @@ class ChatScreen(ModeScreen):
 
     def save(self, messages: list[dict]) -> None:
         path = default_dataset(self.app.workspace, self.run)
-        line = save_example(messages, path)
+        try:
+            line = save_example(messages, path)
+        except OSError as exc:
+            self.notify(f"Not saved to {path}: {exc}", severity="error", timeout=10)
+            return
         self.saved = path
         self.app.data_path = path  # the Data screen opens it next
         self.notify(f"Saved as line {line} of {path}; ctrl+g opens it in Data.", timeout=8)
