@@ -73,7 +73,7 @@ class ChatScreen(ModeScreen):
         Binding("escape", "stop", "Stop", id="chat.stop"),
         Binding("i", "type", "Type", show=False, id="chat.type"),
         Binding("ctrl+s", "save_example", "Save example", id="chat.save"),
-        Binding("ctrl+b", "toggle_base", "Base on/off", id="chat.base"),
+        Binding("ctrl+b", "toggle_base", "Base", id="chat.base"),
         Binding("ctrl+t", "settings", "Sampling", id="chat.settings"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
         Binding("ctrl+o", "choose", "Run", id="chat.choose"),
