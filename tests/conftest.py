@@ -4,6 +4,7 @@ engine subprocess are plain functions in engine_runs.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,15 @@ def tiny_project(tmp_path_factory) -> Path:
     build_tiny_model(root / "tiny-model")
     write_jsonl(root / "train.jsonl", learnable_rows(200))
     return root
+
+
+@pytest.fixture
+def snap_ws() -> Path:
+    """A workspace at a fixed short path, so paths on screen are the same in every snapshot."""
+    path = Path("/tmp/tunedeck-snapshots")
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

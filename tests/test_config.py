@@ -43,6 +43,7 @@ def test_contract_keys_parse_with_types(project):
     ("model: ./model\ndata: ./train.jsonl\nper_device_train_batch_size: 0\n", "at least 1"),
     ("model: ./model\ndata: ./train.jsonl\nlearning_rate: -1\n", "'learning_rate' must be positive"),
     ("model: ./model\ndata: ./train.jsonl\npacking: yes please\n", "'packing': expected bool"),
+    ("model: ./model\ndata: ./train.jsonl\nsample_prompts: -1\n", "'sample_prompts' must be 0 (off) or more"),
     ("- a\n- b\n", "must be a YAML mapping"),
     ("model: [unclosed\n", "not valid YAML at line"),
     ("!!python/object/apply:os.system [echo owned]\n", "not valid YAML"),

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from engine_runs import dump, start, wait_final
+from openai_server import openai_server
 
 from engine.testing import learnable_rows, write_jsonl
 
@@ -156,33 +157,15 @@ def test_latency_and_prompt_cost_and_a_local_reference_model(trained_run, tmp_pa
 @pytest.fixture
 def served_model(trained_run):
     """A real OpenAI-compatible server on loopback that answers each held-out prompt with its reference."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
     answers = {ex["messages"][-2]["content"]: ex["messages"][-1]["content"]
                for ex in map(json.loads, open(trained_run.config()["test_data"]))}
-    seen = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            prompt = body["messages"][-1]["content"]
-            data = json.dumps({"choices": [{"message": {"content": answers.get(prompt, "?")}}],
-                               "usage": {"prompt_tokens": 100 + len(body["messages"]),
-                                         "completion_tokens": 7}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def reply(body):
+        return answers.get(body["messages"][-1]["content"], "?"), {"prompt_tokens": 100 + len(body["messages"]),
+                                                                    "completion_tokens": 7}
 
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1", seen
-    httpd.shutdown()
+    with openai_server(reply) as served:
+        yield served
 
 
 def test_served_reference_model_is_asked_the_few_shot_prompt(trained_run, served_model):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
+from openai_server import openai_server
 
 from engine.evaluation.endpoint import EndpointError
 from engine.evaluation.judge import judge_rows, score
@@ -14,29 +11,14 @@ from engine.evaluation.judge import judge_rows, score
 
 @pytest.fixture
 def server():
-    seen = []
+    def reply(body):
+        graded = body["messages"][1]["content"].rsplit("Answer to grade:\n", 1)[1]
+        if graded == "garbage":
+            return "I cannot grade this", None
+        return ("5. Matches the reference." if graded == "ok" else "Score: 2 - wrong fields"), None
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            graded = body["messages"][1]["content"].rsplit("Answer to grade:\n", 1)[1]
-            reply = "5. Matches the reference." if graded == "ok" else "Score: 2 - wrong fields"
-            if graded == "garbage":
-                reply = "I cannot grade this"
-            data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1", seen
-    httpd.shutdown()
+    with openai_server(reply) as served:
+        yield served
 
 
 def test_scores_are_parsed_and_averaged(server):

@@ -181,7 +181,7 @@ def test_an_answer_cut_before_a_plausible_word_is_caught_by_how_its_file_ends():
 
 
 def test_a_file_whose_answers_end_either_way_gives_no_such_evidence():
-    mixed = [f"So the answer is {i}." if i % 2 else f"Then she goes home with her friend Anna" for i in range(250)]
+    mixed = [f"So the answer is {i}." if i % 2 else "Then she goes home with her friend Anna" for i in range(250)]
     assert cut_flags(file_of(mixed + ["The current weather in Los"])) == {}
     few = [f"The current weather in city number {i} is sunny." for i in range(50)]  # too few answers to judge
     assert cut_flags(file_of(few + ["The current weather in Los"])) == {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from tui.screens.runs import RunsScreen
 from tui.widgets.plot import BraillePlot
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-def snap_ws():
-    """A workspace at a fixed short path, so paths on screen are the same in every snapshot."""
-    path = Path("/tmp/tunedeck-snapshots-compare")
-    shutil.rmtree(path, ignore_errors=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def two_runs(workspace: Path) -> None:

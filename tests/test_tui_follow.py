@@ -8,7 +8,7 @@ import pytest
 from tui_fixtures import make_run
 
 from engine.runs.events import EventWriter
-from tui.follow import BucketSeries, RunFollower, fmt_age, fmt_duration, fmt_num
+from tui.follow import BucketSeries, RunFollower, fmt_age, fmt_duration, fmt_num, word_diff
 
 
 def test_bucket_series_stays_bounded_and_keeps_the_mean():
@@ -114,3 +114,42 @@ def test_formatters():
     assert fmt_duration(3725) == "1h02m" and fmt_duration(None) == "?" and fmt_duration(59) == "59s"
     assert fmt_age(7300) == "2h" and fmt_age(-1) == "?"
     assert fmt_num(0.000123) == "1.23e-04" and fmt_num(2.5) == "2.500" and fmt_num(float("nan")) == "nan"
+
+
+def test_follower_compares_the_newest_answers_with_the_evaluation_before(tmp_path):
+    run = make_run(tmp_path, steps=0, evals=False, warnings=False)
+    writer = EventWriter(run.events_path)
+
+    def sample(step, *answers):
+        writer.write("sample", step, samples=[{"index": i, "prompt": f"q{i}", "reference": f"r{i}", "answer": a}
+                                              for i, a in enumerate(answers)])
+
+    follower = RunFollower(run)
+    follower.poll()
+    assert follower.view().samples == () and follower.view().sample_steps == (None, None)
+    sample(10, "cat cat", "dog")
+    follower.poll()
+    first = follower.view()
+    assert first.sample_steps == (10, None)
+    assert [(s.prompt, s.reference, s.answer, s.previous, s.changed) for s in first.samples] == [
+        ("q0", "r0", "cat cat", None, False), ("q1", "r1", "dog", None, False)]
+    sample(20, "cat dog", "dog")
+    sample(30, "cat-dog is the answer", "dog")
+    writer.close()
+    follower.poll()
+    view = follower.view()
+    assert view.sample_steps == (30, 20)  # only the last two evaluations count
+    assert [(s.answer, s.previous, s.changed) for s in view.samples] == [
+        ("cat-dog is the answer", "cat dog", True), ("dog", "dog", False)]
+    follower.feed({"type": "sample", "step": 40, "samples": [["not", "a", "sample"], {"index": [1], "answer": 3}]})
+    assert [(s.index, s.answer, s.previous) for s in follower.view().samples] == [(1, "3", "dog")]
+
+
+def test_word_diff_marks_changed_words_and_elides_far_context():
+    assert word_diff("blue blue", "blue star") == [("same", "blue"), ("del", "blue"), ("add", "star")]
+    old = "one two three four five six seven eight nine ten"
+    assert word_diff(old, old.replace("six", "SIX")) == [
+        ("gap", "…"), ("same", "three four five"), ("del", "six"), ("add", "SIX"), ("same", "seven eight nine"),
+        ("gap", "…")]
+    assert word_diff("", "new words") == [("add", "new words")]
+    assert word_diff("a b", "a") == [("same", "a"), ("del", "b")]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 from tui_fixtures import SIZE, assert_snapshot, dead_pid, make_app, make_run, screen_text, wait_for, write_status
@@ -23,15 +21,6 @@ pytestmark = pytest.mark.asyncio
 def fast_monitor(monkeypatch):
     monkeypatch.setattr(MonitorScreen, "POLL_SECONDS", 0.05)
     monkeypatch.setattr(MonitorScreen, "STATUS_SECONDS", 0.1)
-
-
-@pytest.fixture
-def snap_ws():
-    """A workspace at a fixed short path, so paths on screen are the same in every snapshot."""
-    path = Path("/tmp/tunedeck-snapshots")
-    shutil.rmtree(path, ignore_errors=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def monitor(app) -> MonitorScreen:

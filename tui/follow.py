@@ -3,12 +3,13 @@
 `RunFollower` reads `events.jsonl` by byte offset (through engine.runs.events.EventReader),
 so each poll costs in proportion to the new bytes only, and keeps what the
 monitor draws: downsampled curves, the latest warnings and errors, command
-acknowledgements. A million events fold into a few hundred buckets per curve.
+acknowledgements, the answers of the last two evaluations. A million events fold into a few hundred buckets per curve.
 Nothing here touches Textual, so it is tested and benchmarked on its own.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections import OrderedDict, deque
@@ -81,6 +82,59 @@ class BucketSeries:
 
 
 @dataclass(frozen=True)
+class SampleAnswer:
+    """One held-out prompt's answer at the newest evaluation, and at the one before (None at the first)."""
+
+    index: int
+    prompt: str
+    reference: str
+    answer: str
+    previous: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.previous is not None and self.previous != self.answer
+
+
+def sample_answers(older: dict | None, newer: dict) -> tuple[SampleAnswer, ...]:
+    """The answers of a `sample` event beside those of the event before it, matched by prompt index."""
+    before = dict(_samples_of(older)) if older else {}
+    return tuple(SampleAnswer(i, str(s.get("prompt", "")), str(s.get("reference", "")), str(s.get("answer", "")),
+                              str(before[i].get("answer", "")) if i in before else None)
+                 for i, s in _samples_of(newer))
+
+
+def _samples_of(event: dict) -> list[tuple[int, dict]]:
+    """(index, sample) for each well-formed sample; a damaged line never breaks the monitor."""
+    samples = event.get("samples")
+    return [(s["index"] if isinstance(s.get("index"), int) else i, s)
+            for i, s in enumerate(samples if isinstance(samples, list) else []) if isinstance(s, dict)]
+
+
+def word_diff(old: str, new: str, context: int = 3) -> list[tuple[str, str]]:
+    """What changed from `old` to `new`, word by word, as (kind, text) pieces: kind is same, del, add, or gap
+    (unchanged words left out, more than `context` away from a change)."""
+    a, b = old.split(), new.split()
+    pieces: list[tuple[str, str]] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            words = a[i1:i2]
+            head = words[:context] if pieces else []
+            tail = words[-context:] if i2 < len(a) or j2 < len(b) else []
+            if len(head) + len(tail) < len(words):
+                pieces += [("same", " ".join(head))] if head else []
+                pieces += [("gap", "…")] + ([("same", " ".join(tail))] if tail else [])
+            else:
+                pieces.append(("same", " ".join(words)))
+            continue
+        if i2 > i1:
+            pieces.append(("del", " ".join(a[i1:i2])))
+        if j2 > j1:
+            pieces.append(("add", " ".join(b[j1:j2])))
+    return pieces
+
+
+@dataclass(frozen=True)
 class RunView:
     """A copy of what the monitor draws, safe to hand from the follower thread to the UI."""
 
@@ -99,6 +153,8 @@ class RunView:
     offset: int
     size: int
     log_tail: tuple[str, ...] = field(default=())
+    samples: tuple[SampleAnswer, ...] = ()  # answers to the held-out prompts at the newest evaluation
+    sample_steps: tuple[int | None, int | None] = (None, None)  # (that evaluation's step, the one before)
 
     @property
     def replaying(self) -> bool:
@@ -120,6 +176,7 @@ class RunFollower:
         self.errors: deque[dict] = deque(maxlen=10)
         self.checkpoints: deque[dict] = deque(maxlen=keep)
         self.acks: OrderedDict[str, dict] = OrderedDict()
+        self.sample_events: deque[dict] = deque(maxlen=2)  # the last two evaluations' answers, to compare
         self.keep = keep
         self.last_log: dict = {}
         self.events = 0
@@ -158,12 +215,15 @@ class RunFollower:
             self.errors.append(event)
         elif kind == "checkpoint":
             self.checkpoints.append(event)
+        elif kind == "sample":
+            self.sample_events.append(event)
         elif kind == "command_ack":
             self.acks[str(event.get("id"))] = event
             while len(self.acks) > self.keep:
                 self.acks.popitem(last=False)
 
     def view(self, status: dict | None = None, log_tail: list[str] | None = None) -> RunView:
+        older, newer = ([None, None] + list(self.sample_events))[-2:]
         return RunView(
             run_id=self.run.id,
             status=dict(status or {}),
@@ -180,6 +240,8 @@ class RunFollower:
             offset=self.reader.offset,
             size=max(self.size(), self.reader.offset),
             log_tail=tuple(log_tail or ()),
+            samples=sample_answers(older, newer) if newer else (),
+            sample_steps=(newer.get("step") if newer else None, older.get("step") if older else None),
         )
 
 

@@ -12,15 +12,19 @@ from transformers import TrainerCallback
 
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
+from engine.training.samples import AnswerSampler
 from engine.training.signals import StopNow
 
 
 class RunCallback(TrainerCallback):
     """`early` is shared with the checkpoint bookkeeping, which keeps the best evaluation's checkpoint;
-    `can_evaluate`: the recipe has held-out data, so an `eval` command can be honoured."""
+    `can_evaluate`: the recipe has held-out data, so an `eval` command can be honoured; `samples`: answers to
+    held-out prompts written at each evaluation (rank 0's callback only), or None."""
 
-    def __init__(self, plumbing: RunPlumbing, health: HealthMonitor, early: EarlyStopping, can_evaluate: bool):
+    def __init__(self, plumbing: RunPlumbing, health: HealthMonitor, early: EarlyStopping, can_evaluate: bool,
+                 samples: AnswerSampler | None = None):
         self.plumbing, self.health, self.early, self.can_evaluate = plumbing, health, early, can_evaluate
+        self.samples = samples
         self.paused = False
         self.early_stopped = False
         self.tokens_at_start = 0
@@ -88,7 +92,7 @@ class RunCallback(TrainerCallback):
         if "loss" in logs:
             self._on_train_log(logs, state)
         elif "eval_loss" in logs:
-            self._on_eval_log(logs, state, control)
+            self._on_eval_log(logs, state, control, kwargs["model"])
         return control
 
     def _on_train_log(self, logs: dict, state) -> None:
@@ -110,11 +114,13 @@ class RunCallback(TrainerCallback):
             plumbing.event("warning", step=step, code=code, message=message)
         plumbing.update(warnings=list(self.health.active.values()))
 
-    def _on_eval_log(self, logs: dict, state, control) -> None:
+    def _on_eval_log(self, logs: dict, state, control, model) -> None:
         plumbing, step = self.plumbing, state.global_step
         self._evaluating = False
         eval_loss = logs["eval_loss"]
         plumbing.event("eval", step=step, **{k: v for k, v in logs.items() if k.startswith("eval_")})
+        if self.samples is not None:
+            self._sample(model, step)
         for code, message in self.health.on_eval(eval_loss):
             plumbing.event("warning", step=step, code=code, message=message)
         stop = self.early.update(eval_loss, step)
@@ -127,3 +133,15 @@ class RunCallback(TrainerCallback):
                                    f"(best {self.early.best:.4g} at step {self.early.best_step})")
             self.early_stopped = True
             control.should_training_stop = True
+
+    def _sample(self, model, step: int) -> None:
+        """While the status still says evaluating. Samples are for watching: running out of memory for them
+        turns them off with a warning instead of failing the run."""
+        try:
+            self.plumbing.event("sample", step=step, samples=self.samples.answers(model))
+        except torch.OutOfMemoryError:
+            self.samples = None
+            torch.cuda.empty_cache()
+            self.plumbing.event("warning", step=step, code="samples_off",
+                                message="answering the sample prompts ran out of memory; no more samples "
+                                        "this run (lower sample_prompts or set it to 0)")

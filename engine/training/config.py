@@ -113,6 +113,9 @@ class RunConfig:
     # ending and per new warning code, with TUNEDECK_RUN_ID, _STATE, _REASON, _RUN_DIR... in its environment
     notify_command: str | None = None
 
+    # answers sampled while training (engine.training.samples)
+    sample_prompts: int = 3  # held-out prompts answered greedily at each evaluation; 0 turns it off
+
     def resolved_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
@@ -229,6 +232,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
                                   or (high is not None and value >= high)):
             bounds = f"{'at least' if inclusive else 'above'} {low:g}" + (f" and below {high:g}" if high else "")
             raise ConfigError(f"config key {key!r} must be {bounds}, got {value:g}")
+    if values.get("sample_prompts", 0) < 0:
+        raise ConfigError(f"config key 'sample_prompts' must be 0 (off) or more, got {values['sample_prompts']}")
     if not 0 <= values.get("seed", 0) < 2**32:
         raise ConfigError(f"config key 'seed' must be in [0, 2**32), got {values['seed']}")
     if values.get("lora_target_modules") == []:

@@ -31,6 +31,10 @@ def describe_event(event: dict) -> str | None:
         return f"{at}eval loss {fmt(event.get('eval_loss'))}"
     if kind == "checkpoint":
         return f"{at}checkpoint saved {event.get('path')}"
+    if kind == "sample" and isinstance(event.get("samples"), list):  # a line per held-out prompt
+        quoted = lambda text: json.dumps(str(text), ensure_ascii=False)[:100]  # newlines stay on the line
+        return "\n".join(f"{at}answer {i}: {quoted(s.get('answer', ''))} (reference {quoted(s.get('reference', ''))})"
+                         for i, s in enumerate(event["samples"], 1) if isinstance(s, dict)) or None
     if kind == "warning":
         return f"{at}WARNING {event.get('code')}: {event.get('message')}"
     if kind == "error":

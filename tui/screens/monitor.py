@@ -16,12 +16,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
-from tui.follow import RunFollower, RunView, fmt_duration, fmt_num
+from tui.follow import RunFollower, RunView, SampleAnswer, fmt_duration, fmt_num, word_diff
 from tui.messages import ErrorReported, RunLaunched, RunUpdated
 from tui.screens.base import ModeScreen
 from tui.watch import ending_key, mark_seen
@@ -44,6 +44,7 @@ class MonitorScreen(ModeScreen):
         Binding("e", "command('eval')", "Eval", id="monitor.eval"),
         Binding("l", "toggle_log", "Log", id="monitor.log", show=False),
         Binding("d", "diagnose", "Diagnose", id="monitor.diagnose"),
+        Binding("a", "toggle_samples", "Answers", id="monitor.samples", show=False),  # the events box says so
         Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
     ]
 
@@ -71,6 +72,8 @@ class MonitorScreen(ModeScreen):
             with Vertical(id="mon-side"):
                 yield BraillePlot("learning rate", "no lr yet", id="plot-lr")
                 yield BraillePlot("grad norm", "no grad norm yet", id="plot-grad")
+        with VerticalScroll(id="mon-samples"):
+            yield Static("", id="mon-samples-text")
         with Horizontal(id="mon-bottom"):
             yield Static("", id="mon-events")
             yield Static("", id="mon-log")
@@ -148,6 +151,7 @@ class MonitorScreen(ModeScreen):
         head.update(t)
         self.query_one("#mon-progress", Static).update(self._progress(view))
         self._plots(view)
+        self._samples(view)
         self._events(view, state)
         log = self.query_one("#mon-log", Static)
         log.border_title = "engine.log"
@@ -194,6 +198,29 @@ class MonitorScreen(ModeScreen):
             plot.border_title = f"{label} {fmt_num(last[1]) if last else '-'}"
             plot.set_series([PlotSeries(label, view.series[name])])
 
+    def _samples(self, view: RunView) -> None:
+        """Each held-out prompt: the newest answer and what changed since the evaluation before."""
+        box = self.query_one("#mon-samples", VerticalScroll)
+        step, before = view.sample_steps
+        if not view.samples:
+            box.border_title = "answers"
+            text = Text("No answers yet: they come with each evaluation (config key sample_prompts; "
+                        "the run needs held-out data).", "dim")
+        else:
+            changed = sum(s.changed for s in view.samples)
+            box.border_title = (f"answers at step {step}" + (f" · {changed} of {len(view.samples)} changed since "
+                                                             f"step {before}" if before is not None else ""))
+            width = max(20, self.query_one("#mon-samples-text", Static).content_size.width or 76)
+            text = Text(no_wrap=True, overflow="ellipsis")
+            for i, sample in enumerate(view.samples):
+                number = f"{sample.index + 1} "
+                text.append(("\n" if i else "") + number + _middle(_one_line(sample.prompt), width - len(number)))
+                text.append("\n  → ")
+                text.append(_one_line(sample.answer) or "(empty)", "bold" if sample.answer else "dim")
+                text.append(f"\n  ref {_one_line(sample.reference)}\n  ", "dim")
+                text.append_text(_change(sample, before))
+        self.query_one("#mon-samples-text", Static).update(text)
+
     def _events(self, view: RunView, state: str) -> None:
         box = self.query_one("#mon-events", Static)
         box.border_title = f"events · {len(view.warnings)} warning{'s' if len(view.warnings) != 1 else ''}"
@@ -211,6 +238,11 @@ class MonitorScreen(ModeScreen):
         for cmd, ack in reversed(self.answered[-3:]):
             note = f": {ack['message']}" if ack.get("message") else ""
             lines.append((f"✓ {COMMAND_WORDS[cmd['command']]} acknowledged at step {ack.get('step', '?')}{note}", ""))
+        if view.samples:
+            changed = sum(s.changed for s in view.samples)
+            lines.append((f"◆ step {view.sample_steps[0]} answers: "
+                          + (f"{changed}/{len(view.samples)} changed" if view.sample_steps[1] is not None
+                             else f"{len(view.samples)} prompts") + " (a)", ""))
         for w in reversed(view.warnings):
             lines.append((f"⚠ step {w.get('step', '?')} {w.get('code', '')}: {w.get('message', '')}", ""))
         if view.checkpoints:
@@ -258,7 +290,16 @@ class MonitorScreen(ModeScreen):
                                      "checkpoint are lost. (s stops after saving.)"), answered)
 
     def action_toggle_log(self) -> None:
+        self.remove_class("-samples")
         self.toggle_class("-log-full")
+        if self.view is not None:
+            self.call_after_refresh(self.show, self.view)
+
+    def action_toggle_samples(self) -> None:
+        self.remove_class("-log-full")
+        self.toggle_class("-samples")
+        if self.has_class("-samples"):  # arrows and page keys scroll answers that do not fit
+            self.call_after_refresh(self.query_one("#mon-samples", VerticalScroll).focus)
         if self.view is not None:
             self.call_after_refresh(self.show, self.view)
 
@@ -285,6 +326,32 @@ class MonitorScreen(ModeScreen):
 
     def on_run_launched(self, message: RunLaunched) -> None:
         self.notify(message.notice)
+
+
+def _one_line(text: str) -> str:
+    return text.strip().replace("\n", " ⏎ ")
+
+
+def _middle(text: str, width: int) -> str:
+    """Long prompts often share an instruction and differ at the end: keep both ends."""
+    if len(text) <= width:
+        return text
+    head = width // 3
+    return text[:head] + " … " + text[-(width - head - 3):]
+
+
+def _change(sample: SampleAnswer, before: int | None) -> Text:
+    """unchanged, new, or the words removed [-like this-] and added {+like this+}: readable without colour."""
+    if sample.previous is None:
+        return Text("new: no earlier answer to compare" if before is not None else "first evaluation", "dim")
+    if not sample.changed:
+        return Text(f"= unchanged since step {before}", "dim")
+    t = Text(f"Δ since step {before}: ", "italic")
+    styles = {"del": ("[-", "-]", "strike"), "add": ("{+", "+}", "bold underline")}
+    for i, (kind, words) in enumerate(word_diff(_one_line(sample.previous), _one_line(sample.answer))):
+        opening, closing, style = styles.get(kind, ("", "", "dim" if kind == "gap" else ""))
+        t.append((" " if i else "") + opening + words + closing, style)
+    return t
 
 
 def _size(path) -> int:

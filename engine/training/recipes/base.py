@@ -1,7 +1,7 @@
 """What every recipe shares: a recipe is a subclass that supplies its data and its Trainer.
 
     class MyRecipe(Recipe):
-        def load_data(self):                    -> (train dataset, eval dataset or [])
+        def load_data(self):                    -> (train dataset, eval dataset or []), self.held_out set
         def build_trainer(self, args, callbacks) -> a Trainer with AtomicCheckpoints (checkpoints=self.checkpoints)
 
 The worker drives it: `recipe = MyRecipe(cfg, plumbing); recipe.setup(); recipe.train(); recipe.cleanup()`.
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.data.load import Example
 from engine.models.anatomy import lora_targets_error
 from engine.models.find import resolve_model
 from engine.models.load import load_model, load_tokenizer, resolve_precision
@@ -28,6 +29,7 @@ from engine.training.config import ConfigError, RunConfig, resolve_lora_dropout
 from engine.training.distributed import init_distributed, leave_together, local_device, shut_down, world_size
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
+from engine.training.samples import AnswerSampler, sample_conversations
 
 
 class Recipe:
@@ -36,11 +38,13 @@ class Recipe:
         self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
         self.checkpoints = CheckpointBook(plumbing, cfg.save_total_limit, self.early)
         self.trainer = None
+        self.held_out: list[Example] = []  # the held-out examples as read; load_data sets them
 
     # ---- what a recipe supplies ----------------------------------------------
     def load_data(self) -> tuple[Sequence, Sequence]:
         """The training and evaluation datasets, encoded for this recipe's Trainer (self.tokenizer is loaded);
-        what was dropped or cut is reported as events."""
+        what was dropped or cut is reported as events. Sets self.held_out to the evaluation examples as read
+        (the system prompt in place), for the answers sampled at each evaluation."""
         raise NotImplementedError
 
     def build_trainer(self, args: dict, callbacks: list):
@@ -65,7 +69,7 @@ class Recipe:
         total = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.num_train_epochs)
         self._trackers_into_the_run()
         self.callback = RunCallback(plumbing, HealthMonitor(cfg.divergence_factor, cfg.grad_spike_factor),
-                                    self.early, can_evaluate=bool(self.eval_dataset))
+                                    self.early, can_evaluate=bool(self.eval_dataset), samples=self._sampler())
         self.trainer = self.build_trainer(self._training_arguments(total), [self.callback])
         plumbing.update(max_steps=total)
 
@@ -81,6 +85,15 @@ class Recipe:
                               WANDB_CONFIG_DIR=str(wandb_dir / "config"), WANDB_CACHE_DIR=str(wandb_dir / "cache"),
                               WANDB_DATA_DIR=str(wandb_dir / "data"), WANDB_ARTIFACT_DIR=str(wandb_dir / "artifacts"))
             os.environ.setdefault("WANDB_PROJECT", "tunedeck")
+
+    def _sampler(self) -> AnswerSampler | None:
+        """Rank 0 answers the sample prompts; none without held-out data or with sample_prompts: 0."""
+        cfg = self.cfg
+        conversations = sample_conversations(self.held_out, cfg.sample_prompts) if self.eval_dataset else []
+        if not conversations or not self.plumbing.writes:
+            return None
+        return AnswerSampler(conversations, self.tokenizer, cfg.max_seq_length, cfg.per_device_eval_batch_size,
+                             self.precision)
 
     def _load_model(self):
         cfg = self.cfg

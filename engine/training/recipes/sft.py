@@ -52,6 +52,7 @@ class SFTRecipe(Recipe):
             train = [train[i] for i in order[n_eval:]]
         else:
             held_out = []
+        self.held_out = held_out
         encode = lambda examples: encode_examples(self.tokenizer, [ex.messages for ex in examples], cfg.max_seq_length,
                                                   cfg.train_on, cfg.overlong, tools=[ex.tools for ex in examples])
         train_features, train_stats = encode(train)
