@@ -5,7 +5,8 @@ attached to a real training run of a tiny model (trained here, on the CPU, in ab
 
 With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
 report in the shape engine.evaluation.run writes (tests/eval_fixtures.py). --only takes some of
-gpu, plan, data, monitor, eval, diagnosis (a real tiny run planted to overfit). SVGs come from Textual's own
+gpu, plan, data, monitor, eval, diagnosis (a real tiny run planted to overfit), compare, chat (a real tiny
+run trained to join two words, asked to join two more). SVGs come from Textual's own
 screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
 """
 
@@ -122,6 +123,37 @@ def compare_workspace(workspace: Path) -> Path:
     return workspace
 
 
+def joining_run(tmp: Path, workspace: Path):
+    """A finished real LoRA run of the tiny model that learnt to join two words with a hyphen."""
+    import yaml
+
+    from engine.runs.launch import start_detached
+    from engine.runs.protocol import FINAL_STATES
+    from engine.testing import build_tiny_model, learnable_rows, write_jsonl
+
+    if not (tmp / "tiny-model").is_dir():
+        build_tiny_model(tmp / "tiny-model")
+    config = {"name": "join", "model": str(tmp / "tiny-model"), "method": "lora",
+              "data": str(write_jsonl(tmp / "join-train.jsonl", learnable_rows(400))), "max_steps": 150,
+              "save_steps": 1000, "eval_steps": 1000, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
+              "max_seq_length": 64, "system_prompt": "Join the two words with a hyphen."}
+    path = tmp / "join.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = start_detached(path, workspace)
+    while run.status().get("state") not in FINAL_STATES:
+        time.sleep(1)
+    return run
+
+
+async def ask_to_join(pilot) -> None:
+    """On the Chat screen: once the models are loaded, ask for two words joined, 12 new tokens at most."""
+    screen = pilot.app.screen
+    while screen.state != "ready":
+        await pilot.pause(0.1)
+    screen.settings["max_new_tokens"] = 12
+    await pilot.press(*"join moon and fish", "enter")
+
+
 async def diagnose_attached(pilot) -> None:
     """On the monitor of the attached run: d."""
     from tui.screens.monitor import MonitorScreen
@@ -151,7 +183,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis,compare",
+    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis,compare,chat",
                         help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -159,6 +191,7 @@ def main() -> None:
 
     from engine.demo import write_demo_data
     from tui.app import TunedeckApp
+    from tui.screens.chat import ChatScreen
     from tui.screens.compare import CompareScreen
     from tui.screens.data import DataScreen
     from tui.screens.diagnosis import DiagnosisScreen
@@ -197,6 +230,12 @@ def main() -> None:
             made.append(asyncio.run(shoot(TunedeckApp(compare_workspace(tmp / "compare-ws"), mode="runs"), "compare",
                                           args.out, lambda app: isinstance(app.screen, CompareScreen)
                                           and app.screen.comparison, prepare=mark_two_and_compare)))
+        if "chat" in only:
+            chat_ws = tmp / "chat-ws"
+            joining_run(tmp, chat_ws)
+            made.append(asyncio.run(shoot(TunedeckApp(chat_ws, mode="chat"), "chat", args.out,
+                                          lambda app: isinstance(app.screen, ChatScreen) and app.screen.speed["base"],
+                                          timeout=300, prepare=ask_to_join)))
         if "monitor" in only:
             run_id, run = args.run, None
             if run_id is None:

@@ -81,3 +81,11 @@ def write_config(tiny_project, tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         return path
     return write
+
+
+@pytest.fixture(scope="module")
+def chat_run(tiny_project, tmp_path_factory):
+    """A finished LoRA run of the tiny model to chat with, trained once per module (chat_fixtures.py)."""
+    from chat_fixtures import train_chat_run
+
+    return train_chat_run(tiny_project, tmp_path_factory.mktemp("chat-ws"))

@@ -26,9 +26,8 @@ UI_LIBRARIES = ("textual", "rich", "tui")
 # The modules allowed to import heavy libraries: each runs in its own process (or builds test models).
 HEAVY_MODULES = ("engine.models.load", "engine.models.anatomy", "engine.training.worker", "engine.training.distributed",
                  "engine.training.plumbing", "engine.training.callback", "engine.training.checkpoints",
-                 "engine.training.samples",
-                 "engine.training.recipes.*", "engine.evaluation.run", "engine.export.weights", "engine.export.verify",
-                 "engine.testing")
+                 "engine.training.samples", "engine.training.recipes.*", "engine.evaluation.run",
+                 "engine.chat.server", "engine.export.weights", "engine.export.verify", "engine.testing")
 
 RULES = {
     "ui-in-engine": "engine/ never imports textual, rich or tui",

@@ -18,7 +18,7 @@ async def test_number_keys_switch_modes(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         assert app.current_mode == "gpu"
         for key, mode, title in (("2", "plan", "Plan"), ("3", "data", "Data"), ("4", "runs", "Runs"),
-                                 ("5", "eval", "Eval"), ("1", "gpu", "GPU")):
+                                 ("5", "eval", "Eval"), ("6", "chat", "Chat"), ("1", "gpu", "GPU")):
             await pilot.press(key)
             await pilot.pause()
             assert app.current_mode == mode

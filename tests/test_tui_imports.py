@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
         app = TunedeckApp(ws)  # the real GPU probe, the real engine modules
         async with app.run_test(size=(80, 24)) as pilot:
             visited = []
-            for key in "12345":
+            for key in "123456":
                 await pilot.press(key)
                 await pilot.pause(0.2)
                 visited.append(type(app.screen).__name__)
@@ -67,6 +67,6 @@ def test_visiting_every_screen_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     visited, heavy = out.stdout.strip().splitlines()[-2:]
-    assert visited == ("['GpuScreen', 'PlanScreen', 'DataScreen', 'RunsScreen', 'EvalScreen', "
+    assert visited == ("['GpuScreen', 'PlanScreen', 'DataScreen', 'RunsScreen', 'EvalScreen', 'ChatScreen', "
                        "'MonitorScreen', 'KeysScreen', 'CommandPalette', 'CompareScreen']")
     assert heavy == "[]"

@@ -1,4 +1,4 @@
-"""The tunedeck app: five modes, the global keys, the one place errors are shown, and the bell and toast
+"""The tunedeck app: six modes, the global keys, the one place errors are shown, and the bell and toast
 when a run ends or warns, whatever screen is open (tui.watch)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from textual.screen import Screen
 
 from tui.messages import ErrorReported, RunNoticed
 from tui.modes import MODES as MODE_TITLES
+from tui.screens.chat import ChatScreen
 from tui.screens.data import DataScreen
 from tui.screens.eval import EvalScreen
 from tui.screens.gpu import GpuScreen
@@ -22,7 +23,7 @@ from tui.screens.plan import PlanScreen
 from tui.screens.runs import RunsScreen
 from tui.watch import RunWatch
 
-SCREENS = {screen.MODE: screen for screen in (GpuScreen, PlanScreen, DataScreen, RunsScreen, EvalScreen)}
+SCREENS = {screen.MODE: screen for screen in (GpuScreen, PlanScreen, DataScreen, RunsScreen, EvalScreen, ChatScreen)}
 
 
 class TunedeckApp(App):

@@ -190,3 +190,22 @@ class DiagnosisReady(Message):
 
     run: Run
     result: dict
+
+
+# ---- Chat ----
+
+
+@dataclass
+class ChatReply(Message):
+    """One message of the chat's model process (engine.chat.server's protocol), as it came."""
+
+    engine: object  # the engine.chat.client.ChatEngine it came from: a replaced engine's are dropped
+    reply: dict
+
+
+@dataclass
+class ChatEngineGone(Message):
+    """The chat's model process ended; `report` says how (exit code or signal, its log's last line)."""
+
+    engine: object
+    report: str

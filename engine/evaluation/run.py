@@ -112,19 +112,21 @@ def text_perplexity(model, tokenizer, text: str) -> float:
 
 class Models:
     """The base and the tuned model, loaded as the run was trained (engine.models.load: its precision, and
-    4 bit for QLoRA); with an adapter they share one copy of the base weights."""
+    4 bit for QLoRA); with an adapter they share one copy of the base weights. `weights`: a checkpoint
+    directory (an adapter or the whole model, with its tokenizer) instead of the final adapter/ or model/."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig):
+    def __init__(self, run_dir: Path, cfg: RunConfig, weights: Path | None = None):
         import torch
 
         from engine.models.find import ModelRef, resolve_model
         from engine.models.load import load_model, load_tokenizer
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        adapter, full = run_dir / "adapter", run_dir / "model"
-        self.tokenizer = load_tokenizer(ModelRef(str(adapter if adapter.is_dir() else full)), cfg.trust_remote_code)
+        adapter, full = (weights, weights) if weights else (run_dir / "adapter", run_dir / "model")
+        with_adapter = (adapter / "adapter_config.json").is_file()
+        self.tokenizer = load_tokenizer(ModelRef(str(adapter if with_adapter else full)), cfg.trust_remote_code)
         base = load_model(resolve_model(cfg.model), "evaluate", cfg, device)
-        if adapter.is_dir():
+        if with_adapter:
             from peft import PeftModel
 
             self.tuned = PeftModel.from_pretrained(base, str(adapter)).eval()

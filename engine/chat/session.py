@@ -1,0 +1,113 @@
+"""What a chat reads and writes, without torch: the weights it loads, `<run>/chat/<time>.jsonl` (one line
+per answer, appended as it arrives, so a closed terminal loses nothing) and the dataset that saved
+conversations are appended to (`<workspace>/data/chat-<run>.jsonl`: beside the workspace's other data,
+never the run's own training file, which export and review leave untouched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from engine.core.files import ensure_private_dir
+from engine.runs.protocol import Run, RunError
+
+SIDES = ("tuned", "base")
+
+
+def chat_weights(run: Run, checkpoint: int | None = None) -> Path | None:
+    """The checkpoint directory to chat with, or None for the final adapter/ or model/; RunError says what
+    is missing and what there is instead."""
+    complete = [step for step, _, ok in run.checkpoints() if ok]
+    offer = f"; complete checkpoints: {', '.join(map(str, complete))}" if complete else ""
+    if checkpoint is None:
+        if (run.path / "adapter").is_dir() or (run.path / "model").is_dir():
+            return None
+        hint = f" or pick one with --checkpoint {complete[-1]}" if complete else ""
+        raise RunError(f"run {run.id} has no adapter/ or model/ yet: wait until it finishes training{hint}")
+    for step, path, ok in run.checkpoints():
+        if step == checkpoint and ok:
+            return path
+        if step == checkpoint:
+            raise RunError(f"checkpoint {step} of run {run.id} is incomplete (no COMPLETE marker){offer}")
+    raise RunError(f"run {run.id} has no checkpoint {checkpoint}{offer or ' (it has no complete checkpoint)'}")
+
+
+def weights_label(checkpoint: int | None) -> str:
+    return f"checkpoint-{checkpoint}" if checkpoint is not None else "final"
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The run's system prompt first where the conversation has none, as training put it
+    (engine.training.recipes.sft.read_conversations)."""
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return list(messages)
+
+
+class Conversation:
+    """One chat's turns, one history per side: each side is asked with its own earlier answers."""
+
+    def __init__(self, sides: tuple[str, ...] = ("tuned",)):
+        self.history: dict[str, list[dict]] = {side: [] for side in sides}
+
+    def ask(self, text: str) -> None:
+        for messages in self.history.values():
+            messages.append({"role": "user", "content": text})
+
+    def answered(self, side: str, text: str) -> None:
+        self.history[side].append({"role": "assistant", "content": text})
+
+    def turns(self) -> int:
+        return sum(1 for m in next(iter(self.history.values())) if m["role"] == "user")
+
+
+def turn_record(side: str, weights: str, messages: list[dict], done: dict, settings: dict) -> dict:
+    """What the conversation log keeps of one answer."""
+    keep = ("tokens", "seconds", "first_token_seconds", "tokens_per_second", "stopped")
+    return {"side": side, "weights": weights, "messages": messages, "answer": done["text"],
+            **{k: done.get(k) for k in keep}, **settings}
+
+
+class ConversationLog:
+    """`<run>/chat/<YYYYmmdd-HHMMSS>.jsonl`: each answer with the messages it answered, its side, weights,
+    settings and speed, one line each, written whole and flushed."""
+
+    def __init__(self, run: Run):
+        folder = ensure_private_dir(run.path / "chat")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = folder / f"{stamp}.jsonl", 1
+        while path.exists():  # two chats started in the same second keep their own files
+            n += 1
+            path = folder / f"{stamp}-{n}.jsonl"
+        self.path = path
+
+    def append(self, turn: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"ts": round(time.time(), 3), **turn}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def default_dataset(workspace: Path, run: Run) -> Path:
+    return workspace / "data" / f"chat-{run.id}.jsonl"
+
+
+def save_example(messages: list[dict], path: Path) -> int:
+    """Append a conversation as one training example (OpenAI's messages layout, as engine.data.export
+    writes it) and return its line in the file."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("a training example ends with the assistant's answer: ask something first")
+    ensure_private_dir(path.parent, tighten=False)
+    row = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+    data = path.read_bytes() if path.exists() else b""
+    torn = bool(data) and not data.endswith(b"\n")  # a file that ends without a newline
+    line = data.count(b"\n") + 1 + torn
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")  # the new row starts on its own line
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return line
