@@ -11,7 +11,8 @@ import pytest
 import yaml
 from engine_runs import dump, events, start, wait_final
 
-from engine.evaluation.diagnosis import MARK_CLOSE, MARK_OPEN, diagnose, write_next_config
+from engine.evaluation.diagnosis import diagnose, write_next_config
+from engine.evaluation.findings import MARK_CLOSE, MARK_OPEN
 from engine.testing import unlearnable_rows, write_jsonl
 from engine.training.config import load_config
 

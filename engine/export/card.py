@@ -13,7 +13,8 @@ import yaml
 
 from engine.core.files import read_json
 from engine.data.load import DataError, fingerprint, load_examples
-from engine.evaluation.diagnosis import Evidence, diagnose
+from engine.evaluation.diagnosis import diagnose
+from engine.evaluation.findings import Evidence
 from engine.evaluation.report import markdown_report
 from engine.runs.protocol import Run
 

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from engine.evaluation.diagnosis import MARK_CLOSE, MARK_OPEN
+from engine.evaluation.findings import MARK_CLOSE, MARK_OPEN
 from engine.runs.protocol import Run
 from tui.messages import DiagnosisReady, ErrorReported
 from tui.screens.base import ModeScreen
