@@ -43,7 +43,7 @@ async def test_runs_list_shows_each_run_and_judges_crashes(snap_ws):
         states = {r["id"].split("-")[2]: r["state"] for r in app.screen.rows}
         assert states == {"alpha": "running", "done": "completed", "dead": "crashed"}
         text = screen_text(app)
-        assert "40/100" in text and "SmolLM2-135…" in text and "lora" in text
+        assert "40/100" in text and "SmolLM2-13…" in text and "lora" in text
         assert {r["age"] for r in app.screen.rows} == {"2h"}  # the last column; at 80 wide it scrolls into view
         # Endings nobody has opened yet are marked (tui.watch); a running run is not.
         assert "•crashed" in text and "•completed" in text and "•running" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run_row(run: Run, now: float | None = None) -> dict:
         "id": run.id,
         "path": str(run.path),
         "state": status.get("state", "unknown"),
-        "model": _short(Path(str(model)).name or str(model), 12),
+        "model": _short(Path(str(model)).name or str(model), 11),
         "method": status.get("method") or info.get("method") or "?",
         "step": "-" if step is None else f"{step}/{max_steps if max_steps else '?'}",
         "loss": fmt_num(status.get("loss")) if status.get("loss") is not None else "-",
@@ -46,6 +47,9 @@ def run_row(run: Run, now: float | None = None) -> dict:
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+RUN_CELL = 19  # characters of a run id in the list: with the other columns, 80 in all
 
 
 class RunsScreen(ModeScreen):
@@ -148,10 +152,15 @@ class RunsScreen(ModeScreen):
         table.action_cursor_down() if delta > 0 else table.action_cursor_up()
 
     def _run_cell(self, run_id: str) -> str:
-        """The run's id, after a ✓ when it is marked; no room is taken while nothing is (80 columns are tight)."""
+        """The end of the run's id (without its date: the age column says when; any unique end of an id names
+        the run), after a ✓ when it is marked; no room is taken while nothing is (80 columns are tight). The
+        pane below shows the whole id."""
+        shown = run_id[9:] if re.match(r"\d{8}-", run_id) else run_id
+        if len(shown) > RUN_CELL:
+            shown = "…" + shown[-(RUN_CELL - 1):]
         if not self.marked:
-            return run_id
-        return f"{'✓' if run_id in self.marked else ' '} {run_id}"
+            return shown
+        return f"{'✓' if run_id in self.marked else ' '} {shown}"
 
     def action_toggle_mark(self) -> None:
         """Mark or unmark the highlighted run for comparing, then move down, to mark the next one quickly."""
