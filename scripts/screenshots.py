@@ -27,21 +27,33 @@ sys.path.insert(0, str(ROOT))
 SIZE = (80, 24)  # what users have in tmux over SSH
 
 
-def start_tiny_run(tmp: Path, workspace: Path):
-    """A real engine run on a tiny random Llama: long enough to be caught mid-run."""
+def tiny_run(tmp: Path, workspace: Path, name: str, config: dict, finished: bool):
+    """A real engine run of the tiny random Llama under tmp/ (built once) with `config`, detached; waited for
+    to its end when `finished`."""
     import yaml
 
     from engine.runs.launch import start_detached
-    from engine.testing import build_tiny_model, learnable_rows, write_jsonl
+    from engine.runs.protocol import FINAL_STATES
+    from engine.testing import build_tiny_model
 
-    build_tiny_model(tmp / "tiny-model")
-    write_jsonl(tmp / "train.jsonl", learnable_rows(400))
-    config = {"model": str(tmp / "tiny-model"), "data": str(tmp / "train.jsonl"), "method": "lora",
+    if not (tmp / "tiny-model").is_dir():
+        build_tiny_model(tmp / "tiny-model")
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "model": str(tmp / "tiny-model"), **config}))
+    run = start_detached(path, workspace)
+    while finished and run.status().get("state") not in FINAL_STATES:
+        time.sleep(1)
+    return run
+
+
+def start_tiny_run(tmp: Path, workspace: Path):
+    """Long enough to be caught mid-run."""
+    from engine.testing import learnable_rows, write_jsonl
+
+    config = {"data": str(write_jsonl(tmp / "train.jsonl", learnable_rows(400))), "method": "lora",
               "max_steps": 400, "save_steps": 100, "eval_steps": 10, "logging_steps": 1,
               "learning_rate": 2e-3, "per_device_train_batch_size": 4, "max_seq_length": 128}
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return start_detached(path, workspace)
+    return tiny_run(tmp, workspace, "tiny", config, finished=False)
 
 
 async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0, prepare=None) -> Path:
@@ -61,27 +73,15 @@ async def shoot(app, name: str, out: Path, ready, timeout: float = 120.0, prepar
 
 
 def overfit_run(tmp: Path, workspace: Path):
-    """A finished real run planted to overfit (as in tests/test_diagnosis.py): twelve answers that do not
-    follow from their prompts, a separate eval file, full fine-tuning at a constant rate."""
-    import yaml
+    """Planted to overfit (as in tests/test_diagnosis.py): twelve answers that do not follow from their
+    prompts, a separate eval file, full fine-tuning at a constant rate."""
+    from engine.testing import unlearnable_rows, write_jsonl
 
-    from engine.runs.launch import start_detached
-    from engine.runs.protocol import FINAL_STATES
-    from engine.testing import build_tiny_model, unlearnable_rows, write_jsonl
-
-    if not (tmp / "tiny-model").is_dir():
-        build_tiny_model(tmp / "tiny-model")
-    config = {"name": "overfit", "model": str(tmp / "tiny-model"), "method": "full",
-              "data": str(write_jsonl(tmp / "overfit-train.jsonl", unlearnable_rows(12, 1))),
+    config = {"method": "full", "data": str(write_jsonl(tmp / "overfit-train.jsonl", unlearnable_rows(12, 1))),
               "eval_data": str(write_jsonl(tmp / "overfit-eval.jsonl", unlearnable_rows(12, 2))), "max_steps": 80,
               "eval_steps": 10, "save_steps": 1000, "learning_rate": 3e-3, "lr_scheduler_type": "constant",
               "warmup_steps": 0, "early_stopping_patience": None, "max_seq_length": 64}
-    path = tmp / "overfit.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run = start_detached(path, workspace)
-    while run.status().get("state") not in FINAL_STATES:
-        time.sleep(1)
-    return run
+    return tiny_run(tmp, workspace, "overfit", config, finished=True)
 
 
 def eval_workspace(workspace: Path) -> Path:
@@ -124,25 +124,14 @@ def compare_workspace(workspace: Path) -> Path:
 
 
 def joining_run(tmp: Path, workspace: Path):
-    """A finished real LoRA run of the tiny model that learnt to join two words with a hyphen."""
-    import yaml
+    """A LoRA run that learnt to join two words with a hyphen."""
+    from engine.testing import learnable_rows, write_jsonl
 
-    from engine.runs.launch import start_detached
-    from engine.runs.protocol import FINAL_STATES
-    from engine.testing import build_tiny_model, learnable_rows, write_jsonl
-
-    if not (tmp / "tiny-model").is_dir():
-        build_tiny_model(tmp / "tiny-model")
-    config = {"name": "join", "model": str(tmp / "tiny-model"), "method": "lora",
-              "data": str(write_jsonl(tmp / "join-train.jsonl", learnable_rows(400))), "max_steps": 150,
-              "save_steps": 1000, "eval_steps": 1000, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
-              "max_seq_length": 64, "system_prompt": "Join the two words with a hyphen."}
-    path = tmp / "join.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run = start_detached(path, workspace)
-    while run.status().get("state") not in FINAL_STATES:
-        time.sleep(1)
-    return run
+    config = {"method": "lora", "data": str(write_jsonl(tmp / "join-train.jsonl", learnable_rows(400))),
+              "max_steps": 150, "save_steps": 1000, "eval_steps": 1000, "learning_rate": 3e-3,
+              "per_device_train_batch_size": 8, "max_seq_length": 64,
+              "system_prompt": "Join the two words with a hyphen."}
+    return tiny_run(tmp, workspace, "join", config, finished=True)
 
 
 async def ask_to_join(pilot) -> None:
