@@ -53,8 +53,7 @@ class AnswerSampler:
         was_training, padding_side = model.training, tokenizer.padding_side
         # The Trainer autocasts its forward passes; generation goes around that wrapper, so autocast here
         # too: a 16-bit or 4-bit base with fp32 norms or adapters then computes as in training.
-        autocast = (torch.autocast(model.device.type, dtype=self.half)
-                    if self.half is not None and model.device.type == "cuda" else nullcontext())
+        autocast = torch.autocast(model.device.type, dtype=self.half) if self.half is not None else nullcontext()
         model.eval()
         try:
             with autocast:

@@ -724,6 +724,9 @@ def out_of_range(rng, key: str) -> list:
                  "./loop", "/dev/null/x"],
         "eval_data": ["./missing.jsonl", "~no-such-user-x/e.jsonl", "./loop"],
         "test_data": ["./missing.jsonl", "~no-such-user-x/t.jsonl", "./" + "t" * 300],
+        "general_data": ["./missing.jsonl", "~no-such-user-x/g.jsonl", "./loop"],
+        "general_ratio": [0, 1, neg, rng.uniform(1, 100)],
+        "sample_prompts": [rng.randint(-10**9, -1)],
         "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
                            "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
@@ -740,6 +743,8 @@ def valid_value(rng, key: str):
     table = {
         "model": rng.choice(["./model", "org/name"]), "data": "./train.jsonl",
         "eval_data": rng.choice([None, "./train.jsonl"]), "test_data": rng.choice([None, "./train.jsonl"]),
+        "general_data": rng.choice([None, "./train.jsonl"]), "general_ratio": rng.uniform(0.01, 0.99),
+        "sample_prompts": rng.randint(0, 10**6),
         "max_steps": rng.choice([-1, rng.randint(1, 10**6)]), "validation_split": rng.uniform(0, 0.99),
         "learning_rate": rng.choice([None, rng.uniform(1e-7, 9.9), "1e-4"]), "seed": rng.randint(0, 2**31 - 1),
         "num_train_epochs": rng.uniform(0.01, 100), "lora_dropout": rng.uniform(0, 0.99),
