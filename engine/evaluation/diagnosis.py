@@ -19,7 +19,6 @@ from pathlib import Path
 from engine.evaluation.findings import (
     MIN_LOGS,
     Evidence,
-    count,
     failed,
     forgetting,
     format_finding,
@@ -28,6 +27,7 @@ from engine.evaluation.findings import (
     memorization,
     not_learning,
     overfitting,
+    plural,
 )
 from engine.runs.protocol import Run
 
@@ -40,11 +40,11 @@ def diagnose(run: Run, general_data: str | None = None) -> dict:
     findings = [f for f in (failed(ev), lr_too_high(ev)) if f]
     learning = not_learning(ev) if not any(f.id == "lr_too_high" for f in findings) else None
     findings += [f for f in (learning, overfitting(ev)) if f]
-    checked.append(f"training curves ({count(len(ev.logs), 'logged step')}, {count(len(ev.evals), 'evaluation')})")
+    checked.append(f"training curves ({plural(len(ev.logs), 'logged step')}, {plural(len(ev.evals), 'evaluation')})")
     if len(ev.logs) < MIN_LOGS:
         not_checked.append(f"the loss trend: only {len(ev.logs)} logged steps (need {MIN_LOGS})")
     if len(ev.evals) < 3:
-        not_checked.append(f"overfitting: {count(len(ev.evals), 'evaluation')} (need 3; give eval_data or "
+        not_checked.append(f"overfitting: {plural(len(ev.evals), 'evaluation')} (need 3; give eval_data or "
                            "validation_split, and eval_steps)")
     if ev.report is None:
         not_checked.append(f"format, memorization and forgetting: no evaluation yet (`tunedeck eval {run.id} "

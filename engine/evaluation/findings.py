@@ -102,7 +102,7 @@ def _finite(x) -> bool:
     return is_number(x) and math.isfinite(x)
 
 
-def count(n: int, what: str) -> str:
+def plural(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
