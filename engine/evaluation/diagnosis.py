@@ -32,10 +32,11 @@ from engine.evaluation.findings import (
 from engine.runs.protocol import Run
 
 
-def diagnose(run: Run, general_data: str | None = None) -> dict:
+def diagnose(run: Run, general_data: str | None = None, evidence: Evidence | None = None) -> dict:
     """The findings for a run, what was checked and what could not be (no evaluation yet, too few steps).
-    `general_data`: a local file of general examples to name in the forgetting finding's config."""
-    ev = Evidence.read(run)
+    `general_data`: a local file of general examples to name in the forgetting finding's config; `evidence`:
+    the run's, when the caller has read it already."""
+    ev = evidence or Evidence.read(run)
     checked, not_checked = [], []
     findings = [f for f in (failed(ev), lr_too_high(ev)) if f]
     learning = not_learning(ev) if not any(f.id == "lr_too_high" for f in findings) else None

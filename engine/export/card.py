@@ -11,7 +11,6 @@ from pathlib import Path
 
 import yaml
 
-from engine.core.files import read_json
 from engine.data.load import DataError, fingerprint, load_examples
 from engine.evaluation.diagnosis import diagnose
 from engine.evaluation.findings import Evidence
@@ -64,9 +63,9 @@ def checklist(report: dict | None, diagnosis: dict, verification: dict) -> list[
 
 def model_card(run_dir: Path, kind: str, verification: dict, files: dict, commands: str) -> str:
     run = Run(run_dir)
-    config = run.config()
-    report = read_json(run.path / "eval" / "report.json")
-    diagnosis = diagnose(run)
+    evidence = Evidence.read(run)  # the config, the report and the events, read once for the card and diagnosis
+    config, report = evidence.config, evidence.report
+    diagnosis = diagnose(run, evidence=evidence)
     method, gguf = config.get("method", "lora"), kind not in ("adapter", "merged")
     front = {"base_model": str(config.get("model")),
              "library_name": "gguf" if gguf else "peft" if kind == "adapter" else "transformers",
@@ -81,7 +80,7 @@ def model_card(run_dir: Path, kind: str, verification: dict, files: dict, comman
         rows = d["rows"] if d["rows"] is not None else "-"
         lines.append(f"| {d['key']} | `{d['path']}` | {d['fingerprint'] or '-'} | {rows} "
                      f"| {d.get('unusable', d.get('error', '-'))} |")
-    ready = (Evidence.read(run).data_ready or {}).get("train")
+    ready = (evidence.data_ready or {}).get("train")
     if ready:
         lines += ["", f"After tokenising: {ready.get('kept')} of {ready.get('examples')} training examples kept "
                       f"({ready.get('truncated', 0)} truncated, {ready.get('dropped_too_long', 0)} dropped as too "
