@@ -55,7 +55,9 @@ async def test_attach_mid_run_then_stop_is_acknowledged(write_config, workspace)
             first_step = mon.view.series_last["loss"][0]
             assert mon.view.series["loss"][0][0] <= 5  # replayed from the first logged step
             await wait_engine(pilot, lambda: mon.view.series_last["loss"][0] > first_step, "live steps", run)
-            assert "RUNNING" in screen_text(app) and "tok/s" in screen_text(app)
+            # Waited for, not asserted at once: the engine may be in an evaluation (EVALUATING) just then.
+            await wait_engine(pilot, lambda: "RUNNING" in screen_text(app) and "tok/s" in screen_text(app),
+                              "the RUNNING badge with a throughput", run)
             await wait_engine(pilot, lambda: mon.view.series["eval_loss"], "an eval point", run)
             assert "eval ●" in screen_text(app)
             await pilot.press("s")
