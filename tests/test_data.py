@@ -167,22 +167,52 @@ def test_a_json_file_holding_one_object_is_read_as_one(tmp_path):
     assert len(load_examples(lines).examples) == 50
 
 
-def test_preference_rows_are_named_not_misread(tmp_path):
-    """TRL's preference and KTO layouts: a KTO row labelled false is an answer not to learn, so it must
-    never load as a prompt/completion demonstration."""
+def test_trl_preference_rows_load_as_pairs_and_unpaired(tmp_path):
+    """TRL's preference layouts: explicit prompt with text or message completions, the implicit form of two
+    whole conversations sharing a prompt, and KTO's labelled completions. None may load as a plain
+    demonstration: a KTO row labelled false is an answer not to learn."""
+    hi = [{"role": "user", "content": "Say hi"}]
     path = tmp_path / "prefs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [
         {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."},
-        {"chosen": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}],
-         "rejected": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "No."}]},
+        {"prompt": hi, "chosen": [{"role": "assistant", "content": "Hi!"}],
+         "rejected": [{"role": "assistant", "content": "No."}], "id": 7},
+        {"chosen": hi + [{"role": "assistant", "content": "Hi!"}], "rejected": hi + [{"role": "assistant", "content": "No."}]},
         {"prompt": "Say hi", "completion": "Go away.", "label": False},
-        {"prompt": "Say hi", "completion": "Hi!", "label": True},
+        {"prompt": hi, "completion": [{"role": "assistant", "content": "Hi!"}], "label": True},
+        {"chosen": "Hi!", "rejected": "No."},
+        {"chosen": hi + [{"role": "assistant", "content": "Hi!"}],
+         "rejected": [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "No."}]},
+        {"prompt": "Say hi", "completion": "Hi!", "label": "yes"},
+        {"prompt": "Say hi", "chosen": [{"role": "user", "content": "Hi!"}], "rejected": "No."},
     ]) + "\n")
     result = load_examples(path)
-    assert result.examples == []
-    reasons = [p.reason for p in result.problems]
-    assert [r.split(":")[0] for r in reasons] == ["a preference pair (chosen/rejected)"] * 2 + \
-        ["a KTO row (a completion labelled true/false)"] * 2
+    kinds = [(ex.line, ex.kind) for ex in result.examples]
+    assert kinds == [(1, "pair"), (2, "pair"), (3, "pair"), (4, "unpaired"), (5, "unpaired")]
+    first, second, implicit, bad, good = result.examples
+    assert first.messages == hi + [{"role": "assistant", "content": "Hi!"}]
+    assert first.rejected == [{"role": "assistant", "content": "Go away."}]
+    assert second.extra == {"id": 7} and implicit.messages == first.messages
+    assert implicit.rejected == [{"role": "assistant", "content": "No."}]
+    assert (bad.desirable, good.desirable, bad.label) == (False, True, None)  # the KTO label is not a class label
+    reasons = {p.line: p.reason for p in result.problems}
+    assert "without a 'prompt'" in reasons[6] and "do not begin with the same prompt" in reasons[7]
+    assert "'label' must be true" in reasons[8] and "list of assistant messages" in reasons[9]
+
+
+def test_supervised_run_refuses_preference_rows(tmp_path):
+    """An SFT run on a preference file would learn chosen answers without their rejected ones (and KTO's
+    undesirable answers): refused, naming the counts."""
+    from engine.training.recipes.sft import demonstrations
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
+                    + json.dumps({"prompt": "a", "completion": "b", "label": False}) + "\n"
+                    + json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    examples = load_examples(path).examples
+    with pytest.raises(ValueError, match="1 preference pairs and 1 unpaired .KTO. rows: supervised"):
+        demonstrations(examples, str(path))
+    assert demonstrations(examples[2:], str(path)) == examples[2:]
 
 
 def test_alpaca_history_becomes_the_earlier_turns(tmp_path):

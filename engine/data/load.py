@@ -7,7 +7,8 @@ tool results, `tools`, per-message `weight`, content parts), Alpaca
 and `tools` column) or prompt/completion rows; plain text (one example per line); CSV and Parquet
 with an optional column mapping; a `datasets` directory written by
 `save_to_disk` (Arrow files, read with pyarrow; of a DatasetDict, one split).
-Preference and KTO rows are named, not read as demonstrations. The format is detected from the
+Preference pairs (TRL's prompt/chosen/rejected) and unpaired KTO rows load as examples that say so
+(Example.kind). The format is detected from the
 file and can be overridden. A malformed row is reported with its file and line
 and skipped; it never stops the load. Bytes that are not UTF-8 spoil only the
 row (line, record) that holds them; a JSON array that breaks off keeps the rows
@@ -51,13 +52,25 @@ class Example:
     label: str | None = None
     tools: list | None = None
     extra: dict | None = None
+    # Preference data: a pair's rejected completion (assistant messages answering the prompt that
+    # `messages` ends with the chosen completion; engine.data.rows.completion_start says where it begins),
+    # or, for an unpaired (KTO) row, whether its completion is desirable.
+    rejected: list[dict] | None = None
+    desirable: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        """`pair`, `unpaired` (KTO) or `sft` (a demonstration)."""
+        return "pair" if self.rejected is not None else "unpaired" if self.desirable is not None else "sft"
 
 
 def example_of(row: object, columns: dict[str, str] | None, source: str, line: int,
                label_field: str | None = None) -> Example:
     """The example a parsed row holds, or ValueError with the reason (engine.data.rows)."""
     parsed = parse_row(row, columns)
-    return Example(parsed.messages, source, line, _label(row, label_field), parsed.tools, parsed.extra)
+    label = None if parsed.desirable is not None and not label_field else _label(row, label_field)  # KTO's label
+    return Example(parsed.messages, source, line, label, parsed.tools, parsed.extra, parsed.rejected,
+                   parsed.desirable)
 
 
 @dataclass(slots=True)  # a file of a million bad lines keeps a million of these

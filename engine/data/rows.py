@@ -37,6 +37,8 @@ class Parsed:
     messages: list[dict]
     tools: list | None
     extra: dict | None
+    rejected: list[dict] | None = None  # see engine.data.load.Example
+    desirable: bool | None = None
 
 
 def parse_row(row: object, columns: dict[str, str] | None = None) -> Parsed:
@@ -47,12 +49,10 @@ def parse_row(row: object, columns: dict[str, str] | None = None) -> Parsed:
     """
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    if "chosen" in row and "rejected" in row:  # TRL's preference layout, plain or conversational
-        raise ValueError("a preference pair (chosen/rejected): tunedeck trains on demonstrations, and "
-                         "preference training (DPO) is not supported yet")
-    if isinstance(row.get("label"), bool) and "completion" in row:  # TRL's unpaired preference (KTO) layout
-        raise ValueError("a KTO row (a completion labelled true/false): its undesirable completions must not "
-                         "be trained on as answers, and KTO is not supported yet")
+    if "chosen" in row and "rejected" in row:
+        return _pair(row)
+    if "label" in row and "completion" in row and "prompt" in row:
+        return _unpaired(row)
     renamed = set()
     if columns:
         renamed = {col for canon, col in columns.items() if col in row and col != canon}
@@ -87,6 +87,79 @@ def parse_row(row: object, columns: dict[str, str] | None = None) -> Parsed:
     tools = _tools(row.get("tools"))
     extra = {k: v for k, v in row.items() if k not in consumed}
     return Parsed(out, tools, extra or None)
+
+
+def completion_start(messages: list[dict]) -> int:
+    """Where the completion begins: the trailing assistant turns (an answer, or tool calls then the answer
+    without results between them); everything before is the prompt."""
+    start = len(messages)
+    while start > 0 and messages[start - 1]["role"] == "assistant":
+        start -= 1
+    return start
+
+
+# Preference rows. A pair is one Example: `messages` is the shared prompt plus the chosen completion and
+# `rejected` the rejected completion; an unpaired (KTO) row is its prompt plus completion with `desirable`.
+def _pair(row: dict) -> Parsed:
+    """TRL's preference layout: `prompt` (text or messages) with `chosen`/`rejected` completions (text or
+    assistant messages), or without `prompt`, two whole conversations whose shared beginning is the prompt."""
+    chosen, rejected = _maybe_json(row["chosen"]), _maybe_json(row["rejected"])
+    if "prompt" in row:
+        prompt = _prompt_messages(_maybe_json(row["prompt"]))
+        chosen, rejected = _completion(chosen, "chosen"), _completion(rejected, "rejected")
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        whole_chosen, whole_rejected = _openai_messages(chosen), _openai_messages(rejected)
+        start = min(completion_start(whole_chosen), completion_start(whole_rejected))
+        prompt = whole_chosen[:start]
+        if not prompt or whole_rejected[:start] != prompt:
+            raise ValueError("'chosen' and 'rejected' are whole conversations that do not begin with the same "
+                             "prompt: give the prompt in a 'prompt' key")
+        chosen, rejected = whole_chosen[start:], whole_rejected[start:]
+    else:
+        raise ValueError("'chosen' and 'rejected' are texts without a 'prompt': add the prompt they answer")
+    return _preference(row, prompt, chosen, {"prompt", "chosen", "rejected"}, rejected=rejected)
+
+
+def _unpaired(row: dict) -> Parsed:
+    """TRL's unpaired preference (KTO) layout: `prompt`, `completion` and a boolean `label` (desirable)."""
+    if not isinstance(row["label"], bool):
+        raise ValueError(f"'label' must be true (desirable) or false (undesirable), not {brief(row['label'])}")
+    prompt = _prompt_messages(_maybe_json(row["prompt"]))
+    completion = _completion(_maybe_json(row["completion"]), "completion")
+    return _preference(row, prompt, completion, {"prompt", "completion", "label"}, desirable=row["label"])
+
+
+def _prompt_messages(prompt) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = _openai_messages(prompt)
+    if messages[-1]["role"] == "assistant":
+        raise ValueError("the prompt ends with an assistant turn: the completion must follow a user or tool turn")
+    return messages
+
+
+def _completion(value, key: str) -> list[dict]:
+    """A completion: a text, or assistant messages."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    messages = _openai_messages(value) if isinstance(value, list) else None
+    if not messages or any(m["role"] != "assistant" for m in messages):
+        raise ValueError(f"'{key}' must be a text or a list of assistant messages")
+    return messages
+
+
+def _preference(row: dict, prompt: list[dict], completion: list[dict], consumed: set,
+                rejected: list[dict] | None = None, desirable: bool | None = None) -> Parsed:
+    consumed = consumed | {"tools"}
+    messages = prompt + completion
+    if isinstance(row.get("system"), str) and row["system"].strip() and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": row["system"]})
+        consumed.add("system")
+    _check_conversation(messages)
+    if rejected is not None:
+        _check_conversation(prompt + rejected)
+    extra = {k: v for k, v in row.items() if k not in consumed}
+    return Parsed(messages, _tools(row.get("tools")), extra or None, rejected, desirable)
 
 
 def file_message(message: dict) -> dict:

@@ -9,6 +9,7 @@ Runs in the engine subprocess (engine.training.worker), never in the UI; heavy b
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
 
@@ -39,12 +40,24 @@ def read_conversations(path: str, system_prompt: str | None, plumbing) -> list[E
     return result.examples
 
 
+def demonstrations(examples: list[Example], path: str) -> list[Example]:
+    """The examples, refused whole when some are preference rows: supervised training would learn a pair's
+    chosen side without its rejected one, and an undesirable KTO completion as an answer."""
+    kinds = Counter(ex.kind for ex in examples if ex.kind != "sft")
+    if kinds:
+        found = " and ".join(f"{n} {'preference pairs' if kind == 'pair' else 'unpaired (KTO) rows'}"
+                             for kind, n in sorted(kinds.items()))
+        raise ValueError(f"{path} holds {found}: supervised fine-tuning learns demonstrations only; "
+                         "train these with a preference objective")
+    return examples
+
+
 class SFTRecipe(Recipe):
     def load_data(self) -> tuple[list[dict], list[dict]]:
         cfg, plumbing = self.cfg, self.plumbing
-        train = read_conversations(cfg.data, cfg.system_prompt, plumbing)
+        train = demonstrations(read_conversations(cfg.data, cfg.system_prompt, plumbing), cfg.data)
         if cfg.eval_data:
-            held_out = read_conversations(cfg.eval_data, cfg.system_prompt, plumbing)
+            held_out = demonstrations(read_conversations(cfg.eval_data, cfg.system_prompt, plumbing), cfg.eval_data)
         elif cfg.validation_split > 0 and len(train) >= 10:
             order = list(range(len(train)))
             random.Random(cfg.seed).shuffle(order)
@@ -78,7 +91,8 @@ class SFTRecipe(Recipe):
     def _mix_general(self, train: list[Example]):
         """General examples sampled into the training split (after the held-out split: eval stays task-only)."""
         cfg = self.cfg
-        general = read_conversations(cfg.general_data, cfg.system_prompt, self.plumbing)
+        general = demonstrations(read_conversations(cfg.general_data, cfg.system_prompt, self.plumbing),
+                                 cfg.general_data)
         mixed = mix_general(train, general, cfg.general_ratio, cfg.seed)
         if mixed.capped:
             self.plumbing.event("warning", code="general_capped", message=f"general_data: {mixed.summary()}")
