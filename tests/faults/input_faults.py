@@ -727,6 +727,7 @@ def out_of_range(rng, key: str) -> list:
         "general_data": ["./missing.jsonl", "~no-such-user-x/g.jsonl", "./loop"],
         "general_ratio": [0, 1, neg, rng.uniform(1, 100)],
         "sample_prompts": [rng.randint(-10**9, -1)],
+        "beta": [0, neg], "desirable_weight": [0, neg], "undesirable_weight": [0, neg],
         "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
                            "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
@@ -745,6 +746,9 @@ def valid_value(rng, key: str):
         "eval_data": rng.choice([None, "./train.jsonl"]), "test_data": rng.choice([None, "./train.jsonl"]),
         "general_data": rng.choice([None, "./train.jsonl"]), "general_ratio": rng.uniform(0.01, 0.99),
         "sample_prompts": rng.randint(0, 10**6),
+        "objective": "sft", "loss_type": None,  # a preference objective needs preference data
+        "beta": rng.uniform(0.01, 10), "desirable_weight": rng.uniform(0.01, 10),
+        "undesirable_weight": rng.uniform(0.01, 10),
         "max_steps": rng.choice([-1, rng.randint(1, 10**6)]), "validation_split": rng.uniform(0, 0.99),
         "learning_rate": rng.choice([None, rng.uniform(1e-7, 9.9), "1e-4"]), "seed": rng.randint(0, 2**31 - 1),
         "num_train_epochs": rng.uniform(0.01, 100), "lora_dropout": rng.uniform(0, 0.99),
