@@ -55,10 +55,11 @@ def parse_row(row: object, columns: dict[str, str] | None = None) -> Parsed:
         return _whole_conversations(row, "chosen_messages", "rejected_messages")
     if "preferred_output" in row or "non_preferred_output" in row:
         return _openai_preference(row)
-    if "label" in row and "completion" in row and "prompt" in row:
+    # a label that is not a boolean is a class label (engine.data.load.Example.label), not KTO's
+    if "completion" in row and "prompt" in row and _desirable(row.get("label")) is not None:
         return _unpaired(row)
     if ("messages" in row or "conversations" in row) and (tag := next(
-            (k for k in KTO_TAGS if isinstance(row.get(k), bool)), None)):  # a class label is not a bool
+            (k for k in KTO_TAGS if _desirable(row.get(k)) is not None), None)):
         return _unpaired_conversation(row, tag)
     renamed = set()
     if columns:
@@ -166,17 +167,16 @@ def _openai_preference(row: dict) -> Parsed:
 
 
 def _unpaired(row: dict) -> Parsed:
-    """TRL's unpaired preference (KTO) layout: `prompt`, `completion` and a boolean `label` (desirable)."""
+    """TRL's unpaired preference (KTO) layout: `prompt`, `completion` and a boolean `label` (desirable); with
+    another label, the row is a demonstration with a class label."""
     prompt = _prompt_messages(_maybe_json(row["prompt"]))
     completion = _completion(_maybe_json(row["completion"]), "completion")
-    return _preference(row, prompt, completion, {"prompt", "completion", "label"},
-                       desirable=_desirable(row["label"], "label"))
+    return _preference(row, prompt, completion, {"prompt", "completion", "label"}, desirable=_desirable(row["label"]))
 
 
 def _unpaired_conversation(row: dict, tag: str) -> Parsed:
     """LLaMA-Factory's KTO layout: a conversation (`messages` or `conversations`) and a boolean `label` or
     `kto_tag`; the trailing assistant turns are the completion judged, the turns before them its prompt."""
-    desirable = _desirable(row[tag], tag)
     key = "messages" if "messages" in row else "conversations"
     turns = _maybe_json(row[key])
     whole = _openai_messages(turns) if key == "messages" else _sharegpt_turns(turns)
@@ -185,16 +185,13 @@ def _unpaired_conversation(row: dict, tag: str) -> Parsed:
         raise ValueError(f"the conversation of a {tag!r} row must end with the assistant's completion")
     if start == 0:
         raise ValueError(f"the conversation of a {tag!r} row has no prompt before the assistant's completion")
-    return _preference(row, whole[:start], whole[start:], {key, tag}, desirable=desirable)
+    return _preference(row, whole[:start], whole[start:], {key, tag}, desirable=_desirable(row[tag]))
 
 
-def _desirable(value, key: str) -> bool:
-    # "true"/"false": CSV has no booleans, and export writes a KTO label there as that text
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise ValueError(f"{key!r} must be true (desirable) or false (undesirable), not {brief(value)}")
-    return value
+def _desirable(value) -> bool | None:
+    """A KTO label: a boolean, or its JSON text (CSV has no booleans: export writes `true`/`false` there)."""
+    return value if isinstance(value, bool) else {"true": True, "false": False}.get(value) \
+        if isinstance(value, str) else None
 
 
 def _prompt_messages(prompt, key: str = "prompt") -> list[dict]:
