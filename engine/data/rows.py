@@ -220,8 +220,8 @@ def _completion(value, key: str) -> list[dict]:
     if isinstance(value, dict):
         value = [value]
     messages = None
-    if isinstance(value, list) and value:
-        messages = _sharegpt_turns(value) if isinstance(value[0], dict) and "from" in value[0] else _openai_messages(value)
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        messages = _sharegpt_turns(value) if "from" in value[0] else _openai_messages(value)
     if not messages or any(m["role"] != "assistant" for m in messages):
         raise ValueError(f"'{key}' must be a text or a list of assistant messages")
     return messages
