@@ -65,10 +65,11 @@ class Rule:
     why: str
     check: Callable[[Texts, LintConfig], str | None]  # the message when the example breaks the rule
     prefilter: Prefilter
-    # Judges the answer as one to imitate. Such a defect is what a completion shown as the bad example may
-    # well have (a pair's rejected side, an undesirable KTO completion: a refusal, a cut-off answer, a loop),
-    # so these rules judge only the chosen and desirable completions; the others (empty or error text,
-    # broken characters, personal data, length) are faults of the data on any side.
+    # Judges the answer as one to imitate (or the prompt by what a good answer does with it). Such a defect is
+    # what a completion shown as the bad example may well have (a pair's rejected side, an undesirable KTO
+    # completion: a refusal, a cut-off answer, a loop), so these rules judge only the chosen and desirable
+    # completions; the others (empty or error text, broken characters, personal data, length) are faults of
+    # the data on any side.
     answer_quality: bool = False
 
     def __post_init__(self):
@@ -155,7 +156,7 @@ RULES = _registry(
          Matches("prompt", r"https?://|www\.|(?:attached|enclosed|uploaded) |(?:this|following|given|above|attached) "
                  r"(?:image|picture|photo|video|diagram|screenshot|audio)|see (?:the )?attach|(?:image|picture|photo|"
                  r"video|diagram|screenshot|chart|graph|figure) (?:above|below|attached|provided|shown)",
-                 ignore_case=True)),
+                 ignore_case=True), answer_quality=True),  # a URL the answer repeats is data: a good answer's word
     Rule("merged-instructions", "warning", "several instructions merged into one row", checks.merged_instructions,
          Matches("message", DIGIT + "+" + WS + "*[.)]" + WS + "*Instruction" + WS + r"*:|\n#{2,}" + WS + r"*\n",
                  ignore_case=True)),
