@@ -329,14 +329,20 @@ def merge(n: int, *clusterings: Clusters) -> Clusters:
 
 
 def dedup(examples, similarity: float | None = 0.8) -> dict:
-    """{"exact": Clusters, "near": Clusters (exact merged in), "keep_rule": ...} for a list of Example."""
+    """{"exact": Clusters, "near": Clusters (exact merged in), "keep_rule": ...} for a list of Example; for a
+    file with preference rows also "prompts": the clusters of preference rows whose prompts are alike."""
     if any(ex.kind != "sft" for ex in examples):
-        exact, near = preference_clusters(examples, similarity)
-        return {"exact": exact, "near": near, "keep_rule": KEEP_RULE}
+        return {**preference_clusters(examples, similarity), "keep_rule": KEEP_RULE}
     texts = [example_text(ex.messages) for ex in examples]
     exact = exact_clusters(texts)
     near = merge(len(texts), exact, near_clusters(texts, similarity)) if similarity else exact
     return {"exact": exact, "near": near, "keep_rule": KEEP_RULE}
+
+
+def alike(texts: list[str], similarity: float | None) -> Clusters:
+    """Clusters of exact copies, merged with those of near copies when `similarity` is given."""
+    exact = exact_clusters(texts)
+    return merge(len(texts), exact, near_clusters(texts, similarity)) if similarity else exact
 
 
 def prompt_text(example) -> str:
@@ -356,21 +362,20 @@ def preference_parts(example) -> tuple[str, str, str]:
     return prompt, completion, "desirable" if example.desirable else "undesirable"
 
 
-def preference_clusters(examples, similarity: float | None = 0.8) -> tuple[Clusters, Clusters]:
-    """(exact, near) clusters of a file that holds preference rows: exact, all parts the same; near, each part
-    in the same (exact or near) cluster of that part. Each cluster keeps its first example."""
+def preference_clusters(examples, similarity: float | None = 0.8) -> dict[str, Clusters]:
+    """{"exact", "near", "prompts"} of a file that holds preference rows: exact, all parts the same; near, each
+    part in the same cluster of alike texts of that part; prompts, the preference rows whose prompts are alike
+    (what a split keeps together). Each cluster keeps its first example."""
     n = len(examples)
     parts = [(ex.kind, *preference_parts(ex)) for ex in examples]
     exact = exact_clusters(["\x1e".join(p) for p in parts])
-    if not similarity or n < 2:
-        return exact, exact
     labels = [np.unique([p[0] for p in parts], return_inverse=True)[1].ravel()]
     for j in (1, 2, 3):
-        column = [p[j] for p in parts]
-        alike = merge(n, exact_clusters(column), near_clusters(column, similarity))
         label = np.arange(n)
-        for group in alike.groups:
+        for group in alike([p[j] for p in parts], similarity).groups:
             label[group] = group[0]
         labels.append(label)
     together = np.unique(np.stack(labels, axis=1), axis=0, return_inverse=True)[1].ravel()
-    return exact, merge(n, exact, Clusters(_groups(together)))
+    preference = np.array([p[0] != "sft" for p in parts])
+    prompts = _groups(np.where(preference, labels[1], -1 - np.arange(n)))  # a demonstration's prompt joins none
+    return {"exact": exact, "near": merge(n, exact, Clusters(_groups(together))), "prompts": Clusters(prompts)}

@@ -26,15 +26,14 @@ def default_proportions(n: int) -> tuple[float, float, float]:
 
 
 def split_indices(examples, seed: int = 0, proportions: tuple[float, float, float] | None = None,
-                  similarity: float | None = 0.8, clusters=None) -> dict[str, list[int]]:
+                  similarity: float | None = 0.8) -> dict[str, list[int]]:
     """{"train": [...], "validation": [...], "test": [...]} example indices."""
     n = len(examples)
     proportions = proportions or default_proportions(n)
     if abs(sum(proportions) - 1) > 1e-6 or any(p < 0 for p in proportions):
         raise ValueError(f"proportions must be non-negative and sum to 1, got {proportions}")
-    if clusters is None:
-        clusters = dedup(examples, similarity)["near"]
-    clusters = merge(n, clusters, prompt_groups(examples, similarity))
+    found = dedup(examples, similarity)
+    clusters = merge(n, found["near"], found.get("prompts", Clusters([])))
     unit_of = list(range(n))
     for group in clusters.groups:
         for i in group:
@@ -63,18 +62,6 @@ def split_indices(examples, seed: int = 0, proportions: tuple[float, float, floa
     for name in SPLITS:
         out[name].sort()
     return out
-
-
-def prompt_groups(examples, similarity: float | None = 0.8) -> Clusters:
-    """Preference rows whose prompts are the same or near copies: each group is one unit of a split."""
-    rows = [i for i, ex in enumerate(examples) if ex.kind != "sft"]
-    if len(rows) < 2:
-        return Clusters([])
-    texts = [prompt_text(examples[i]) for i in rows]
-    alike = exact_clusters(texts)
-    if similarity:
-        alike = merge(len(rows), alike, near_clusters(texts, similarity))
-    return Clusters([[rows[i] for i in group] for group in alike.groups])
 
 
 def write_splits(result: LoadResult, source: str | Path, out_dir: str | Path, seed: int = 0,
