@@ -347,8 +347,22 @@ def test_stats_of_pairs_warn_of_a_length_bias():
     assert demo["pairs"]["chosen_longer"] < 0.5 and "warnings" not in demo
 
 
+def test_stats_count_rows_that_contradict_each_other():
+    rows = [Example([user("Say hi"), bot("Hi!")], "c", 1, rejected=[bot("Go away.")]),
+            Example([user("say  hi"), bot("Go away.")], "c", 2, rejected=[bot("Hi!")]),  # the swap
+            Example([user("Say hi"), bot("Hello.")], "c", 3, rejected=[bot("Go away.")]),  # another comparison
+            Example([user("Say hi"), bot("Same.")], "c", 4, rejected=[bot("Same.")]),  # identical-pair's case
+            Example([user("Say hi"), bot("Hi!")], "c", 5, desirable=True),
+            Example([user("Say hi"), bot("Hi!")], "c", 6, desirable=False),
+            Example([user("Say hi"), bot("Go away.")], "c", 7, desirable=False)]
+    stats = dataset_stats(rows)
+    assert stats["contradictions"] == 4
+    assert any(w.startswith("4 preference rows contradict another") for w in stats["warnings"])
+    assert "contradictions" not in dataset_stats(load_examples(DEMO / "dpo_en_demo.json").examples)
+
+
 def test_stats_of_kto_rows_give_the_balance_and_the_weight_to_set():
-    rows = [Example([user("q"), bot("a")], "k", i + 1, desirable=i < 100) for i in range(400)]
+    rows = [Example([user("q"), bot(f"answer {i}")], "k", i + 1, desirable=i < 100) for i in range(400)]
     stats = dataset_stats(rows)
     assert stats["unpaired"] == {"desirable": 100, "undesirable": 300}
     (warning,) = stats["warnings"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.data.dedup import preference_parts
 from engine.data.rows import attached_media, completion_start, trained_turn
 
 CHARS_PER_TOKEN = 4  # about right for English text under the usual BPE vocabularies
@@ -81,6 +82,10 @@ def preference_stats(examples) -> dict:
                             f"{chosen.mean():,.0f} against {rejected.mean():,.0f} characters); DPO learns to answer "
                             "longer from such pairs (Park et al. 2024): balance the lengths, or compare pairs of "
                             "like length")
+    if contradicting := contradictions(examples):
+        out["contradictions"] = contradicting
+        warnings.append(f"{contradicting} preference rows contradict another: a pair and its swap, or one completion "
+                        "labelled both desirable and undesirable; their losses pull both ways: keep one judgement")
     unpaired = [ex.desirable for ex in examples if ex.kind == "unpaired"]
     if unpaired:
         desirable = sum(unpaired)
@@ -90,6 +95,19 @@ def preference_stats(examples) -> dict:
     if warnings:
         out["warnings"] = warnings
     return out
+
+
+def contradictions(examples) -> int:
+    """Preference rows that another row of the file contradicts: a pair whose swap (the same prompt, chosen and
+    rejected exchanged) is in the file, a KTO completion that is also labelled the other way. Texts compared
+    as duplicates are (engine.data.dedup: lower-cased, whitespace collapsed)."""
+    judged = set()
+    for ex in examples:
+        if ex.kind != "sft":
+            judged.add((ex.kind, *(" ".join(part.lower().split()) for part in preference_parts(ex))))
+    opposite = {"desirable": "undesirable", "undesirable": "desirable"}
+    return sum(1 for kind, prompt, first, second in judged if first != second  # identical-pair's, not these
+               and ((kind, prompt, second, first) if kind == "pair" else (kind, prompt, first, opposite[second])) in judged)
 
 
 def kto_weight_advice(desirable: int, undesirable: int, desirable_weight: float = 1.0,
