@@ -264,6 +264,20 @@ def test_kto_rows_are_held_to_the_answer_rules_only_where_desirable():
     assert [(f.index, f.rule) for f in lint(rows)] == [(0, "refusal"), (2, "empty-answer")]
 
 
+def test_token_counts_of_a_pair_are_of_its_longer_side(tiny_project):
+    """lint --model holds a pair to max_seq_length by its longer side: the trainer cuts each side on its own."""
+    from engine.data.template import LightTokenizer
+
+    tokenizer = LightTokenizer(tiny_project / "tiny-model")
+    long_rejected = Example([user("Say hi"), bot("Hi!")], "p", 1, rejected=[bot("No. " * 50)])
+    long_chosen = Example([user("Say hi"), bot("Hello! " * 50)], "p", 2, rejected=[bot("No.")])
+    alone = [Example([user("Say hi"), bot("Hi!")], "s", 1), Example([user("Say hi"), bot("No. " * 50)], "s", 2),
+             Example([user("Say hi"), bot("Hello! " * 50)], "s", 3)]
+    short, rejected_side, chosen_side = tokenizer.count_examples(alone)
+    assert short < rejected_side
+    assert tokenizer.count_examples([long_rejected, long_chosen]) == [rejected_side, chosen_side]
+
+
 # ---- duplicates and splits --------------------------------------------------------------------
 
 LONG_PROMPT = ("Read the following report and answer the question at the end. " + " ".join(

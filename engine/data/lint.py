@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from engine.data import checks
 from engine.data.checks import DANGLING_WORDS, Texts, role_order_problem
 from engine.data.prefilter import DIGIT, WS, Columns, Computed, Matches, Prefilter
-from engine.data.rows import completion_start
+from engine.data.rows import rejected_conversation
 
 SEVERITIES = ("error", "warning", "info")
 # Forms of an answer's ending that a file may hold to (RE2 patterns, for pyarrow), and what a lacking one says:
@@ -205,11 +205,11 @@ def check_example(example, config: LintConfig) -> list[tuple[str, str]]:
 
 
 def rejected_side(example):
-    """A pair's rejected side as a conversation of its own: the prompt and the rejected completion."""
+    """A pair's rejected side as an example of its own (engine.data.rows.rejected_conversation)."""
     from engine.data.load import Example
 
-    prompt = example.messages[:completion_start(example.messages)]
-    return Example(prompt + example.rejected, example.source, example.line, example.label, example.tools, example.extra)
+    return Example(rejected_conversation(example), example.source, example.line, example.label, example.tools,
+                   example.extra)
 
 
 def candidates(columns: Columns, config: LintConfig, rules: list[Rule] | None = None):

@@ -103,6 +103,11 @@ def completion_start(messages: list[dict]) -> int:
     return start
 
 
+def rejected_conversation(example) -> list[dict]:
+    """A pair's rejected side as a conversation of its own: the prompt, then the rejected completion."""
+    return example.messages[:completion_start(example.messages)] + example.rejected
+
+
 # Preference rows. A pair is one Example: `messages` is the shared prompt plus the chosen completion and
 # `rejected` the rejected completion; an unpaired (KTO) row is its prompt plus completion with `desirable`.
 # Layouts read (each with the row's `system` and `tools`, every other key kept in `extra`):
