@@ -62,6 +62,10 @@ async def test_a_pair_shows_prompt_chosen_and_rejected_stacked_at_80x24(tmp_path
         assert prompt < chosen < text.index("Red.") < rejected < text.index("Purple, which is not one.")
         assert "w swap chosen/rejected" in text and "Swap/flip" in text  # the keys, in words
         assert_snapshot(pilot.app, "data_pair")
+        await pilot.press("j", "j", "j")  # the twin of line 3: its flag above the pair
+        lines = screen_text(pilot.app).splitlines()
+        flag = next(i for i, line in enumerate(lines) if "⚑ duplicate of 3" in line)
+        assert lines[flag + 1].strip() == "" and "━━ REJECTED ━━" in "\n".join(lines[flag:])
 
 
 async def test_a_wide_terminal_shows_the_pair_side_by_side(tmp_path, pairs):

@@ -239,7 +239,10 @@ class DataScreen(ModeScreen):
             text.append("\n")
         if not self.show_template:
             view = self._example_view(session.example(index), messages, bool(review.get("flipped")))
-            return Group(text, view) if text else view
+            if isinstance(view, Text) or not text:
+                return text.append_text(view) if isinstance(view, Text) else view
+            text.rstrip()  # the flags, a blank line, then the pair
+            return Group(text, Text(), view)
         from engine.data.template import ChatTemplate
 
         template = self.template or ChatTemplate()
