@@ -58,7 +58,8 @@ async def test_a_pair_shows_prompt_chosen_and_rejected_stacked_at_80x24(tmp_path
         await loaded(pilot)
         text = screen_text(pilot.app)
         assert "1/4 · line 1 · pair · [unreviewed]" in text
-        prompt, chosen, rejected = (text.index(s) for s in ("Name a primary colour.", "━━ CHOSEN ━━", "━━ REJECTED ━━"))
+        prompt, chosen, rejected = (text.index(s) for s in ("Name a primary colour.", "━━ CHOSEN ━━",
+                                                             "━━ REJECTED ━━"))
         assert prompt < chosen < text.index("Red.") < rejected < text.index("Purple, which is not one.")
         assert "w swap chosen/rejected" in text and "Swap/flip" in text  # the keys, in words
         assert_snapshot(pilot.app, "data_pair")

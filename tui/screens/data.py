@@ -154,7 +154,8 @@ class DataScreen(ModeScreen):
             self.first = message.example
             self.query_one("#data-pos", Static).update(Text(f"example 1 · line {message.example.line} · "
                                                             "indexing the rest…", style="dim"))
-            self.query_one("#data-example", Static).update(self._example_view(message.example, message.example.messages))
+            first = message.example
+            self.query_one("#data-example", Static).update(self._example_view(first, first.messages))
 
     def on_dataset_loaded(self, message: DatasetLoaded) -> None:
         if message.path != self.path:
@@ -247,7 +248,8 @@ class DataScreen(ModeScreen):
 
         template = self.template or ChatTemplate()
         rendered, spans, tokens, trained = template.trained_view(messages, session.result.examples[index].tools)
-        text.append_text(template_text(rendered, spans, tokens, trained, getattr(template, "name", "fallback template")))
+        text.append_text(template_text(rendered, spans, tokens, trained,
+                                       getattr(template, "name", "fallback template")))
         return text
 
     def _render_head(self) -> None:
