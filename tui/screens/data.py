@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Group, RenderableType
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -32,10 +31,7 @@ from tui.review_session import FILTERS, SPOT_CHECK_N, SPOT_CHECK_SEED, ReviewSes
 from tui.screens.base import ModeScreen
 from tui.screens.edit import EditAnswer
 from tui.screens.prompt import Confirm, PathPrompt
-from tui.widgets.example_view import conversation_text, label_text, pair_view, template_text
-
-PAIR_VERDICTS = {"good": "accepted", "bad": "rejected"}  # what a verdict means for a preference pair
-PAIR_KEYS = "g accept · w swap chosen/rejected · b reject pair · n note · s skip"
+from tui.widgets.review_view import example_body, position_line, review_body
 
 
 class DataScreen(ModeScreen):
@@ -155,7 +151,7 @@ class DataScreen(ModeScreen):
             self.query_one("#data-pos", Static).update(Text(f"example 1 · line {message.example.line} · "
                                                             "indexing the rest…", style="dim"))
             first = message.example
-            self.query_one("#data-example", Static).update(self._example_view(first, first.messages))
+            self.query_one("#data-example", Static).update(example_body(first, first.messages, self.app.size.width))
 
     def on_dataset_loaded(self, message: DatasetLoaded) -> None:
         if message.path != self.path:
@@ -187,70 +183,18 @@ class DataScreen(ModeScreen):
             pos_line.update(Text(f"filter {session.filter}: no examples match · f to change the filter"))
             body.update("")
             return
-        ex = session.result.examples[index]
-        review = session.review(index)
-        line = Text()
-        line.append(f"{session.pos + 1}/{len(session.view)}", "bold")
-        line.append(f" · {'line' if session.result.format in ('jsonl', 'text') else 'row'} "
-                    f"{session.result.display_line(ex.line)}")
-        if session.filter != "all":
-            line.append(f" · filter {session.filter}")
-        if session.spot is not None:
-            line.append(f" · spot-check {session.spot_done()}/{len(session.spot)}", "bold")
-        if ex.kind != "sft":
-            line.append(f" · {ex.kind}")
-        verdict = review.get("verdict")
-        if verdict and ex.kind == "pair":
-            verdict = PAIR_VERDICTS.get(verdict, verdict)
-        line.append(" · ")
-        line.append(f"[{verdict.upper()}]" if verdict else "[unreviewed]", "reverse" if verdict else "dim")
-        if review.get("edit"):
-            line.append(" edited", "italic")
-        if review.get("flipped"):
-            line.append(" swapped" if ex.kind == "pair" else " label flipped", "italic")
-        pos_line.update(line)
-        body.update(self._example_text(index, review))
+        pos_line.update(position_line(session, index))
+        template = None
+        if self.show_template:
+            from engine.data.template import ChatTemplate
+
+            template = self.template or ChatTemplate()
+        body.update(review_body(session, index, self.app.size.width, template))
         self.query_one("#data-body", VerticalScroll).scroll_home(animate=False)
 
     def on_resize(self) -> None:
         if self.session is not None and self.session.preference_rows:
             self.refresh_view()  # a pair goes side by side, or back to stacked
-
-    def _example_view(self, example, messages: list[dict], flipped: bool = False) -> RenderableType:
-        """The example's turns; a pair's prompt, chosen and rejected with the keys that judge it; an unpaired
-        row's label above its turns."""
-        if example.kind == "pair":
-            return Group(Text(PAIR_KEYS + "\n", "dim"), pair_view(example, self.app.size.width, flipped))
-        text = label_text(example.desirable, flipped) if example.kind == "unpaired" else Text()
-        return text.append_text(conversation_text(messages, example.tools))
-
-    def _example_text(self, index: int, review: dict) -> RenderableType:
-        session = self.session
-        messages = session.messages(index)
-        text = Text()
-        for flag in session.flags.get(index, ()):
-            text.append(f"⚑ {flag.severity} {flag.rule}: {flag.message}\n", "bold yellow")
-        if index in session.duplicate_of:
-            kept = session.result.examples[session.duplicate_of[index]]
-            text.append(f"⚑ duplicate of {session.result.display_line(kept.line)} (that one is kept)\n",
-                        "bold yellow")
-        if review.get("note"):
-            text.append(f"✎ {review['note']}\n", "italic")
-        if text:
-            text.append("\n")
-        if not self.show_template:
-            view = self._example_view(session.example(index), messages, bool(review.get("flipped")))
-            if isinstance(view, Text) or not text:
-                return text.append_text(view) if isinstance(view, Text) else view
-            text.rstrip()  # the flags, a blank line, then the pair
-            return Group(text, Text(), view)
-        from engine.data.template import ChatTemplate
-
-        template = self.template or ChatTemplate()
-        rendered, spans, tokens, trained = template.trained_view(messages, session.result.examples[index].tools)
-        text.append_text(template_text(rendered, spans, tokens, trained,
-                                       getattr(template, "name", "fallback template")))
-        return text
 
     def _render_head(self) -> None:
         from engine.data.stats import sparkline
