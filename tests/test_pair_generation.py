@@ -106,7 +106,7 @@ def planted_folder(root: Path) -> Path:
     folder = root / "pairs" / "prompts-n2-t0.8-seed0"
     folder.mkdir(parents=True)
     rows = [("Join cat and dog.", "cat-dog", "cat dog"), ("Join red and blue.", "red-blue", "red-blue"),
-            ("Join sun and moon.", "sun_moon", "sun-moon")]
+            ("Join sun and moon.", "sun\x0emoon", "sun-moon")]
     (folder / SAMPLES).write_text("".join(
         json.dumps({"id": f"p{i}-0", "prompt": [{"role": "user", "content": q}], "answers": [a, b]}) + "\n"
         for i, (q, a, b) in enumerate(rows)))
@@ -128,6 +128,7 @@ async def test_review_keys_judge_blind_and_q_hands_back_to_the_command(tmp_path)
         assert "all judged" in screen_text(app)
         await pilot.press("u")
         assert "Join sun and moon." in screen_text(app) and "2/3 judged" in screen_text(app)
+        assert "sun\\x0emoon" in screen_text(app)  # a control character shows escaped, never sent to the terminal
         await pilot.press("b")
         with ABStore(folder / "ab.sqlite") as store:
             judged = {p.id: (p.choice, p.a, p.b) for p in store.pairs()}
