@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from chat_fixtures import SYSTEM_PROMPT
+from pty_app import PtyApp
 from tui_fixtures import SIZE, assert_snapshot, make_app, screen_text
 
 from engine.data.load import load_examples
@@ -98,6 +99,31 @@ def test_bad_settings_and_an_unfinished_run_are_one_line(chat_run, prompts, tmp_
                  "--no-review"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tunedeck: error: ") and "has not finished training" in err and "\n" not in err
+
+
+def test_the_command_opens_the_review_and_writes_what_was_judged_on_q(chat_run, prompts, tmp_path):
+    """The whole command in a terminal: generation, the review by keyboard, the file written when it closes."""
+    out = tmp_path / "prefs.jsonl"
+    app = PtyApp("pairs", str(chat_run.path), "--prompts", str(prompts), "--out", str(out), "--limit", "2",
+                 "--temperature", "1.5", "--max-new-tokens", "12", "--workspace", str(tmp_path / "ws"),
+                 columns=80, lines=24)
+    try:
+        app.wait_for(b"0/2 judged", 180)
+        app.press(b"a")
+        app.wait_for(b"1/2 judged", 30)
+        app.press(b"t")
+        app.wait_for(b"all judged", 30)
+        app.press(b"q")
+        app.wait_for(b"wrote ", 60)
+        assert app.proc.wait(timeout=30) == 0
+    finally:
+        app.close()
+    with open_review(pairs_folder(chat_run.path, prompts, 2, 1.5, 0)) as store:
+        first, second = store.pairs()
+    assert (first.choice, second.choice) == ("A", "tie")
+    written = [ex.messages[-1]["content"] for ex in load_examples(out).examples]
+    assert written == ([] if first.a.strip() == first.b.strip() else [first.a])
+    assert f"wrote {len(written)} preference pairs to {out}".encode() in app.screen
 
 
 # ---- the review screen, on pairs written as the engine writes them (their text fixed for the snapshot) ----

@@ -15,7 +15,6 @@ from engine.data.load import load_examples
 from engine.data.review import ReviewStore, review_key
 
 SIZE = (80, 24)
-pytestmark = pytest.mark.asyncio
 
 PAIRS = [
     {"prompt": [{"role": "user", "content": "Name a primary colour."}],
@@ -53,6 +52,7 @@ def stored(path: Path) -> dict[int, dict]:
     return {ex.line: reviews[review_key(ex)] for ex in load_examples(path).examples if review_key(ex) in reviews}
 
 
+@pytest.mark.asyncio
 async def test_a_pair_shows_prompt_chosen_and_rejected_stacked_at_80x24(tmp_path, pairs):
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         await loaded(pilot)
@@ -69,6 +69,7 @@ async def test_a_pair_shows_prompt_chosen_and_rejected_stacked_at_80x24(tmp_path
         assert lines[flag + 1].strip() == "" and "━━ REJECTED ━━" in "\n".join(lines[flag:])
 
 
+@pytest.mark.asyncio
 async def test_a_wide_terminal_shows_the_pair_side_by_side(tmp_path, pairs):
     async with make_app(tmp_path, pairs).run_test(size=(140, 30)) as pilot:
         await loaded(pilot)
@@ -78,6 +79,7 @@ async def test_a_wide_terminal_shows_the_pair_side_by_side(tmp_path, pairs):
         assert any("Red." in line and "Purple, which is not one." in line for line in lines)
 
 
+@pytest.mark.asyncio
 async def test_accept_reject_swap_and_note_keys_are_stored_and_undone(tmp_path, pairs):
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         session = await loaded(pilot)
@@ -101,6 +103,7 @@ async def test_accept_reject_swap_and_note_keys_are_stored_and_undone(tmp_path, 
         assert "[ACCEPTED]" in screen_text(pilot.app)
 
 
+@pytest.mark.asyncio
 async def test_edit_is_refused_on_a_pair(tmp_path, pairs):
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         await loaded(pilot)
@@ -109,6 +112,7 @@ async def test_edit_is_refused_on_a_pair(tmp_path, pairs):
         assert stored(pairs) == {}
 
 
+@pytest.mark.asyncio
 async def test_export_swaps_the_swapped_and_drops_the_rejected(tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:3])  # without the twin, which dedup removes
     out = tmp_path / "reviewed.jsonl"
@@ -124,6 +128,7 @@ async def test_export_swaps_the_swapped_and_drops_the_rejected(tmp_path):
     assert load_examples(out).examples[1].messages[-2]["content"] == "Say hello in French."
 
 
+@pytest.mark.asyncio
 async def test_a_kto_row_shows_its_label_and_w_flips_it(tmp_path, unpaired):
     async with make_app(tmp_path, unpaired).run_test(size=SIZE) as pilot:
         await loaded(pilot)
@@ -139,6 +144,7 @@ async def test_a_kto_row_shows_its_label_and_w_flips_it(tmp_path, unpaired):
         assert "flipped" not in stored(unpaired)[1] and "label: DESIRABLE" in screen_text(pilot.app)
 
 
+@pytest.mark.asyncio
 async def test_w_on_a_demonstration_says_there_is_nothing_to_flip(tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hi", "completion": "Hello."}] + PAIRS[1:2])
     async with make_app(tmp_path, data).run_test(size=SIZE) as pilot:
@@ -146,3 +152,25 @@ async def test_w_on_a_demonstration_says_there_is_nothing_to_flip(tmp_path):
         await pilot.press("w")
         await notified(pilot, "w swaps a preference pair's chosen and rejected")
         assert stored(data) == {}
+
+
+def test_a_store_written_before_flips_opens_with_its_reviews(tmp_path, pairs):
+    """Stores beside datasets outlive versions: one without the flipped column gains it and keeps its verdicts."""
+    import sqlite3
+
+    from engine.data.review import store_path
+
+    old = sqlite3.connect(store_path(pairs))
+    old.executescript("""
+        CREATE TABLE review (hash TEXT PRIMARY KEY, verdict TEXT, note TEXT, edit TEXT, updated REAL);
+        CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER NOT NULL, hash TEXT NOT NULL,
+            existed INTEGER NOT NULL, verdict TEXT, note TEXT, edit TEXT);""")
+    first = load_examples(pairs).examples[0]
+    old.execute("INSERT INTO review VALUES (?, 'good', 'fine', NULL, 0)", (review_key(first),))
+    old.commit()
+    old.close()
+    store = ReviewStore.for_dataset(pairs)
+    store.set_flipped(review_key(first), True)
+    assert store.get(review_key(first)) == {"verdict": "good", "note": "fine", "edit": None, "flipped": True}
+    assert store.undo() == [review_key(first)] and store.get(review_key(first))["verdict"] == "good"
+    store.close()
