@@ -9,7 +9,8 @@ not written; `write_preference_file` counts each.
 
 Everything lives in one folder per run, prompts file and sampling settings,
 `<run>/pairs/<prompts>-n<n>-t<temperature>-seed<seed>/`: `samples.jsonl` (one line per pair,
-appended as generated, so a killed generation resumes where it stopped) and `ab.sqlite`.
+appended as generated, so a killed generation resumes where it stopped), `ab.sqlite` and
+`settings.json` (the run, prompts file and settings that made them, for the record).
 The same settings reopen the same folder, with every judgement; other settings get another.
 The A/B store calls a pair's two answers "baseline" and "tuned"; here they are simply the
 first and the second sample. Light: no torch.
