@@ -43,6 +43,10 @@ def test_generate_judge_write_and_load_back_as_pairs(chat_run, prompts, tmp_path
     assert first["generated"]["generated"] == 5 and first["generated"]["pairs"] == 5
     assert first["written"] == 0 and first["unjudged"] + first["identical"] == 5 and out.read_text() == ""
     folder = pairs_folder(chat_run.path, prompts, 2, 1.5, 0)
+    elsewhere = tmp_path / "other" / "prompts.jsonl"  # the same name, other prompts: other pairs
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(prompts.read_text().replace("cat dog", "cat bird"))
+    assert pairs_folder(chat_run.path, elsewhere, 2, 1.5, 0) != folder
     samples = {s["id"]: s for s in read_samples(folder)}
     # the run's system prompt first, as it was trained, then the prompt; the file's answers are not used
     assert samples["p0-0"]["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
@@ -101,10 +105,12 @@ def test_bad_settings_and_an_unfinished_run_are_one_line(chat_run, prompts, tmp_
     assert err.startswith("tunedeck: error: ") and "has not finished training" in err and "\n" not in err
 
 
-def test_the_command_opens_the_review_and_writes_what_was_judged_on_q(chat_run, prompts, tmp_path):
+def test_the_command_opens_the_review_and_writes_what_was_judged_on_q(chat_run, tmp_path):
     """The whole command in a terminal: generation, the review by keyboard, the file written when it closes."""
+    prompts = tmp_path / "prompts.txt"  # a text file, one prompt a line (other prompts: other pairs)
+    prompts.write_text("join sea and sky\njoin hot and cold\n")
     out = tmp_path / "prefs.jsonl"
-    app = PtyApp("pairs", str(chat_run.path), "--prompts", str(prompts), "--out", str(out), "--limit", "2",
+    app = PtyApp("pairs", str(chat_run.path), "--prompts", str(prompts), "--out", str(out),
                  "--temperature", "1.5", "--max-new-tokens", "12", "--workspace", str(tmp_path / "ws"),
                  columns=80, lines=24)
     try:

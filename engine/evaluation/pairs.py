@@ -8,10 +8,12 @@ A tie, a skip, a pair not judged yet and two identical answers carry no preferen
 not written; `write_preference_file` counts each.
 
 Everything lives in one folder per run, prompts file and sampling settings,
-`<run>/pairs/<prompts>-n<n>-t<temperature>-seed<seed>/`: `samples.jsonl` (one line per pair,
-appended as generated, so a killed generation resumes where it stopped), `ab.sqlite` and
-`settings.json` (the run, prompts file and settings that made them, for the record).
-The same settings reopen the same folder, with every judgement; other settings get another.
+`<run>/pairs/<prompts>-<content hash>-n<n>-t<temperature>-seed<seed>/`: `samples.jsonl` (one
+line per pair, appended as generated, so a killed generation resumes where it stopped),
+`ab.sqlite` and `settings.json` (the run, prompts file and settings that made them, for the record).
+The same prompts and settings reopen the same folder, with every judgement; another prompts file (even
+of the same name) or an edited one, or other settings, get another: pairs are numbered by their
+prompt's place in the file.
 The A/B store calls a pair's two answers "baseline" and "tuned"; here they are simply the
 first and the second sample. Light: no torch.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.data.load import DataError, load_examples
+from engine.data.load import DataError, fingerprint, load_examples
 from engine.data.rows import completion_start
 from engine.evaluation.ab import ABStore
 
@@ -38,9 +40,9 @@ def check_settings(n: int, temperature: float) -> None:
 
 
 def pairs_folder(run_dir: str | Path, prompts: str | Path, n: int, temperature: float, seed: int) -> Path:
-    """Where the pairs of these prompts and settings live under the run."""
+    """Where the pairs of these prompts (this file's content) and settings live under the run."""
     stem = Path(prompts).name.split(".")[0] or "prompts"
-    return Path(run_dir) / "pairs" / f"{stem}-n{n}-t{temperature:g}-seed{seed}"
+    return Path(run_dir) / "pairs" / f"{stem}-{fingerprint(prompts)[:8]}-n{n}-t{temperature:g}-seed{seed}"
 
 
 def read_prompts(path: str | Path, system: str | None = None) -> list[list[dict]]:
