@@ -5,8 +5,9 @@ attached to a real training run of a tiny model (trained here, on the CPU, in ab
 
 With --run, the monitor shot is of that existing run instead. The Eval shot shows a fixture
 report in the shape engine.evaluation.run writes (tests/eval_fixtures.py). --only takes some of
-gpu, plan, data, monitor, eval, diagnosis (a real tiny run planted to overfit), compare, chat (a real tiny
-run trained to join two words, asked to join two more). SVGs come from Textual's own
+gpu, plan, data, data-pairs (a preference pair under review), monitor, eval, diagnosis (a real tiny run
+planted to overfit), compare, chat (a real tiny run trained to join two words, asked to join two more),
+pairs (that run's two sampled answers to a prompt, judged blind for a preference file). SVGs come from Textual's own
 screenshot; PNGs are made from them when `rsvg-convert` (Debian: librsvg2-bin) is installed.
 """
 
@@ -143,6 +144,30 @@ async def ask_to_join(pilot) -> None:
     await pilot.press(*"join moon and fish", "enter")
 
 
+PREFERENCE_PAIRS = [  # TRL's layout, conversational and plain
+    {"prompt": [{"role": "user", "content": "Summarise: the meeting moved from Tuesday to Thursday at 10."}],
+     "chosen": [{"role": "assistant", "content": "The meeting is now on Thursday at 10."}],
+     "rejected": [{"role": "assistant", "content": "There was a meeting on Tuesday, and meetings are important "
+                                                   "for teams because they help people share what they know."}]},
+    {"prompt": "Convert 3 km to metres.", "chosen": "3000 m", "rejected": "300 m"},
+]
+
+
+def sampled_pairs(tmp: Path, workspace: Path) -> Path:
+    """The joining run's two sampled answers to a few prompts, as `tunedeck pairs` makes them: the pairs folder.
+    Temperature 0.1: beyond its first choice the tiny model's distribution is nearly flat (junk bytes)."""
+    from engine.evaluation.pairs import pairs_folder
+    from tui.cli.common import engine_subprocess
+
+    run = joining_run(tmp, workspace)
+    prompts = tmp / "join-prompts.txt"  # a text file: one prompt a line
+    prompts.write_text("join moon and fish\njoin red and hat\njoin sun and cup\n")
+    folder = pairs_folder(run.path, prompts, 2, 0.1, 0)
+    engine_subprocess("engine.evaluation.sample_pairs", "--run-dir", str(run.path), "--prompts", str(prompts),
+                      "--folder", str(folder), "--temperature", "0.1", "--max-new-tokens", "12")
+    return folder
+
+
 async def diagnose_attached(pilot) -> None:
     """On the monitor of the attached run: d."""
     from tui.screens.monitor import MonitorScreen
@@ -172,7 +197,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,data,monitor,eval,diagnosis,compare,chat",
+    parser.add_argument("--only", default="gpu,plan,data,data-pairs,monitor,eval,diagnosis,compare,chat,pairs",
                         help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -187,6 +212,7 @@ def main() -> None:
     from tui.screens.eval import EvalScreen
     from tui.screens.gpu import GpuScreen
     from tui.screens.monitor import MonitorScreen
+    from tui.screens.pair_review import PairReviewScreen
     from tui.screens.plan import PlanScreen
 
     made = []
@@ -203,6 +229,13 @@ def main() -> None:
         if "data" in only:
             train = write_demo_data(tmp / "demo")["train"]  # the bundled demo data, planted defects and all
             made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="data", data=str(train)), "data", args.out,
+                                          lambda app: isinstance(app.screen, DataScreen) and app.screen.session
+                                          and not app.screen.loading)))
+        if "data-pairs" in only:
+            from engine.testing import write_jsonl
+
+            pairs = write_jsonl(tmp / "preferences.jsonl", PREFERENCE_PAIRS)
+            made.append(asyncio.run(shoot(TunedeckApp(workspace, mode="data", data=str(pairs)), "data-pairs", args.out,
                                           lambda app: isinstance(app.screen, DataScreen) and app.screen.session
                                           and not app.screen.loading)))
         if "eval" in only:
@@ -225,6 +258,11 @@ def main() -> None:
             made.append(asyncio.run(shoot(TunedeckApp(chat_ws, mode="chat"), "chat", args.out,
                                           lambda app: isinstance(app.screen, ChatScreen) and app.screen.speed["base"],
                                           timeout=300, prepare=ask_to_join)))
+        if "pairs" in only:
+            folder = sampled_pairs(tmp, tmp / "pairs-ws")
+            made.append(asyncio.run(shoot(TunedeckApp(tmp / "pairs-ws", mode="eval", judge_pairs=folder), "pairs",
+                                          args.out, lambda app: isinstance(app.screen, PairReviewScreen)
+                                          and app.screen.store is not None)))
         if "monitor" in only:
             run_id, run = args.run, None
             if run_id is None:

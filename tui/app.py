@@ -41,8 +41,9 @@ class TunedeckApp(App):
 
     def __init__(self, workspace: Path, mode: str | None = None, attach: str | Path | None = None,
                  gpu_sampler: Callable[[Path], dict] | None = None, gpu_interval: float = 1.0,
-                 data: str | Path | None = None):
+                 data: str | Path | None = None, judge_pairs: Path | None = None):
         super().__init__()
+        self.judge_pairs = judge_pairs  # a folder of sampled pairs to judge blind, on top (`tunedeck pairs`)
         self.data_path = Path(data) if data else None  # the dataset the Data screen opens
         self.workspace = Path(workspace).expanduser()
         self.start_mode = mode or ("runs" if attach else "gpu")
@@ -64,6 +65,10 @@ class TunedeckApp(App):
             run = resolve_run(self.attach, self.workspace)
             self.run_watch.include(run)  # it may live outside the workspace
             await self.push_screen(MonitorScreen(run))
+        if self.judge_pairs is not None:
+            from tui.screens.pair_review import PairReviewScreen
+
+            await self.push_screen(PairReviewScreen(self.judge_pairs))
         self.poll_runs()
         self.set_interval(self.WATCH_SECONDS, self.poll_runs)
 

@@ -2,7 +2,8 @@
 
 A `ReviewSession` holds the loaded examples, their lint flags and duplicates, the reviews
 and their SQLite store (engine.data.review), the view (a filter or a spot-check sample)
-and the position in it. Every verdict, note and edit is committed to the store before the
+and the position in it. Every verdict, note, edit and flip (a preference pair's chosen and rejected
+exchanged, a KTO row's label reversed) is committed to the store before the
 method returns, and every move stores the example shown as the place to reopen at, so the
 screen draws only what is already safe. The screen keeps the keys, dialogs and drawing.
 """
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.data.lint import RULES
-from engine.data.load import LoadResult, content_hash
-from engine.data.review import VERDICTS, ReviewStore
+from engine.data.load import Example, LoadResult
+from engine.data.review import VERDICTS, ReviewStore, review_key, reviewed
 
 if TYPE_CHECKING:
     from engine.data.dedup import Clusters
@@ -58,7 +59,8 @@ class ReviewSession:
         for flag in flags:
             self.flags.setdefault(flag.index, []).append(flag)
         self.duplicate_of = {i: g[0] for g in clusters.groups for i in g[1:]}  # duplicate -> the one kept
-        self.hashes = [content_hash(ex.messages) for ex in result.examples]
+        self.hashes = [review_key(ex) for ex in result.examples]
+        self.preference_rows = sum(1 for ex in result.examples if ex.kind != "sft")
         self.store = store
         self.reviews: dict[str, dict] = store.all()
         self.view: list[int] = []
@@ -84,9 +86,13 @@ class ReviewSession:
     def review(self, index: int) -> dict:
         return self.reviews.get(self.hashes[index]) or {}
 
+    def example(self, index: int) -> Example:
+        """The example as reviewed: a flipped pair's completions exchanged, a flipped KTO row's label reversed."""
+        return reviewed(self.result.examples[index], self.review(index))
+
     def messages(self, index: int) -> list[dict]:
-        """The example as reviewed: its edit, else the original."""
-        return self.review(index).get("edit") or self.result.examples[index].messages
+        """The example's messages as reviewed: its edit, else the original (flipped where it is)."""
+        return self.review(index).get("edit") or self.example(index).messages
 
     def is_flagged(self, index: int) -> bool:
         return index in self.flags or index in self.duplicate_of
@@ -112,7 +118,8 @@ class ReviewSession:
             return index in self.duplicate_of
         if spec.startswith("/"):
             needle = spec[1:].lower()
-            return any(needle in m["content"].lower() for m in self.result.examples[index].messages)
+            ex = self.result.examples[index]
+            return any(needle in m["content"].lower() for m in ex.messages + (ex.rejected or []))
         return any(f.rule == spec for f in self.flags.get(index, ()))
 
     def _apply(self, spec: str, keep_position: bool = True) -> None:
@@ -207,8 +214,18 @@ class ReviewSession:
         self.reviews[key] = self.store.get(key)
         return True
 
+    def flip(self, index: int) -> bool:
+        """Reverse a preference row (a pair's chosen and rejected change places, an unpaired row's label turns
+        over), or put it back; committed. False for a demonstration, which has nothing to flip."""
+        if self.result.examples[index].kind == "sft":
+            return False
+        key = self.hashes[index]
+        self.store.set_flipped(key, not self.review(index).get("flipped"))
+        self.reviews[key] = self.store.get(key)
+        return True
+
     def undo(self) -> list[str]:
-        """Reverse the last change (one verdict, note, edit or bulk verdict); the hashes it touched.
+        """Reverse the last change (one verdict, note, edit, flip or bulk verdict); the hashes it touched.
         Undoing one example shows it again, when the view holds it."""
         touched = self.store.undo()
         for key in touched:

@@ -18,7 +18,8 @@ from pathlib import Path
 from engine.core.files import ensure_private_dir
 from engine.data.dedup import dedup
 from engine.data.lint import ERROR_RULES, RULES, LintConfig, lint
-from engine.data.load import DataError, Example, LoadResult, content_hash
+from engine.data.load import DataError, Example, LoadResult
+from engine.data.review import review_key, reviewed
 from engine.data.rows import completion_start, file_message
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -148,7 +149,8 @@ def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flag
             flagged.setdefault(flag.index, []).append(flag.rule)
     kept, removed = [], []
     for i, ex in enumerate(result.examples):
-        review = reviews.get(content_hash(ex.messages)) or {}
+        review = reviews.get(review_key(ex)) or {}
+        ex = reviewed(ex, review)  # a flipped pair swaps its completions, a flipped KTO row its label
         line = result.display_line(ex.line)
         if review.get("verdict") in drop_verdicts:
             removed.append({"line": line, "reason": f"verdict {review['verdict']}"
@@ -163,8 +165,8 @@ def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flag
 
 
 def reviewed_row(example: Example, review: dict) -> dict:
-    """An example's row as its review leaves it: its edit applied. (A review decision that changes what a
-    pair says, such as swapping chosen and rejected, is applied here.)"""
+    """An example's row with its review's edit applied (a swap or label flip is applied before, by
+    engine.data.review.reviewed)."""
     return file_row(example, review.get("edit"))
 
 

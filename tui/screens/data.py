@@ -6,6 +6,11 @@ every verdict, note and edit goes to the review store (SQLite beside the dataset
 is committed before the next example is shown, so quitting or a killed terminal loses
 nothing and reopening resumes at the same example. This screen keeps the keys, the
 dialogs and the drawing.
+
+A preference pair shows its prompt, then the chosen and the rejected completion (side by
+side on a wide terminal, stacked at 80 columns): g accepts it, b rejects it (export drops
+it), w swaps chosen and rejected (export writes them swapped), n notes. An unpaired (KTO)
+row shows its label, and w flips it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from tui.review_session import FILTERS, SPOT_CHECK_N, SPOT_CHECK_SEED, ReviewSes
 from tui.screens.base import ModeScreen
 from tui.screens.edit import EditAnswer
 from tui.screens.prompt import Confirm, PathPrompt
-from tui.widgets.example_view import conversation_text, template_text
+from tui.widgets.review_view import example_body, position_line, review_body
 
 
 class DataScreen(ModeScreen):
@@ -38,6 +43,7 @@ class DataScreen(ModeScreen):
         Binding("g", "verdict('good')", "Good", id="data.good"),
         Binding("b", "verdict('bad')", "Bad", id="data.bad"),
         Binding("s", "verdict('skip')", "Skip", id="data.skip"),
+        Binding("w", "flip", "Swap/flip", id="data.flip"),
         Binding("u", "undo", "Undo", id="data.undo"),
         Binding("n", "note", "Note", show=False, id="data.note"),
         Binding("e", "edit", "Edit", show=False, id="data.edit"),
@@ -144,13 +150,15 @@ class DataScreen(ModeScreen):
             self.first = message.example
             self.query_one("#data-pos", Static).update(Text(f"example 1 · line {message.example.line} · "
                                                             "indexing the rest…", style="dim"))
-            self.query_one("#data-example", Static).update(conversation_text(message.example.messages))
+            first = message.example
+            self.query_one("#data-example", Static).update(example_body(first, first.messages, self.app.size.width))
 
     def on_dataset_loaded(self, message: DatasetLoaded) -> None:
         if message.path != self.path:
             return
         self.loading = False
         self.session = ReviewSession(message.path, message.result, message.flags, message.clusters, message.stats)
+        self.refresh_bindings()  # w shows where the dataset has preference rows
         if self.go_to is not None:
             self._go_to_line()
         else:
@@ -175,49 +183,18 @@ class DataScreen(ModeScreen):
             pos_line.update(Text(f"filter {session.filter}: no examples match · f to change the filter"))
             body.update("")
             return
-        ex = session.result.examples[index]
-        review = session.review(index)
-        line = Text()
-        line.append(f"{session.pos + 1}/{len(session.view)}", "bold")
-        line.append(f" · {'line' if session.result.format in ('jsonl', 'text') else 'row'} "
-                    f"{session.result.display_line(ex.line)}")
-        if session.filter != "all":
-            line.append(f" · filter {session.filter}")
-        if session.spot is not None:
-            line.append(f" · spot-check {session.spot_done()}/{len(session.spot)}", "bold")
-        verdict = review.get("verdict")
-        line.append(" · ")
-        line.append(f"[{verdict.upper()}]" if verdict else "[unreviewed]", "reverse" if verdict else "dim")
-        if review.get("edit"):
-            line.append(" edited", "italic")
-        pos_line.update(line)
-        body.update(self._example_text(index, review))
-        self.query_one("#data-body", VerticalScroll).scroll_home(animate=False)
-
-    def _example_text(self, index: int, review: dict) -> Text:
-        session = self.session
-        messages = session.messages(index)
-        text = Text()
-        for flag in session.flags.get(index, ()):
-            text.append(f"⚑ {flag.severity} {flag.rule}: {flag.message}\n", "bold yellow")
-        if index in session.duplicate_of:
-            kept = session.result.examples[session.duplicate_of[index]]
-            text.append(f"⚑ duplicate of {session.result.display_line(kept.line)} (that one is kept)\n",
-                        "bold yellow")
-        if review.get("note"):
-            text.append(f"✎ {review['note']}\n", "italic")
-        if text:
-            text.append("\n")
+        pos_line.update(position_line(session, index))
+        template = None
         if self.show_template:
             from engine.data.template import ChatTemplate
 
             template = self.template or ChatTemplate()
-            rendered, spans, tokens, trained = template.trained_view(messages, session.result.examples[index].tools)
-            text.append_text(template_text(rendered, spans, tokens, trained,
-                                           getattr(template, "name", "fallback template")))
-        else:
-            text.append_text(conversation_text(messages, session.result.examples[index].tools))
-        return text
+        body.update(review_body(session, index, self.app.size.width, template))
+        self.query_one("#data-body", VerticalScroll).scroll_home(animate=False)
+
+    def on_resize(self) -> None:
+        if self.session is not None and self.session.preference_rows:
+            self.refresh_view()  # a pair goes side by side, or back to stacked
 
     def _render_head(self) -> None:
         from engine.data.stats import sparkline
@@ -256,6 +233,20 @@ class DataScreen(ModeScreen):
         self.session.set_verdict(verdict)
         self.refresh_view()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "flip":  # only datasets with preference rows show the key
+            return self.session is not None and self.session.preference_rows > 0
+        return True
+
+    def action_flip(self) -> None:
+        if not self._ready() or (index := self.session.current()) is None:
+            return
+        if not self.session.flip(index):
+            self.notify("w swaps a preference pair's chosen and rejected, or flips a KTO label: this example "
+                        "is a demonstration.", severity="warning")
+            return
+        self.refresh_view()
+
     def action_undo(self) -> None:
         if not self._ready():
             return
@@ -281,6 +272,10 @@ class DataScreen(ModeScreen):
 
     def action_edit(self) -> None:
         if not self._ready() or (index := self.session.current()) is None:
+            return
+        if self.session.result.examples[index].kind == "pair":
+            self.notify("A pair's completions are not edited here: w swaps them, b rejects the pair.",
+                        severity="warning")
             return
         session = self.session
 

@@ -1,13 +1,15 @@
 """One example, large: each turn under a role header (coloured, and labelled for NO_COLOR),
-or the rendered chat template with the trained-on characters marked."""
+or the rendered chat template with the trained-on characters marked; a preference pair's
+prompt with its chosen and rejected completions, an unpaired row with its label."""
 
 from __future__ import annotations
 
 import json
 
+from rich.console import RenderableType
 from rich.text import Text
 
-from engine.data.rows import MEDIA_PART_TYPES, trained_turn
+from engine.data.rows import MEDIA_PART_TYPES, completion_start, trained_turn
 
 ROLE_STYLE = {"system": "bold magenta", "user": "bold cyan", "assistant": "bold green", "tool": "bold yellow"}
 
@@ -60,3 +62,39 @@ def template_text(rendered: str, spans: list[tuple[int, int]], tokens: int | Non
         last = end
     text.append(rendered[last:])
     return text
+
+
+SIDE_BY_SIDE_WIDTH = 120  # below this a pair's completions are stacked: two 40-column answers are unreadable
+
+
+def pair_view(example, width: int, flipped: bool) -> RenderableType:
+    """A preference pair: the prompt, then the chosen and the rejected completion, side by side where `width`
+    allows and stacked below it; each side under its name in words, readable without colour."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+
+    start = completion_start(example.messages)
+    prompt = conversation_text(example.messages[:start], example.tools)
+    sides = [("CHOSEN", example.messages[start:]), ("REJECTED", example.rejected)]
+    swapped = " (swapped in review)" if flipped else ""
+    if width >= SIDE_BY_SIDE_WIDTH:
+        table = Table(box=box.SQUARE, expand=True, show_lines=False)
+        for name, _ in sides:
+            table.add_column(f"{name}{swapped}", ratio=1, header_style="bold")
+        table.add_row(*(conversation_text(completion) for _, completion in sides))
+        return Group(prompt, Text(), table)
+    text = prompt.copy()
+    for name, completion in sides:
+        text.append(f"\n━━ {name}{swapped} ━━\n", "bold reverse")
+        text.append_text(conversation_text(completion))
+    return text
+
+
+def label_text(desirable: bool, flipped: bool) -> Text:
+    """An unpaired (KTO) row's label, as a line: what training is told about its completion."""
+    text = Text("label: ")
+    text.append("DESIRABLE" if desirable else "UNDESIRABLE", "bold reverse")
+    if flipped:
+        text.append(f" (flipped in review from {'undesirable' if desirable else 'desirable'})", "italic")
+    return text.append("\n")
