@@ -15,7 +15,8 @@ import pytest
 from engine.data.dedup import dedup, prompt_text
 from engine.data.export import REVIEWED, export, export_chosen
 from engine.data.lint import lint
-from engine.data.load import Example, content_hash, load_examples
+from engine.data.load import Example, load_examples
+from engine.data.review import review_key
 from engine.data.split import leakage, split_indices
 from engine.data.stats import LENGTH_BIAS_SHARE, dataset_stats, kto_weight_advice
 
@@ -229,7 +230,7 @@ def test_a_reviewed_edit_of_a_pair_keeps_its_rejected_side(tmp_path):
     result = load_examples(write_rows(tmp_path / "p.jsonl", [{"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."}]))
     ex = result.examples[0]
     edit = [user("Say hi"), bot("Hello there!")]
-    report = export_chosen(result, tmp_path / "out.jsonl", REVIEWED, {content_hash(ex.messages): {"edit": edit}})
+    report = export_chosen(result, tmp_path / "out.jsonl", REVIEWED, {review_key(ex): {"edit": edit}})
     (after,) = load_examples(report["output"]).examples
     assert (after.messages, after.rejected) == (edit, [bot("No.")])
 

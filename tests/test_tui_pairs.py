@@ -24,6 +24,7 @@ PAIRS = [
     {"prompt": "Say hello in French.", "chosen": "Bonjour.", "rejected": "Hola."},
     # the same prompt and chosen answer as the row above with another rejected one: a review of its own
     {"prompt": "Say hello in French.", "chosen": "Bonjour.", "rejected": "Hello."},
+    {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"},  # line 2 again: a duplicate
 ]
 
 
@@ -57,15 +58,17 @@ async def test_a_pair_shows_prompt_chosen_and_rejected_stacked_at_80x24(tmp_path
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         await loaded(pilot)
         text = screen_text(pilot.app)
-        assert "1/4 · line 1 · pair · [unreviewed]" in text
+        assert "1/5 · line 1 · pair · [unreviewed]" in text
         prompt, chosen, rejected = (text.index(s) for s in ("Name a primary colour.", "━━ CHOSEN ━━",
                                                              "━━ REJECTED ━━"))
         assert prompt < chosen < text.index("Red.") < rejected < text.index("Purple, which is not one.")
         assert "w swap chosen/rejected" in text and "Swap/flip" in text  # the keys, in words
         assert_snapshot(pilot.app, "data_pair")
-        await pilot.press("j", "j", "j")  # the twin of line 3: its flag above the pair
+        await pilot.press("j", "j", "j")  # line 4 shares line 3's prompt and chosen answer: not a duplicate
+        assert "duplicate" not in screen_text(pilot.app)
+        await pilot.press("j")  # line 5 is line 2 again: its flag above the pair
         lines = screen_text(pilot.app).splitlines()
-        flag = next(i for i, line in enumerate(lines) if "⚑ duplicate of 3" in line)
+        flag = next(i for i, line in enumerate(lines) if "⚑ duplicate of 2" in line)
         assert lines[flag + 1].strip() == "" and "━━ REJECTED ━━" in "\n".join(lines[flag:])
 
 
@@ -80,7 +83,8 @@ async def test_a_wide_terminal_shows_the_pair_side_by_side(tmp_path, pairs):
 
 
 @pytest.mark.asyncio
-async def test_accept_reject_swap_and_note_keys_are_stored_and_undone(tmp_path, pairs):
+async def test_accept_reject_swap_and_note_keys_are_stored_and_undone(tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:4])  # line 5 would share line 2's review
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         session = await loaded(pilot)
         await pilot.press("g", "b")  # accept the first pair, reject the second
@@ -114,7 +118,7 @@ async def test_edit_is_refused_on_a_pair(tmp_path, pairs):
 
 @pytest.mark.asyncio
 async def test_export_swaps_the_swapped_and_drops_the_rejected(tmp_path):
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:3])  # without the twin, which dedup removes
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:3])  # without line 3's twin and line 2's duplicate
     out = tmp_path / "reviewed.jsonl"
     async with make_app(tmp_path, pairs).run_test(size=SIZE) as pilot:
         await loaded(pilot)
