@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from engine.plan.memory import GiB
-from engine.training.config import METHODS
+from engine.training.config import METHODS, OBJECTIVES
 from tui.cli.common import CliError, print_json
 
 
@@ -22,6 +22,11 @@ def add_assumption_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
     p.add_argument("--eager-attention", action="store_true", help="no memory-efficient attention kernel")
+    p.add_argument("--objective", choices=OBJECTIVES, default="sft",
+                   help="sft, or a preference objective: dpo and orpo hold both completions of a pair, "
+                        "dpo and kto the reference's forward")
+    p.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="dpo/kto: the reference scored once before training (no frozen copy in full fine-tuning)")
 
 
 def assumptions(args):
@@ -31,7 +36,8 @@ def assumptions(args):
     return Assumptions(seq_len=args.seq_len, batch_size=args.batch_size, optimizer=args.optimizer,
                        lora_r=args.lora_r, lora_targets=targets, compute_dtype=args.precision,
                        memory_efficient_attention=not args.eager_attention,
-                       gradient_checkpointing=args.gradient_checkpointing)
+                       gradient_checkpointing=args.gradient_checkpointing, objective=args.objective,
+                       precompute_ref_log_probs=args.precompute_ref_log_probs)
 
 
 def format_estimates(facts, estimates: dict, free: float | None) -> str:
