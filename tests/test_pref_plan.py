@@ -103,3 +103,69 @@ def test_advice_for_full_dpo_offers_precomputing_the_reference():
     advice = advice_to_fit(llama, "full", replace(BASE, objective="dpo"), 80 * GiB)
     assert any(line.startswith("precompute_ref_log_probs: true") for line in advice)
     assert not any("precompute" in line for line in advice_to_fit(llama, "full", BASE, 80 * GiB))
+
+
+# ---- hyperparameters and where to start ---------------------------------------------
+
+def preference_plan(objective: str, **situation):
+    from engine.plan.recommend import Situation, plan
+
+    s = Situation(task="style", clean_examples=2000, baseline_score=0.3, target_score=0.8, objective=objective,
+                  **situation)
+    return plan(facts_from_config(LLAMA_7B), s, BASE)
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo", "kto"])
+def test_preference_hyperparameters_follow_the_published_recipes(objective):
+    from engine.training.config import DEFAULT_PREFERENCE_LEARNING_RATES
+
+    sft, pref = preference_plan("sft"), preference_plan(objective)
+    hp = {h.key: h for h in pref.hyperparameters}
+    assert hp["objective"].value == objective and hp["beta"].value == 0.1
+    assert "paper" in hp["beta"].reason
+    assert hp["learning_rate"].value == DEFAULT_PREFERENCE_LEARNING_RATES[pref.method]
+    sft_lr = next(h.value for h in sft.hyperparameters if h.key == "learning_rate")
+    assert hp["learning_rate"].value <= sft_lr / 10  # an order of magnitude below SFT's
+    assert 1 <= hp["num_train_epochs"].value <= 3 and hp["warmup_steps"].value == 0.1
+    assert all(h.reason for h in pref.hyperparameters)
+    assert "beta" not in {h.key for h in sft.hyperparameters}
+    # the estimate and the time are the objective's
+    assert pref.memory["lora"]["total_bytes"] == int(
+        estimate(facts_from_config(LLAMA_7B), "lora", replace(BASE, objective=objective)).total)
+    assert pref.time_hours > sft.time_hours
+    config = pref.config("model-dir", "pairs.jsonl")
+    assert config["objective"] == objective and config["beta"] == 0.1 and "objective" not in sft.config("m", "d")
+
+
+def test_dpo_suggests_sft_first_when_the_workspace_has_none(workspace):
+    from tui_fixtures import make_run
+
+    from engine.plan.recommend import sft_runs
+
+    assert sft_runs(workspace) == []
+    [advice] = preference_plan("dpo", sft_runs=sft_runs(workspace)).objective_advice
+    assert advice.startswith("no finished SFT run in this workspace: train SFT first")
+    assert "cannot teach a format or task" in advice  # the reason
+    make_run(workspace, name="unfinished", state="running").path.joinpath("adapter").mkdir()
+    done = make_run(workspace, name="sft", state="completed")
+    assert sft_runs(workspace) == []  # finished but no weights
+    (done.path / "adapter").mkdir()
+    assert sft_runs(workspace) == [done.id]
+    [advice] = preference_plan("kto", sft_runs=sft_runs(workspace)).objective_advice
+    assert f"tunedeck export {done.id} --merge --out DIR" in advice
+    [orpo] = preference_plan("orpo", sft_runs=[]).objective_advice
+    assert "no SFT run needed" in orpo
+    assert preference_plan("sft", sft_runs=[]).objective_advice == []
+
+
+def test_kto_weights_balance_the_labels_and_the_batch_holds_two():
+    plan = preference_plan("kto", desirable=100, undesirable=300)
+    hp = {h.key: h.value for h in plan.hyperparameters}
+    assert hp["desirable_weight"] * 100 / (hp["undesirable_weight"] * 300) == pytest.approx(1, abs=0.01)
+    hp = {h.key: h.value for h in preference_plan("kto", desirable=900, undesirable=100).hyperparameters}
+    assert 1 <= hp["desirable_weight"] * 900 / (hp["undesirable_weight"] * 100) <= 4 / 3 + 0.01
+    from engine.plan.recommend import Situation, plan as make_plan
+
+    one = make_plan(facts_from_config(LLAMA_7B), Situation(objective="kto", baseline_score=0.1, clean_examples=900),
+                    replace(BASE, batch_size=1))
+    assert next(h.value for h in one.hyperparameters if h.key == "per_device_train_batch_size") == 2

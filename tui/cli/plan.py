@@ -93,15 +93,17 @@ def cmd_plan(args) -> int:
     from engine.data.stats import estimate_tokens
     from engine.hardware import snapshot
     from engine.models.facts import model_facts
-    from engine.plan.recommend import Situation, plan
+    from engine.plan.recommend import Situation, labels, plan, sft_runs
 
     a = assumptions(args)
     facts = model_facts(args.model, a.lora_targets)
-    examples, tokens, p99 = args.examples, None, None
+    examples, tokens, p99, desirable, undesirable = args.examples, None, None, None, None
     if args.data:
-        measured = estimate_tokens(load_examples(args.data).examples)
+        loaded = load_examples(args.data).examples
+        measured = estimate_tokens(loaded)
         examples = examples if examples is not None else measured.examples
         tokens, p99 = measured.mean, measured.p99
+        desirable, undesirable = labels(loaded)
     general = str(Path(args.general_data).expanduser().resolve()) if args.general_data else None
     if general and not Path(general).is_file():
         raise CliError(f"--general-data: file not found: {args.general_data}")
@@ -112,7 +114,8 @@ def cmd_plan(args) -> int:
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
                           tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price,
-                          general_data=general)
+                          general_data=general, objective=args.objective, sft_runs=sft_runs(args.workspace),
+                          desirable=desirable, undesirable=undesirable)
     result = plan(facts, situation, a)
     if args.write_config:
         if not args.data:
@@ -125,6 +128,8 @@ def cmd_plan(args) -> int:
     print(f"decision: {result.decision.replace('_', ' ')}")
     for reason in result.reasons:
         print(f"  - {reason}")
+    for advice in result.objective_advice:
+        print(f"objective {result.objective}: {advice}")
     print(f"method: {result.method} - {result.method_reason}")
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
