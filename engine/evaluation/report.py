@@ -125,6 +125,8 @@ def markdown_report(report: dict) -> str:
         for m in cost:
             lines.append(f"| {m.label} | " + " | ".join(format_value(report[s].get(m.key), m.kind) for s in shown)
                          + "".join(f" | {format_ratio(report['ratios'][s].get(m.key))}" for s in against) + " |")
+    if report.get("preference"):
+        lines += ["", *preference_markdown(report["preference"])]
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -138,6 +140,34 @@ def markdown_report(report: dict) -> str:
                 lines.append(f"- {SIDE_LABELS[side]}: `{row[side][:200]}`")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+# The `preference` object's figures (engine.evaluation.preference), in the order every view lists them.
+PREFERENCE_FIGURES = (("reward_accuracy", "reward accuracy", "rate"), ("reward_margin", "reward margin", "margin"),
+                      ("chosen_reward", "chosen reward", "margin"), ("rejected_reward", "rejected reward", "margin"),
+                      ("chosen_logp", "chosen log-prob (tuned)", "logp"),
+                      ("rejected_logp", "rejected log-prob (tuned)", "logp"))
+
+
+def preference_line(p: dict) -> str:
+    """One line for `tunedeck eval` and the Eval screen."""
+    return (f"preference pairs: {p['pairs']}, reward accuracy {p['reward_accuracy'] * 100:.1f}%, margin "
+            f"{p['reward_margin']:+.4f} (chosen {p['chosen_reward']:+.4f}, rejected {p['rejected_reward']:+.4f}; "
+            f"beta {p['beta']:g})")
+
+
+def preference_markdown(p: dict) -> list[str]:
+    lines = ["## Preference pairs", "",
+             f"{p['pairs']} held-out pairs. A completion's reward is beta ({p['beta']:g}) times its log-probability "
+             "under the tuned model minus under the model the run started from (the adapter disabled), summed "
+             "over the completion's tokens, as DPO defines it; accuracy: pairs whose chosen completion earns "
+             "the higher reward." + (f" {p['truncated']} sequences were cut to max_seq_length." if p["truncated"]
+                                     else ""), "", "| figure | value |", "|---|---|"]
+    for key, label, kind in PREFERENCE_FIGURES:
+        value = p[key]
+        lines.append(f"| {label} | " + (f"{value * 100:.1f}%" if kind == "rate" else
+                                          f"{value:+.4f}" if kind == "margin" else f"{value:.2f}") + " |")
+    return lines
 
 
 # How the per-example seconds were measured, for the Markdown report.
@@ -159,4 +189,6 @@ def summary(report: dict) -> dict:
         out[side] = report[side]
     if report.get("ratios"):
         out["ratios"] = report["ratios"]
+    if report.get("preference"):
+        out["preference"] = report["preference"]
     return out

@@ -189,6 +189,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     from engine.core.files import ensure_private_dir
     from engine.data.load import load_examples
     from engine.evaluation.metrics import cost_metrics, score_rows
+    from engine.evaluation.preference import preference_metrics
     from engine.evaluation.probes import (
         BUILTIN_PROBES,
         GENERAL_TEXT,
@@ -197,7 +198,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     )
     from engine.evaluation.report import ratios, sides
     from engine.runs.protocol import Run
-    from engine.training.config import parse_config
+    from engine.training.config import PREFERENCE_OBJECTIVES, parse_config
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be 1 or more, not {batch_size}")
@@ -235,6 +236,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     report["tuned"], report["task_metric"] = score_rows(rows, "tuned", task or cfg.get("task"), fmt)
     loss = reference_loss(models.tuned, tok, conversations)
     report["tuned"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None)
+    if run_cfg.objective in PREFERENCE_OBJECTIVES or any(ex.kind == "pair" for ex in examples):
+        report["preference"], per_example = preference_metrics(models, examples, run_cfg.beta,
+                                                               run_cfg.max_seq_length, system)
+        for row, rewards in zip(rows, per_example):
+            row.update(rewards or {})
     if baseline or reference:  # both are prompted with the same k examples from the training data
         train = load_examples(cfg["data"]).examples
         held_out = {json.dumps(ex.messages) for ex in examples}

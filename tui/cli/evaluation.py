@@ -17,7 +17,7 @@ def run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *ext
 
 
 def format_eval(result: dict) -> str:
-    from engine.evaluation.report import SIDE_LABELS, format_ratio, format_value, present, sides
+    from engine.evaluation.report import SIDE_LABELS, format_ratio, format_value, preference_line, present, sides
 
     shown = sides(result)
     against = list(result.get("ratios") or {})
@@ -31,6 +31,8 @@ def format_eval(result: dict) -> str:
             if m.group == "cost" else ""
         lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in shown)
                      + ratios)
+    if result.get("preference"):
+        lines.append(preference_line(result["preference"]))
     lines.append(f"forgetting: {result['forgetting']['verdict']}")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
