@@ -95,3 +95,102 @@ def test_completion_log_probability_is_the_models_own_loss(sft_run):
     assert tuned == pytest.approx(-float(loss) * (len(ids) - start), rel=1e-4)
     with models.base_context():  # the reference differs: the adapter raised the learned answer's likelihood
         assert completion_logp(models.as_base(), ids, start) < tuned - 1
+
+
+# ---- win rate of one run against another ---------------------------------------------
+
+def rule_score(answer: str, reference: str) -> int:
+    """How far an answer follows the rule (`join a and b` -> `a-b`): 2 exactly, 1 with a hyphen, else 0 (a tiny
+    model that trained 30 steps has learnt the hyphen, not yet the words)."""
+    return 2 if answer == reference else int("-" in answer)
+
+
+def rule_judge(body):
+    """A judge that prefers the answer that follows the rule further; a tie when they follow it as far."""
+    text = body["messages"][-1]["content"]
+    if "Answer A:" not in text:  # the rubric score each side gets too
+        return "3 partly", None
+    a, b = text.split("Instruction:\njoin ")[1].split("\n")[0].split(" and ")
+    first = text.split("Answer A:\n")[1].split("\n\nAnswer B:\n")[0]
+    second = text.split("\n\nAnswer B:\n")[1]
+    scores = rule_score(first, f"{a}-{b}"), rule_score(second, f"{a}-{b}")
+    return ("A. It follows the rule further." if scores[0] > scores[1] else
+            "B, it follows the rule further." if scores[1] > scores[0] else "tie"), None
+
+
+@pytest.fixture(scope="module")
+def weak_run(tiny_project, sft_run):
+    """A second real run of the same model that barely trained: the starting point the first one should beat."""
+    _, tmp = sft_run
+    cfg = tmp / "weak.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_project / "tiny-model"), "data": str(tiny_project / "train.jsonl"),
+                                   "max_steps": 2, "learning_rate": 1e-5, "eval_steps": 1000, "save_steps": 1000,
+                                   "sample_prompts": 0}))
+    run, proc = start(cfg, tmp / "ws")
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    return run
+
+
+def test_against_another_run_fills_the_ab_review_and_the_judged_win_rate(sft_run, weak_run):
+    from openai_server import openai_server
+
+    from engine.evaluation.ab import ABStore, pairs_from_report, store_path
+    from tui.cli.evaluation import format_eval, run_eval
+
+    run, tmp = sft_run
+    held_out = run.config()["test_data"]
+    with openai_server(rule_judge) as (endpoint, seen):
+        result = run_eval(run, held_out, False, None, "--against", str(weak_run.path),
+                          "--judge-endpoint", endpoint, "--judge-model", "rules")
+    assert result["against"] == weak_run.id and result["baseline"]["model"] == f"run {weak_run.id}"
+    report = json.loads((run.path / "eval" / "report.json").read_text())
+    # the baseline side is the other run answering as itself: its own evaluation gives the same answers
+    own = run_eval(weak_run, held_out, False, None)
+    weak_answers = json.loads((weak_run.path / "eval" / "report.json").read_text())["rows"]
+    assert [r["baseline"] for r in report["rows"]] == [r["tuned"] for r in weak_answers]
+    assert own["tuned"]["exact_match"] == result["baseline"]["exact_match"]
+
+    # judged in both orders; a win only when both agree, checked against the rule on each row's answers
+    assert sum("Answer A:" in body["messages"][-1]["content"] for _, body in seen) == 2 * len(report["rows"])
+    for row in report["rows"]:
+        tuned, other = rule_score(row["tuned"], row["reference"]), rule_score(row["baseline"], row["reference"])
+        assert row["judge_preference"] == ("win" if tuned > other else "loss" if other > tuned else "tie")
+    w = result["judge_win_rate"]
+    assert w["wins"] > w["losses"] and w["win_rate"] > 0.5 and w["ci_low"] <= w["win_rate"] <= w["ci_high"]
+    assert "judge win rate of tuned over the baseline side" in format_eval(result)
+
+    # the blind review of the same pairs keeps its own store, apart from the prompted baseline's
+    path = store_path(run.path, report)
+    assert path.name == f"ab-{weak_run.id}.sqlite"
+    with ABStore(path, pairs_from_report(report)) as store:
+        for pair in store.pairs():
+            store.judge(pair.id, pair.tuned_side if pair.outcome() is None and row_outcome(report, pair) else "tie")
+        summary = store.summary()
+    assert summary["judged"] == len(report["rows"]) and summary["wins"] == w["wins"]
+
+
+def row_outcome(report: dict, pair) -> bool:
+    """The reviewer's choice in the test: the tuned answer when it follows the rule further."""
+    from engine.evaluation.ab import row_key
+
+    row = next(r for i, r in enumerate(report["rows"]) if row_key(r, i) == pair.id)
+    return rule_score(row["tuned"], row["reference"]) > rule_score(row["baseline"], row["reference"])
+
+
+def test_against_base_and_bad_combinations(sft_run):
+    from tui.cli.common import CliError
+    from tui.cli.evaluation import cmd_eval, run_eval
+
+    run, _ = sft_run
+    result = run_eval(run, None, False, 3, "--against", "base")
+    assert result["against"] == "base" and result["baseline"]["model"] == "base, unprompted"
+    assert result["tuned"]["exact_match"] >= result["baseline"]["exact_match"]
+
+    class Args:  # what argparse hands cmd_eval
+        workspace, data, limit, judge_endpoint, reference, batch_size, json = run.path.parents[1], None, 1, None, None, 8, True
+        baseline, against = True, "base"
+
+    with pytest.raises(CliError, match="pick one"):
+        cmd_eval(type("A", (Args,), {"run": run.id})())
+    with pytest.raises(CliError, match="is the run itself"):
+        cmd_eval(type("A", (Args,), {"run": run.id, "baseline": False, "against": run.id})())

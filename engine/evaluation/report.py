@@ -110,6 +110,8 @@ def markdown_report(report: dict) -> str:
              f"{report['task_metric']}."]
     if "reference_model" in report:
         lines.append(f"Reference model: `{report['reference_model'].get('model')}`, prompted like the baseline.")
+    if report.get("against"):
+        lines.append(f"Baseline side: {report['baseline'].get('model')}, asked the prompts as they are (no shots).")
     lines += ["", "| metric | " + " | ".join(SIDE_LABELS[s] for s in shown) + " |", "|---|" + "---|" * len(shown)]
     for m in present(report, shown):
         if m.group != "cost":
@@ -127,6 +129,8 @@ def markdown_report(report: dict) -> str:
                          + "".join(f" | {format_ratio(report['ratios'][s].get(m.key))}" for s in against) + " |")
     if report.get("preference"):
         lines += ["", *preference_markdown(report["preference"])]
+    if report.get("judge_win_rate"):
+        lines += ["", "## Judge win rate", "", win_rate_line(report["judge_win_rate"]) + "."]
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -147,6 +151,14 @@ PREFERENCE_FIGURES = (("reward_accuracy", "reward accuracy", "rate"), ("reward_m
                       ("chosen_reward", "chosen reward", "margin"), ("rejected_reward", "rejected reward", "margin"),
                       ("chosen_logp", "chosen log-prob (tuned)", "logp"),
                       ("rejected_logp", "rejected log-prob (tuned)", "logp"))
+
+
+def win_rate_line(w: dict) -> str:
+    """The judge's pairwise verdicts on tuned against the baseline side, as one line."""
+    rate = "-" if w["win_rate"] is None else f"{w['win_rate'] * 100:.1f}% (95% CI {w['ci_low'] * 100:.0f}-" \
+                                             f"{w['ci_high'] * 100:.0f}%)"
+    return (f"judge win rate of tuned over the baseline side: {rate}; {w['wins']} wins, {w['losses']} losses, "
+            f"{w['ties']} ties (each pair judged in both orders; ties count half) by {w['judge']}")
 
 
 def preference_line(p: dict) -> str:
@@ -189,6 +201,7 @@ def summary(report: dict) -> dict:
         out[side] = report[side]
     if report.get("ratios"):
         out["ratios"] = report["ratios"]
-    if report.get("preference"):
-        out["preference"] = report["preference"]
+    for key in ("preference", "against", "judge_win_rate"):
+        if report.get(key):
+            out[key] = report[key]
     return out
