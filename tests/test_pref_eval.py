@@ -194,3 +194,39 @@ def test_against_base_and_bad_combinations(sft_run):
         cmd_eval(type("A", (Args,), {"run": run.id})())
     with pytest.raises(CliError, match="is the run itself"):
         cmd_eval(type("A", (Args,), {"run": run.id, "baseline": False, "against": run.id})())
+
+
+# ---- the Eval screen ----------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_eval_screen_shows_the_preference_figures_and_reviews_the_other_run(tmp_path):
+    """A report of a run evaluated on pairs --against its SFT run: the metrics view shows the reward accuracy
+    and the judged win rate, and the blind review judges into the comparison's own store."""
+    from eval_fixtures import make_report, write_report
+    from tui_fixtures import SIZE, make_app, make_run, screen_text, wait_for
+
+    from engine.evaluation.ab import summarise
+    from tui.screens.eval import EvalScreen
+
+    run = make_run(tmp_path, run_id="20260105-101500-dpo-3f2a", state="completed", steps=10, max_steps=10)
+    report = make_report()
+    report["baseline"]["model"] = "run 20260104-090000-sft-1a2b"
+    report["against"] = "20260104-090000-sft-1a2b"
+    report["preference"] = {"pairs": 40, "beta": 0.1, "reward_accuracy": 0.875, "reward_margin": 0.4213,
+                            "chosen_reward": 0.3011, "rejected_reward": -0.1202, "chosen_logp": -12.5,
+                            "rejected_logp": -20.1, "truncated": 0}
+    report["judge_win_rate"] = {**summarise(4, 1, 1), "judge": "judge at http://127.0.0.1:8000/v1", "orders": "both"}
+    write_report(run, report)
+    app = make_app(tmp_path, mode="eval")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, EvalScreen) and app.screen.loaded)
+        shown = " ".join(screen_text(app).split())
+        assert "baseline: run 20260104-090000-sft-1a2b" in shown
+        assert "preference pairs: 40, reward accuracy 87.5%, margin +0.4213" in shown
+        assert "judge win rate of tuned over the baseline side: 75.0%" in shown
+        await pilot.press("r")  # the A/B review
+        await wait_for(pilot, lambda: app.screen.pair is not None)
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.screen.store.summary()["judged"] == 1)
+        assert app.screen.store.path == run.path / "eval" / "ab-20260104-090000-sft-1a2b.sqlite"
+    assert not (run.path / "eval" / "ab.sqlite").exists()

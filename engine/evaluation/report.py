@@ -130,7 +130,7 @@ def markdown_report(report: dict) -> str:
     if report.get("preference"):
         lines += ["", *preference_markdown(report["preference"])]
     if report.get("judge_win_rate"):
-        lines += ["", "## Judge win rate", "", win_rate_line(report["judge_win_rate"]) + "."]
+        lines += ["", "## Judge win rate", "", judge_win_rate_line(report["judge_win_rate"]) + "."]
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -153,7 +153,7 @@ PREFERENCE_FIGURES = (("reward_accuracy", "reward accuracy", "rate"), ("reward_m
                       ("rejected_logp", "rejected log-prob (tuned)", "logp"))
 
 
-def win_rate_line(w: dict) -> str:
+def judge_win_rate_line(w: dict) -> str:
     """The judge's pairwise verdicts on tuned against the baseline side, as one line."""
     rate = "-" if w["win_rate"] is None else f"{w['win_rate'] * 100:.1f}% (95% CI {w['ci_low'] * 100:.0f}-" \
                                              f"{w['ci_high'] * 100:.0f}%)"

@@ -21,10 +21,10 @@ def format_eval(result: dict) -> str:
         SIDE_LABELS,
         format_ratio,
         format_value,
-        present,
+        judge_win_rate_line,
         preference_line,
+        present,
         sides,
-        win_rate_line,
     )
 
     shown = sides(result)
@@ -44,7 +44,7 @@ def format_eval(result: dict) -> str:
     if result.get("preference"):
         lines.append(preference_line(result["preference"]))
     if result.get("judge_win_rate"):
-        lines.append(win_rate_line(result["judge_win_rate"]))
+        lines.append(judge_win_rate_line(result["judge_win_rate"]))
     lines.append(f"forgetting: {result['forgetting']['verdict']}")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
