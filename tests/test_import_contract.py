@@ -27,7 +27,7 @@ UI_LIBRARIES = ("textual", "rich", "tui")
 HEAVY_MODULES = ("engine.models.load", "engine.models.anatomy", "engine.training.worker", "engine.training.distributed",
                  "engine.training.plumbing", "engine.training.callback", "engine.training.checkpoints",
                  "engine.training.samples", "engine.training.recipes.*", "engine.evaluation.run",
-                 "engine.evaluation.sample_pairs",
+                 "engine.evaluation.sample_pairs", "engine.evaluation.preference",
                  "engine.chat.server", "engine.export.weights", "engine.export.verify", "engine.testing")
 
 RULES = {

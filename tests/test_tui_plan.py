@@ -145,3 +145,47 @@ async def test_plan_snapshots(tmp_path):
         await pilot.press("escape")
         await pilot.pause()
         assert_snapshot(app, "plan_fine_tune")
+
+
+async def test_preference_objective_suggests_sft_first(tmp_path):
+    """DPO in a workspace without a finished SFT run: the plan says to train SFT first and why, its
+    hyperparameters are the preference recipe's, and the written config carries the objective."""
+    from tui_fixtures import make_run
+
+    model = build_tiny_model(tmp_path / "tiny-model") or tmp_path / "tiny-model"
+    model_facts(str(model))
+    data = write_jsonl(tmp_path / "train.jsonl", learnable_rows(50))
+    app = make_app(tmp_path / "ws", mode="plan")
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app)
+        sft_memory = plan_screen(app).result.plan.memory["lora"]["total_bytes"]
+        app.screen.query_one("#plan-objective").value = "dpo"
+        await wait_for(pilot, lambda: plan_screen(app).result.plan.objective == "dpo")
+        await settled(pilot, app)
+        result = plan_screen(app).result.plan
+        assert result.memory["lora"]["total_bytes"] > sft_memory  # both completions of each pair
+        assert result.objective_advice[0].startswith("no finished SFT run in this workspace: train SFT first")
+        await pilot.press("escape")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "Objective DPO" in text and "train SFT first" in text
+        assert_snapshot(app, "plan_dpo_no_sft")
+        shown = plan_screen(app).render_plan().plain  # the whole pane, below the fold too
+        assert "beta = 0.1  the DPO paper" in shown and "learning_rate = 5e-06  an order of magnitude" in shown
+
+        # A finished SFT run in the workspace: the advice names it instead.
+        done = make_run(tmp_path / "ws", name="sft", state="completed")
+        (done.path / "adapter").mkdir()
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "tunedeck export" in plan_screen(app).result.plan.objective_advice[0])
+        assert done.id in plan_screen(app).result.plan.objective_advice[0]
+
+        await type_into(pilot, app, "model", str(model), submit=True)
+        await type_into(pilot, app, "data", str(data), submit=True)
+        await wait_for(pilot, lambda: plan_screen(app).result.counted == 50)
+        await settled(pilot, app)
+        plan_screen(app).write_config(plan_screen(app).result, tmp_path / "dpo.yaml")
+        import yaml
+
+        written = yaml.safe_load((tmp_path / "dpo.yaml").read_text())
+        assert written["objective"] == "dpo" and written["beta"] == 0.1 and written["learning_rate"] == 5e-6

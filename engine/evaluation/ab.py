@@ -210,6 +210,13 @@ def _pair(pair_id, position, prompt, baseline, tuned, tuned_side, choice) -> Pai
     return Pair(pair_id, position, prompt, a, b, tuned_side, choice)
 
 
+def store_path(run_dir: Path, report: dict) -> Path:
+    """A report's A/B store: one per baseline side (the prompted base, or `--against` another run or the base
+    unprompted), so judgements of one comparison never mix with another's."""
+    against = report.get("against")
+    return run_dir / "eval" / (f"ab-{against}.sqlite" if against else "ab.sqlite")
+
+
 def pairs_from_report(report: dict) -> list[dict]:
     """A/B pairs from an evaluation report's rows: only rows that have both answers."""
     pairs = []

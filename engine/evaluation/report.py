@@ -110,6 +110,8 @@ def markdown_report(report: dict) -> str:
              f"{report['task_metric']}."]
     if "reference_model" in report:
         lines.append(f"Reference model: `{report['reference_model'].get('model')}`, prompted like the baseline.")
+    if report.get("against"):
+        lines.append(f"Baseline side: {report['baseline'].get('model')}, asked the prompts as they are (no shots).")
     lines += ["", "| metric | " + " | ".join(SIDE_LABELS[s] for s in shown) + " |", "|---|" + "---|" * len(shown)]
     for m in present(report, shown):
         if m.group != "cost":
@@ -125,6 +127,10 @@ def markdown_report(report: dict) -> str:
         for m in cost:
             lines.append(f"| {m.label} | " + " | ".join(format_value(report[s].get(m.key), m.kind) for s in shown)
                          + "".join(f" | {format_ratio(report['ratios'][s].get(m.key))}" for s in against) + " |")
+    if report.get("preference"):
+        lines += ["", *preference_markdown(report["preference"])]
+    if report.get("judge_win_rate"):
+        lines += ["", "## Judge win rate", "", judge_win_rate_line(report["judge_win_rate"]) + "."]
     f = report["forgetting"]
     lines += ["", "## Forgetting check", "", f["verdict"], "", "| probe | category | base | tuned |",
               "|---|---|---|---|"]
@@ -138,6 +144,42 @@ def markdown_report(report: dict) -> str:
                 lines.append(f"- {SIDE_LABELS[side]}: `{row[side][:200]}`")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+# The `preference` object's figures (engine.evaluation.preference), in the order every view lists them.
+PREFERENCE_FIGURES = (("reward_accuracy", "reward accuracy", "rate"), ("reward_margin", "reward margin", "margin"),
+                      ("chosen_reward", "chosen reward", "margin"), ("rejected_reward", "rejected reward", "margin"),
+                      ("chosen_logp", "chosen log-prob (tuned)", "logp"),
+                      ("rejected_logp", "rejected log-prob (tuned)", "logp"))
+
+
+def judge_win_rate_line(w: dict) -> str:
+    """The judge's pairwise verdicts on tuned against the baseline side, as one line."""
+    rate = "-" if w["win_rate"] is None else f"{w['win_rate'] * 100:.1f}% (95% CI {w['ci_low'] * 100:.0f}-" \
+                                             f"{w['ci_high'] * 100:.0f}%)"
+    return (f"judge win rate of tuned over the baseline side: {rate}; {w['wins']} wins, {w['losses']} losses, "
+            f"{w['ties']} ties (each pair judged in both orders; ties count half) by {w['judge']}")
+
+
+def preference_line(p: dict) -> str:
+    """One line for `tunedeck eval` and the Eval screen."""
+    return (f"preference pairs: {p['pairs']}, reward accuracy {p['reward_accuracy'] * 100:.1f}%, margin "
+            f"{p['reward_margin']:+.4f} (chosen {p['chosen_reward']:+.4f}, rejected {p['rejected_reward']:+.4f}; "
+            f"beta {p['beta']:g})")
+
+
+def preference_markdown(p: dict) -> list[str]:
+    lines = ["## Preference pairs", "",
+             f"{p['pairs']} held-out pairs. A completion's reward is beta ({p['beta']:g}) times its log-probability "
+             "under the tuned model minus under the model the run started from (the adapter disabled), summed "
+             "over the completion's tokens, as DPO defines it; accuracy: pairs whose chosen completion earns "
+             "the higher reward." + (f" {p['truncated']} sequences were cut to max_seq_length." if p["truncated"]
+                                     else ""), "", "| figure | value |", "|---|---|"]
+    for key, label, kind in PREFERENCE_FIGURES:
+        value = p[key]
+        lines.append(f"| {label} | " + (f"{value * 100:.1f}%" if kind == "rate" else
+                                          f"{value:+.4f}" if kind == "margin" else f"{value:.2f}") + " |")
+    return lines
 
 
 # How the per-example seconds were measured, for the Markdown report.
@@ -159,4 +201,7 @@ def summary(report: dict) -> dict:
         out[side] = report[side]
     if report.get("ratios"):
         out["ratios"] = report["ratios"]
+    for key in ("preference", "against", "judge_win_rate"):
+        if report.get(key):
+            out[key] = report[key]
     return out

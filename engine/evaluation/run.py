@@ -148,6 +148,34 @@ class Models:
         return self.tuned if self.base is None else self.base
 
 
+def against_side(against: str, models: Models, conversations: list[list[dict]], max_new_tokens: int,
+                 batch_size: int) -> tuple[list, list, dict]:
+    """The other side of a run-against-run comparison, asked the held-out prompts as they are (no shots):
+    `base`, the model the run started from (the adapter disabled), or another run's directory, its model
+    loaded as that run trained and asked with its own system prompt. Its answers, costs and fit."""
+    from engine.runs.protocol import Run
+    from engine.training.config import parse_config
+
+    if against == "base":
+        with models.base_context():
+            answers, costs = generate(models.as_base(), models.tokenizer, [c[:-1] for c in conversations],
+                                      max_new_tokens, batch_size)
+            loss = reference_loss(models.as_base(), models.tokenizer, conversations)
+        label = "base, unprompted"
+    else:
+        other = Run(Path(against))
+        other_models = Models(other.path, parse_config(other.config(), base_dir=other.path, check_paths=False))
+        system = other.config().get("system_prompt")
+        asked = [([{"role": "system", "content": system}] if system else [])
+                 + [m for m in c if m["role"] != "system"] for c in conversations]
+        answers, costs = generate(other_models.tuned, other_models.tokenizer, [c[:-1] for c in asked],
+                                  max_new_tokens, batch_size)
+        loss = reference_loss(other_models.tuned, other_models.tokenizer, asked)
+        del other_models
+        label = f"run {other.id}"
+    return answers, costs, {"model": label, "loss": loss, "perplexity": math.exp(loss) if loss is not None else None}
+
+
 def few_shot_prompt(messages: list[dict], shots: list[list[dict]], system: str | None) -> list[dict]:
     prompt = [{"role": "system", "content": system or BASELINE_SYSTEM}]
     for shot in shots:
@@ -188,10 +216,11 @@ def reference_side(spec: str, served_name: str, run_cfg: RunConfig, prompts: lis
 def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False, limit: int | None = None,
                  shots: int = 3, probes_file: str | None = None, task: str | None = None, fmt=None,
                  max_new_tokens: int = 96, judge: tuple[str, str] | None = None,
-                 reference: tuple[str, str] | None = None, batch_size: int = 8) -> dict:
+                 reference: tuple[str, str] | None = None, batch_size: int = 8, against: str | None = None) -> dict:
     from engine.core.files import ensure_private_dir
     from engine.data.load import load_examples
     from engine.evaluation.metrics import cost_metrics, score_rows
+    from engine.evaluation.preference import preference_metrics
     from engine.evaluation.probes import (
         BUILTIN_PROBES,
         GENERAL_TEXT,
@@ -200,10 +229,12 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     )
     from engine.evaluation.report import ratios, sides
     from engine.runs.protocol import Run
-    from engine.training.config import parse_config
+    from engine.training.config import PREFERENCE_OBJECTIVES, parse_config
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be 1 or more, not {batch_size}")
+    if against and baseline:
+        raise ValueError("--against and --baseline both answer as the baseline side: pick one")
     if reference and not served(reference[0]):
         from engine.models.find import resolve_model
 
@@ -238,6 +269,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
     report["tuned"], report["task_metric"] = score_rows(rows, "tuned", task or cfg.get("task"), fmt)
     loss = reference_loss(models.tuned, tok, conversations)
     report["tuned"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None)
+    if run_cfg.objective in PREFERENCE_OBJECTIVES or any(ex.kind == "pair" for ex in examples):
+        report["preference"], per_example = preference_metrics(models, examples, run_cfg.beta,
+                                                               run_cfg.max_seq_length, system)
+        for row, rewards in zip(rows, per_example):
+            row.update(rewards or {})
     if baseline or reference:  # both are prompted with the same k examples from the training data
         train = load_examples(cfg["data"]).examples
         held_out = {json.dumps(ex.messages) for ex in examples}
@@ -251,6 +287,12 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
         report["baseline"], _ = score_rows(rows, "baseline", task or cfg.get("task"), fmt)
         report["baseline"].update(loss=loss, perplexity=math.exp(loss) if loss is not None else None,
                                   shots=len(shot_examples))
+    if against:  # another run, or the base unprompted, answers as the baseline side (and in the A/B review)
+        answers, costs, fit = against_side(against, models, conversations, max_new_tokens, batch_size)
+        record_answers(rows, "baseline", answers, costs)
+        report["baseline"], _ = score_rows(rows, "baseline", task or cfg.get("task"), fmt)
+        report["baseline"].update(fit)
+        report["against"] = "base" if against == "base" else Path(against).name
     if reference:
         answers, costs, fit = reference_side(*reference, run_cfg, prompts, conversations, max_new_tokens, batch_size)
         record_answers(rows, "reference_model", answers, costs)
@@ -264,6 +306,10 @@ def evaluate_run(run_dir: Path, data: str | None = None, baseline: bool = False,
 
         for side in sides(report):
             report[side]["judge_score"] = judge_rows(rows, side, *judge)
+        if "baseline" in report:
+            from engine.evaluation.judge import judge_win_rate
+
+            report["judge_win_rate"] = judge_win_rate(rows, *judge)
     probes = BUILTIN_PROBES + (load_user_probes(probes_file) if probes_file else [])
     probe_prompts = [[{"role": "user", "content": p.prompt}] for p in probes]
     tuned_probe, _ = generate(models.tuned, tok, probe_prompts, 64, batch_size)
@@ -297,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "GGUF file or cached repo id, or an OpenAI-compatible base URL")
     parser.add_argument("--reference-model", default="default", help="model name a --reference URL serves")
     parser.add_argument("--batch-size", type=int, default=8, help="examples generated together (1: each timed alone)")
+    parser.add_argument("--against", help="the baseline side is another run (its directory) or `base` (the model "
+                                          "the run started from), asked the prompts as they are")
     args = parser.parse_args(argv)
     from engine.core.files import PRIVATE_UMASK
 
@@ -305,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_run(args.run_dir, args.data, args.baseline, args.limit, args.shots, args.probes,
                               args.task, args.format, args.max_new_tokens,
                               (args.judge_endpoint, args.judge_model) if args.judge_endpoint else None,
-                              (args.reference, args.reference_model) if args.reference else None, args.batch_size)
+                              (args.reference, args.reference_model) if args.reference else None, args.batch_size,
+                              args.against)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

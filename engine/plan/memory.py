@@ -16,6 +16,16 @@ Defaults follow what tunedeck's engine does (engine.models.load): LoRA keeps the
 and the adapters in fp32; full fine-tuning keeps fp32 master weights and autocasts to bf16; QLoRA
 stores linear layers in NF4 with double quantisation, norms and biases in fp32 and every other weight
 in 16 bit (engine.training.recipes.base). Every assumption is a field of `Assumptions` and can be changed.
+
+Preference objectives (`objective`, as TRL 1.16's trainers run them): DPO and ORPO put the chosen and the
+rejected completion of each pair through the policy in one concatenated batch, so a step holds the
+activations of twice the sequences of an SFT step; KTO scores single completions. DPO and KTO also need the
+reference's log-probabilities: with LoRA/QLoRA the reference is the base with the adapter disabled (no
+extra weights: one more forward without gradients, whose activations are freed layer by layer); full
+fine-tuning keeps a second, frozen copy of the weights unless `precompute_ref_log_probs` scores the data
+once before training. KTO adds a mismatched "KL" batch (each prompt with another example's completion)
+that the policy and the reference score without gradients. ORPO has no reference. DPO and KTO score
+tokens through TRL's fused log-prob head (no tokens x vocab logits); ORPO's trainer materialises them.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from engine.models.facts import ModelFacts
-from engine.training.config import METHODS, ConfigError
+from engine.training.config import METHODS, OBJECTIVES, ConfigError
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -41,6 +51,8 @@ LOGITS_BYTES = 10  # per token per vocab entry: 16-bit logits, fp32 upcast kept 
 CHECKPOINT_ACT = 2.0  # per token per layer per hidden unit: the block input kept under checkpointing
 CUDA_CONTEXT_GIB = 0.75
 ALLOCATOR_OVERHEAD = 0.05
+# TRL's fused log-prob head (trl.kernels.chunked_logprob): logits in tiles of 4096 tokens x 32768 vocab entries.
+FUSED_HEAD_TILE = (4096, 32768)
 # Sizes past these are typing mistakes, not plans (a 16M-token sequence, a rank above any model's width).
 LIMITS = {"seq_len": 1 << 24, "batch_size": 1 << 16, "lora_r": 1 << 14, "gpus": 1 << 16}
 
@@ -59,6 +71,8 @@ class Assumptions:
     lora_dropout: float | str = "auto"  # auto: as the engine resolves it (0 where peft wraps MoE experts)
     double_quant: bool = True
     gpus: int = 1
+    objective: str = "sft"  # sft | dpo | orpo | kto (engine.training.config.OBJECTIVES)
+    precompute_ref_log_probs: bool = False  # DPO/KTO: reference log-probs scored once before training
 
     def __post_init__(self):
         for key, limit in LIMITS.items():
@@ -69,6 +83,8 @@ class Assumptions:
             raise ConfigError(f"precision must be one of {', '.join(DTYPE_BYTES)}, got {self.compute_dtype!r}")
         if self.optimizer not in OPTIMIZER_STATE_BYTES:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}")
         if self.lora_dropout != "auto" and not (isinstance(self.lora_dropout, (int, float))
                                                 and 0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be auto or in [0, 1), got {self.lora_dropout!r}")
@@ -129,7 +145,9 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
     notes: list[str] = []
     compute = DTYPE_BYTES[a.compute_dtype]
     checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
-    tokens = a.seq_len * a.batch_size
+    # Tokens through the policy with gradients: a pair's chosen and rejected sequence each (DPO, ORPO).
+    tokens = a.seq_len * a.batch_size * (2 if a.objective in ("dpo", "orpo") else 1)
+    reference = a.objective in ("dpo", "kto") and not a.precompute_ref_log_probs
     h, layers, groups = model.hidden, model.layers, model.groups
     matmul_weights = groups["linear"] + groups["experts"] + model.vocab * h  # what autocast copies to 16 bit
     parts: dict[str, float] = {}
@@ -188,8 +206,36 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         parts["activations"] = tokens * (layers * CHECKPOINT_ACT * compute / 2 * h + per_layer)
     else:
         parts["activations"] = tokens * layers * per_layer
-    parts["logits"] = tokens * model.vocab * LOGITS_BYTES
-    if model.vocab >= 100_000:
+    if a.objective in ("dpo", "kto"):
+        # TRL's fused head keeps the final hidden states, one 16-bit tile of logits at a time, and in the
+        # backward pass an fp32 gradient of the hidden states: no tokens x vocab tensor.
+        rows, columns = FUSED_HEAD_TILE
+        parts["logits"] = min(tokens, rows) * min(model.vocab, columns) * compute + tokens * h * (compute + 4)
+    else:
+        parts["logits"] = tokens * model.vocab * LOGITS_BYTES
+    if reference:
+        # The reference's forward (DPO: both completions; KTO: the completions, then the KL batch) runs
+        # without gradients while the policy's activations wait for the backward pass; it frees each
+        # layer's tensors as it goes, so it adds at most what one layer of the full model would save.
+        full_layer = layer_activations(model, "full", []) * compute / 2
+        parts["reference_forward"] = tokens * full_layer
+        if method == "full":
+            parts["reference_weights"] = model.parameters * compute
+            notes.append(f"{a.objective.upper()} with full fine-tuning keeps a frozen 16-bit copy of the model as "
+                         f"its reference ({parts['reference_weights'] / GiB:.1f} GiB); precompute_ref_log_probs "
+                         "scores the data once before training and frees it")
+        else:
+            notes.append(f"{a.objective.upper()}'s reference is the base with the adapter disabled: no second "
+                         "copy, one more forward without gradients")
+    if a.objective in ("dpo", "orpo"):
+        notes.append(f"{a.objective.upper()} puts each pair's chosen and rejected completion through the model in "
+                     f"one batch: the activations of {2 * a.batch_size} sequences per step")
+    if a.objective == "orpo":
+        notes.append("ORPO needs no reference model; TRL's ORPOTrainer computes full logits (no fused head)")
+    if a.objective == "kto" and a.batch_size < 2:
+        notes.append("KTO's KL term pairs each prompt with another example's completion in the same batch: "
+                     "TRL needs per_device_train_batch_size 2 or more")
+    if model.vocab >= 100_000 and a.objective not in ("dpo", "kto"):
         notes.append(f"vocabulary of {model.vocab:,}: logits alone take {parts['logits'] / GiB:.1f} GiB")
     # The peak comes early in the backward pass, while activations are still held and only the
     # output head's gradient exists; gradients fill in as activations are freed. So the two do not
@@ -202,6 +248,8 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
     else:
         parts["gradients"] = all_gradients
         parts["activations"] = parts["logits"] = 0.0
+        if "reference_forward" in parts:
+            parts["reference_forward"] = 0.0
         notes.append("gradients outweigh activations: the peak is at the end of the backward pass")
     if method == "qlora":
         parts["dequant_buffer"] = model.quantized_4bit["largest"] * compute  # one layer dequantized at a time
@@ -221,6 +269,9 @@ def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: fl
                       replace(a, batch_size=1)))
     if not (a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"):
         tries.append(("gradient_checkpointing: true", replace(a, gradient_checkpointing=True)))
+    if method == "full" and a.objective in ("dpo", "kto") and not a.precompute_ref_log_probs:
+        tries.append(("precompute_ref_log_probs: true (no frozen reference copy)",
+                      replace(a, precompute_ref_log_probs=True)))
     if method == "full" and a.optimizer == "adamw":
         tries.append(("optim: adamw_8bit (bitsandbytes)", replace(a, optimizer="adamw_8bit")))
     tries.append((f"max_seq_length {a.seq_len // 2}", replace(a, seq_len=max(64, a.seq_len // 2))))

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from engine.models.facts import ModelFacts
 from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate_all
+from engine.training.config import DEFAULT_PREFERENCE_LEARNING_RATES, PREFERENCE_OBJECTIVES
 
 # Clean examples to start with, by task: (minimum, comfortable). Formatting and extraction are
 # learned from hundreds (the demo learns a strict JSON format from 275); knowledge-heavy tasks
@@ -47,6 +48,10 @@ class Situation:
     tokens_p99: int | None = None  # 99th percentile of example length in tokens
     price_per_gpu_hour: float | None = None
     general_data: str | None = None  # a file of general instruction examples to mix in against forgetting
+    objective: str = "sft"  # sft | dpo | orpo | kto
+    sft_runs: list[str] | None = None  # finished SFT runs of the workspace (sft_runs()); None: not looked
+    desirable: int | None = None  # KTO: desirable and undesirable completions in the data
+    undesirable: int | None = None
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Plan:
     time_basis: str
     forgetting: str = ""  # the reasoned line on forgetting and mixing in general data
     mixing: list[Hyperparameter] = field(default_factory=list)  # general_data/general_ratio, when a file was given
+    objective: str = "sft"
+    objective_advice: list[str] = field(default_factory=list)  # preference objectives: where to start from, why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +85,8 @@ class Plan:
     def config(self, model: str, data: str) -> dict:
         """A run configuration for `tunedeck train`."""
         cfg = {"model": model, "data": data, "method": self.method or "lora"}
+        if self.objective != "sft":
+            cfg["objective"] = self.objective
         for hp in self.hyperparameters + self.mixing:
             cfg[hp.key] = hp.value
         return cfg
@@ -124,31 +133,57 @@ def choose_method(model: ModelFacts, s: Situation, free: float | None, estimates
     return "qlora", "nothing fits as configured: QLoRA needs the least; see what to change"
 
 
+# Preference objectives: what their strength is called, its value and where it comes from.
+PREFERENCE_BETA = {
+    "dpo": "the DPO paper (Rafailov et al. 2023) uses beta 0.1, TRL's default: how far the policy may move from "
+           "the reference; lower lets it drift further, higher keeps it close",
+    "orpo": "ORPO's lambda, the weight of the odds-ratio term beside the NLL on chosen answers: 0.1 in the ORPO "
+            "paper (Hong et al. 2024) and TRL's ORPOConfig",
+    "kto": "the KTO paper (Ethayarajh et al. 2024) and TRL's KTOConfig default: 0.1, as DPO's beta",
+}
+
+
 def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions) -> list[Hyperparameter]:
     n = s.clean_examples or 1000
-    epochs = 3 if n < 1000 else 2 if n < 10000 else 1
+    preference = s.objective in PREFERENCE_OBJECTIVES
     billions = model.parameters / 1e9
-    if method == "full":
-        lr = 2e-5 if billions < 10 else 1e-5
-        lr_reason = "full fine-tuning moves every weight: 1e-5..2e-5, lower for larger models"
+    if preference:
+        lr = DEFAULT_PREFERENCE_LEARNING_RATES[method]
+        lr_reason = ("an order of magnitude below SFT: preference tuning moves a tuned model a little "
+                     + ("(Zephyr's full DPO: 5e-7)" if method == "full" else
+                        "(the alignment handbook's QLoRA DPO: 5e-6)")
+                     + "; higher rates collapse the chosen answers' likelihood")
+        epochs = 3 if n < 1000 else 2 if n < 5000 else 1
+        epochs_reason = ("the alignment handbook's DPO recipes train 1 epoch, Zephyr 1-3: small pair sets take "
+                         "2-3; more drives the training margin up while held-out reward accuracy stalls")
     else:
-        lr = 2e-4 if billions < 20 else 1e-4
-        lr_reason = ("LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4 up to 13B, 1e-4 for 33B+); "
-                     "1e-5 is a full fine-tuning rate and barely moves an adapter")
+        epochs = 3 if n < 1000 else 2 if n < 10000 else 1
+        epochs_reason = "fewer passes as data grows: small sets need 3, large ones 1-2; more epochs mostly add overfitting"
+        if method == "full":
+            lr = 2e-5 if billions < 10 else 1e-5
+            lr_reason = "full fine-tuning moves every weight: 1e-5..2e-5, lower for larger models"
+        else:
+            lr = 2e-4 if billions < 20 else 1e-4
+            lr_reason = ("LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4 up to 13B, 1e-4 for 33B+); "
+                         "1e-5 is a full fine-tuning rate and barely moves an adapter")
+    batch, batch_reason = a.batch_size, "the largest that fits the estimate"
+    if s.objective == "kto" and batch < 2:
+        batch, batch_reason = 2, "KTO's KL term pairs each completion with another in the same batch: TRL needs 2+"
     effective = 16 if n < 5000 else 32
-    accumulation = max(1, effective // (a.batch_size * max(1, a.gpus)))
-    steps = max(1, n * epochs // (a.batch_size * max(1, a.gpus) * accumulation))
+    accumulation = max(1, effective // (batch * max(1, a.gpus)))
+    steps = max(1, n * epochs // (batch * max(1, a.gpus) * accumulation))
     every = max(1, steps // 10)
     if s.tokens_p99:
         seq_len = min(a.seq_len, 1 << (s.tokens_p99 - 1).bit_length())  # next power of two above p99
         seq_reason = f"the next power of two above the data's 99th percentile ({s.tokens_p99} tokens)"
     else:
         seq_len, seq_reason = a.seq_len, "no data measured: a common default; longer costs memory linearly"
+    if preference:
+        seq_reason += "; prompt and completion share it (TRL's max_length)"
     hps = [
         Hyperparameter("learning_rate", lr, lr_reason),
-        Hyperparameter("num_train_epochs", epochs, "fewer passes as data grows: small sets need 3, "
-                       "large ones 1-2; more epochs mostly add overfitting"),
-        Hyperparameter("per_device_train_batch_size", a.batch_size, "the largest that fits the estimate"),
+        Hyperparameter("num_train_epochs", epochs, epochs_reason),
+        Hyperparameter("per_device_train_batch_size", batch, batch_reason),
         Hyperparameter("gradient_accumulation_steps", accumulation,
                        f"an effective batch of about {effective} steadies updates without more memory"),
         Hyperparameter("max_seq_length", seq_len, seq_reason),
@@ -157,9 +192,14 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
                        "adapters are small and start at zero: no decay; full fine-tuning: a light 0.01"),
         Hyperparameter("eval_steps", every, f"about 10 evaluations over the run's ~{steps} steps"),
         Hyperparameter("save_steps", every, "a checkpoint at every evaluation, so the best one can be kept"),
-        Hyperparameter("warmup_steps", 0.03, "3% warmup avoids early spikes while Adam's statistics settle"),
+        Hyperparameter("warmup_steps", 0.1, "10% warmup, as the alignment handbook's DPO recipes") if preference
+        else Hyperparameter("warmup_steps", 0.03, "3% warmup avoids early spikes while Adam's statistics settle"),
         Hyperparameter("early_stopping_patience", 3, "stop when eval loss has not improved for 3 evaluations"),
     ]
+    if preference:
+        hps[:0] = [Hyperparameter("objective", s.objective, OBJECTIVE_REASONS[s.objective]),
+                   Hyperparameter("beta", 0.1, PREFERENCE_BETA[s.objective])]
+        hps += kto_weights(s) if s.objective == "kto" else []
     if method != "full":
         rank = 8 if n < 1000 else 16 if n < 20000 else 32
         hps += [
@@ -173,6 +213,54 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
     if method == "qlora" or a.gradient_checkpointing:
         hps.append(Hyperparameter("gradient_checkpointing", True, "trades ~30% speed for most activation memory"))
     return hps
+
+
+OBJECTIVE_REASONS = {
+    "dpo": "pairs of a chosen and a rejected answer: DPO raises the chosen one's likelihood against the "
+           "rejected one's, relative to the reference model",
+    "orpo": "pairs, without a reference model: ORPO adds an odds-ratio penalty to SFT's loss on the chosen answers",
+    "kto": "single answers labelled desirable or not: KTO needs no pairs",
+}
+
+
+def kto_weights(s: Situation) -> list[Hyperparameter]:
+    """KTO paper: keep desirable_weight x desirable / (undesirable_weight x undesirable) within 1 to 4/3."""
+    if not s.desirable or not s.undesirable:
+        return [Hyperparameter("desirable_weight", 1.0, "count the data's desirable and undesirable answers: "
+                               "the KTO paper balances weight x count to a ratio within 1 to 4/3")]
+    ratio = s.desirable / s.undesirable
+    desirable, undesirable = (round(1 / ratio, 2), 1.0) if ratio < 1 else (1.0, round(ratio * 3 / 4, 2)) \
+        if ratio > 4 / 3 else (1.0, 1.0)
+    why = (f"{s.desirable:,} desirable and {s.undesirable:,} undesirable answers: weights that keep weight x count "
+           "within 1 to 4/3 (the KTO paper's balance)")
+    return [Hyperparameter("desirable_weight", desirable, why), Hyperparameter("undesirable_weight", undesirable, why)]
+
+
+def objective_advice(s: Situation) -> list[str]:
+    """Where a preference run starts from, and why: DPO and KTO reweight what the starting model already says."""
+    if s.objective not in PREFERENCE_OBJECTIVES:
+        return []
+    if s.objective == "orpo":
+        return ["ORPO folds SFT into its loss (an NLL term on the chosen answers): it may start from the base "
+                "model, no SFT run needed (ORPO paper)"]
+    why = (f"{s.objective.upper()} only reweights answers its starting model already gives (the reference is that "
+           "model), so it cannot teach a format or task the model does not produce; the DPO paper and Zephyr "
+           "start from an SFT model")
+    if s.sft_runs is not None and not s.sft_runs:
+        return [f"no finished SFT run in this workspace: train SFT first (objective: sft) on demonstrations, "
+                f"then start the {s.objective.upper()} run from its model. " + why]
+    start = (f"start from an SFT run's model: `tunedeck export {s.sft_runs[-1]} --merge --out DIR`, then model: DIR"
+             if s.sft_runs else "start from an SFT model (model: the merged export of an SFT run)")
+    return [start + ". " + why]
+
+
+def sft_runs(workspace) -> list[str]:
+    """The workspace's finished supervised runs that left weights (adapter/ or model/), oldest first."""
+    from engine.runs.workspace import list_runs
+
+    return [run.id for run in list_runs(workspace)
+            if run.config().get("objective", "sft") == "sft" and run.status().get("state") == "completed"
+            and ((run.path / "adapter").is_dir() or (run.path / "model").is_dir())]
 
 
 def forgetting_advice(method: str, s: Situation) -> tuple[str, list[Hyperparameter]]:
@@ -220,11 +308,18 @@ def gpu_rate(gpus: list[dict]) -> tuple[float, float | None, str]:
     return total, price, f"{len(gpus)} x {gpus[0].get('name')}"
 
 
-def training_time(model: ModelFacts, method: str, tokens: float, gpus: list[dict], checkpointing: bool):
+def training_time(model: ModelFacts, method: str, tokens: float, gpus: list[dict], checkpointing: bool,
+                  objective: str = "sft"):
     # Forward 2N FLOPs per token, backward 4N (2N with a frozen base: no weight gradients).
     per_token = 6 if method == "full" else 4
     if checkpointing:
         per_token += 2  # one more forward
+    if objective in ("dpo", "orpo"):
+        per_token *= 2  # a pair's chosen and rejected sequence
+    if objective == "dpo":
+        per_token += 4  # the reference's forward of both
+    if objective == "kto":
+        per_token += 6  # the KL batch through the policy, then both batches through the reference
     flops = per_token * model.parameters * tokens
     rate, price, basis = gpu_rate(gpus)
     if method == "qlora":
@@ -239,7 +334,7 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
     free_mib = [g.get("memory_free_mib") or ((g.get("memory_total_mib") or 0) - (g.get("memory_used_mib") or 0))
                 for g in s.gpus]
     free = min(free_mib) * 2**20 if s.gpus and all(free_mib) else None
-    a = replace(a, gpus=max(1, len(s.gpus)))
+    a = replace(a, gpus=max(1, len(s.gpus)), objective=s.objective)
     estimates = estimate_all(model, a)
     method, method_reason = choose_method(model, s, free, estimates)
     memory = {m: {**e.to_dict(), "fits": None if free is None else e.required <= free}
@@ -250,11 +345,18 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
     epochs = next(h.value for h in hps if h.key == "num_train_epochs")
     tokens = (s.clean_examples or 1000) * (s.tokens_per_example or a.seq_len // 2) * epochs
     checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
-    hours, price, basis = training_time(model, method, tokens, s.gpus, checkpointing)
+    hours, price, basis = training_time(model, method, tokens, s.gpus, checkpointing, s.objective)
     price = s.price_per_gpu_hour * max(1, len(s.gpus)) if s.price_per_gpu_hour is not None else price
     return Plan(decision=decision, reasons=reasons, method=method, method_reason=method_reason, memory=memory,
                 free_memory_gib=None if free is None else round(free / GiB, 2), fit_advice=fit,
-                hyperparameters=hps, forgetting=forgetting, mixing=mixing, time_hours=round(hours, 3),
+                hyperparameters=hps, forgetting=forgetting, mixing=mixing, objective=s.objective,
+                objective_advice=objective_advice(s), time_hours=round(hours, 3),
                 cost_usd=None if price is None else round(hours * price, 2),
                 time_basis=f"{tokens:,.0f} training tokens on {basis} at {MFU:.0%} of peak"
                            if s.gpus else f"{tokens:,.0f} training tokens on the {basis}")
+
+
+def labels(examples) -> tuple[int | None, int | None]:
+    """(desirable, undesirable) completions among unpaired (KTO) examples; (None, None) when there are none."""
+    unpaired = [ex.desirable for ex in examples if ex.kind == "unpaired"]
+    return (sum(unpaired), len(unpaired) - sum(unpaired)) if unpaired else (None, None)

@@ -17,13 +17,23 @@ def run_eval(run: Run, data: str | None, baseline: bool, limit: int | None, *ext
 
 
 def format_eval(result: dict) -> str:
-    from engine.evaluation.report import SIDE_LABELS, format_ratio, format_value, present, sides
+    from engine.evaluation.report import (
+        SIDE_LABELS,
+        format_ratio,
+        format_value,
+        judge_win_rate_line,
+        preference_line,
+        present,
+        sides,
+    )
 
     shown = sides(result)
     against = list(result.get("ratios") or {})
     lines = [f"{result['examples']} held-out examples ({result['data']}); task metric {result['task_metric']}"]
     if "reference_model" in result:
         lines.append(f"ref model: {result['reference_model'].get('model')}, prompted like the baseline")
+    if result.get("against"):
+        lines.append(f"baseline: {result['baseline'].get('model')}, asked the prompts as they are")
     lines.append(f"{'':<20}" + "".join(f"{SIDE_LABELS[s]:>10}" for s in shown)
                  + "".join(f"{'vs ' + SIDE_LABELS[s]:>13}" for s in against))  # cost: tuned as a multiple
     for m in present(result, shown):
@@ -31,6 +41,10 @@ def format_eval(result: dict) -> str:
             if m.group == "cost" else ""
         lines.append(f"{m.label:<20}" + "".join(f"{format_value(result[s].get(m.key), m.kind):>10}" for s in shown)
                      + ratios)
+    if result.get("preference"):
+        lines.append(preference_line(result["preference"]))
+    if result.get("judge_win_rate"):
+        lines.append(judge_win_rate_line(result["judge_win_rate"]))
     lines.append(f"forgetting: {result['forgetting']['verdict']}")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
@@ -43,6 +57,13 @@ def cmd_eval(args) -> int:
         extra += ["--judge-endpoint", args.judge_endpoint, "--judge-model", args.judge_model]
     if args.reference:
         extra += ["--reference", args.reference, "--reference-model", args.reference_model]
+    if args.against:
+        if args.baseline:
+            raise CliError("--against and --baseline both answer as the baseline side: pick one")
+        other = "base" if args.against == "base" else str(resolve_run(args.against, args.workspace).path)
+        if other == str(run.path):
+            raise CliError(f"--against {args.against} is the run itself; name the run it started from, or base")
+        extra += ["--against", other]
     result = run_eval(run, args.data, args.baseline, args.limit, *extra)
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0
@@ -100,6 +121,10 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--reference-model", default="default", metavar="NAME", help="the model a --reference URL serves")
     p.add_argument("--batch-size", type=int, default=8,
                    help="examples generated together; 1 times each alone (a single request's latency)")
+    p.add_argument("--against", metavar="RUN|base",
+                   help="compare with another run (e.g. the SFT run a preference run started from) or `base` "
+                        "(the model this run started from) instead of the prompted baseline: its answers fill the "
+                        "baseline side and the blind A/B review; with --judge-endpoint, a judged win rate")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", parents=[common],

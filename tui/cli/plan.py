@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from engine.plan.memory import GiB
-from engine.training.config import METHODS
+from engine.training.config import METHODS, OBJECTIVES
 from tui.cli.common import CliError, print_json
 
 
@@ -22,6 +22,11 @@ def add_assumption_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-targets", default="all-linear", help="all-linear or a comma list, e.g. q_proj,v_proj")
     p.add_argument("--eager-attention", action="store_true", help="no memory-efficient attention kernel")
+    p.add_argument("--objective", choices=OBJECTIVES, default="sft",
+                   help="sft, or a preference objective: dpo and orpo hold both completions of a pair, "
+                        "dpo and kto the reference's forward")
+    p.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="dpo/kto: the reference scored once before training (no frozen copy in full fine-tuning)")
 
 
 def assumptions(args):
@@ -31,7 +36,8 @@ def assumptions(args):
     return Assumptions(seq_len=args.seq_len, batch_size=args.batch_size, optimizer=args.optimizer,
                        lora_r=args.lora_r, lora_targets=targets, compute_dtype=args.precision,
                        memory_efficient_attention=not args.eager_attention,
-                       gradient_checkpointing=args.gradient_checkpointing)
+                       gradient_checkpointing=args.gradient_checkpointing, objective=args.objective,
+                       precompute_ref_log_probs=args.precompute_ref_log_probs)
 
 
 def format_estimates(facts, estimates: dict, free: float | None) -> str:
@@ -87,15 +93,17 @@ def cmd_plan(args) -> int:
     from engine.data.stats import estimate_tokens
     from engine.hardware import snapshot
     from engine.models.facts import model_facts
-    from engine.plan.recommend import Situation, plan
+    from engine.plan.recommend import Situation, labels, plan, sft_runs
 
     a = assumptions(args)
     facts = model_facts(args.model, a.lora_targets)
-    examples, tokens, p99 = args.examples, None, None
+    examples, tokens, p99, desirable, undesirable = args.examples, None, None, None, None
     if args.data:
-        measured = estimate_tokens(load_examples(args.data).examples)
+        loaded = load_examples(args.data).examples
+        measured = estimate_tokens(loaded)
         examples = examples if examples is not None else measured.examples
         tokens, p99 = measured.mean, measured.p99
+        desirable, undesirable = labels(loaded)
     general = str(Path(args.general_data).expanduser().resolve()) if args.general_data else None
     if general and not Path(general).is_file():
         raise CliError(f"--general-data: file not found: {args.general_data}")
@@ -106,7 +114,8 @@ def cmd_plan(args) -> int:
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
                           tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=args.price,
-                          general_data=general)
+                          general_data=general, objective=args.objective, sft_runs=sft_runs(args.workspace),
+                          desirable=desirable, undesirable=undesirable)
     result = plan(facts, situation, a)
     if args.write_config:
         if not args.data:
@@ -119,6 +128,8 @@ def cmd_plan(args) -> int:
     print(f"decision: {result.decision.replace('_', ' ')}")
     for reason in result.reasons:
         print(f"  - {reason}")
+    for advice in result.objective_advice:
+        print(f"objective {result.objective}: {advice}")
     print(f"method: {result.method} - {result.method_reason}")
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")

@@ -26,7 +26,7 @@ from textual.widgets import ContentSwitcher, Static
 from textual.worker import Worker, WorkerState
 
 from engine.core.files import ensure_private_dir
-from engine.evaluation.ab import ABStore, Pair, pairs_from_report, row_key
+from engine.evaluation.ab import ABStore, Pair, pairs_from_report, row_key, store_path
 from engine.evaluation.errors import FILTERS, ErrorStore, filter_rows, next_category, tally
 from engine.evaluation.report import read_report, report_path
 from engine.runs.protocol import Run, RunError
@@ -161,7 +161,7 @@ class EvalScreen(ModeScreen):
             return
         report = read_report(run)
         pairs = pairs_from_report(report)
-        store = ABStore(run.path / "eval" / "ab.sqlite", pairs) if pairs else None
+        store = ABStore(store_path(run.path, report), pairs) if pairs else None
         errors = ErrorStore(run.path / "eval" / "errors.sqlite") if report.get("rows") else None
         if get_current_worker().is_cancelled:
             for opened in (store, errors):

@@ -45,6 +45,7 @@ class Inputs:
     stable: bool
     numbers: dict
     general: str = ""  # a general-data file to mix in against forgetting
+    objective: str = "sft"  # sft, or a preference objective (dpo, orpo, kto)
 
 
 @dataclass
@@ -75,10 +76,11 @@ class PlanScreen(ModeScreen):
         self.result: Computed | None = None
         self.problem = ""  # an input that does not parse, shown in place of an error modal
         self._gpus: list | None = None
-        self._data_cache: tuple | None = None  # (path, mtime, TokenEstimate)
+        self._data_cache: tuple | None = None  # (path, mtime, TokenEstimate, (desirable, undesirable))
 
     def compose_body(self) -> ComposeResult:
         from engine.plan.recommend import TASKS
+        from engine.training.config import OBJECTIVES
 
         with Horizontal(id="plan-main"):
             with VerticalScroll(id="plan-form") as form:
@@ -88,6 +90,8 @@ class PlanScreen(ModeScreen):
                 data = str(self.app.data_path) if getattr(self.app, "data_path", None) else ""
                 yield self._row("Data file", Input(data, placeholder="optional .jsonl", id="plan-data",
                                                    compact=True))
+                yield self._row("Objective", Select([(o, o) for o in OBJECTIVES], value="sft", allow_blank=False,
+                                                    id="plan-objective", compact=True))
                 yield self._row("Task", Select([(t, t) for t in TASKS], value="formatting", allow_blank=False,
                                                id="plan-task", compact=True))
                 for key, label, hint, _ in NUMBER_FIELDS[:3]:
@@ -140,7 +144,8 @@ class PlanScreen(ModeScreen):
                       reason=str(self.query_one("#plan-reason", Select).value),
                       fresh=self.query_one("#plan-fresh", Checkbox).value,
                       stable=self.query_one("#plan-stable", Checkbox).value, numbers=numbers,
-                      general=self.query_one("#plan-general", Input).value.strip())
+                      general=self.query_one("#plan-general", Input).value.strip(),
+                      objective=str(self.query_one("#plan-objective", Select).value))
 
     @on(Input.Changed, "#plan-examples, #plan-baseline, #plan-target, #plan-seq-len, #plan-batch, #plan-price")
     @on(Select.Changed)
@@ -171,10 +176,10 @@ class PlanScreen(ModeScreen):
     def compute(self, inputs: Inputs) -> None:
         from engine.models.facts import model_facts
         from engine.plan.memory import Assumptions
-        from engine.plan.recommend import Situation, plan
+        from engine.plan.recommend import Situation, plan, sft_runs
 
         facts = model_facts(inputs.model)
-        data_path, measured = self._read_data(inputs.data)
+        data_path, measured, (desirable, undesirable) = self._read_data(inputs.data)
         general = Path(inputs.general).expanduser().resolve() if inputs.general else None
         if general is not None and not general.is_file():
             raise FileNotFoundError(f"general data file {inputs.general} does not exist")
@@ -186,7 +191,8 @@ class PlanScreen(ModeScreen):
                               baseline_score=n["baseline"], target_score=n["target"], fresh_knowledge=inputs.fresh,
                               task_stable=inputs.stable, reason=inputs.reason, gpus=self._gpus,
                               tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=n["price"],
-                              general_data=str(general) if general else None)
+                              general_data=str(general) if general else None, objective=inputs.objective,
+                              sft_runs=sft_runs(self.app.workspace), desirable=desirable, undesirable=undesirable)
         assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
@@ -194,21 +200,24 @@ class PlanScreen(ModeScreen):
         self.post_message(PlanComputed(Computed(result, facts, inputs, data_path, counted, self._gpus)))
 
     def _read_data(self, text: str):
-        """The data file and its example count and token lengths, estimated as `tunedeck plan` does."""
+        """The data file, its example count and token lengths estimated as `tunedeck plan` does, and its
+        desirable and undesirable (KTO) completions."""
         if not text:
-            return None, None
+            return None, None, (None, None)
         from engine.data.load import load_examples
         from engine.data.stats import estimate_tokens
+        from engine.plan.recommend import labels
 
         path = Path(text).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"data file {text} does not exist")
         mtime = path.stat().st_mtime
         if self._data_cache and self._data_cache[:2] == (path, mtime):
-            return path, self._data_cache[2]
-        measured = estimate_tokens(load_examples(path).examples)
-        self._data_cache = (path, mtime, measured)
-        return path, measured
+            return path, *self._data_cache[2:]
+        examples = load_examples(path).examples
+        measured = estimate_tokens(examples)
+        self._data_cache = (path, mtime, measured, labels(examples))
+        return path, measured, labels(examples)
 
     def on_plan_computed(self, message: PlanComputed) -> None:
         self.result = message.computed
@@ -258,6 +267,10 @@ class PlanScreen(ModeScreen):
         out.append("\n")
         for reason in r.reasons:
             out.append(f" · {reason}\n")
+        if r.objective != "sft":
+            out.append(f"\nObjective {r.objective.upper()}\n", style="bold")
+            for advice in r.objective_advice:
+                out.append(f" · {advice}\n")
         out.append("\nMemory ", style="bold")
         if r.free_memory_gib is None:
             out.append("(no GPU here: the estimate is for a GPU; fits unknown)\n", style="dim")

@@ -20,6 +20,8 @@ from engine.evaluation.report import (
     SIDE_LABELS,
     format_ratio,
     format_value,
+    judge_win_rate_line,
+    preference_line,
     present,
 )
 
@@ -110,6 +112,12 @@ def metrics_view(report: dict, run_id: str) -> Group:
     reference = report.get("reference_model")
     if reference is not None:
         parts.append(Text(f"ref: {reference.get('model')}, prompted like the baseline", style="dim"))
+    if report.get("against"):
+        parts.append(Text(f"baseline: {report['baseline'].get('model')}, asked the prompts as they are", style="dim"))
+    if report.get("preference"):
+        parts.append(Text(preference_line(report["preference"])))
+    if report.get("judge_win_rate"):
+        parts.append(Text(judge_win_rate_line(report["judge_win_rate"])))
     if report.get("baseline") is None:
         parts.append(Text(f"No baseline measured: tunedeck eval {run_id} --baseline adds the prompted "
                           "base model.", style="italic"))
