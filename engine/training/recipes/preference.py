@@ -53,6 +53,14 @@ def _orpo_classes():
     class AtomicORPOTrainer(AtomicCheckpoints, ORPOTrainer):
         """TRL's ORPOTrainer with atomic checkpoints."""
 
+        def _track_num_input_tokens(self, inputs):
+            # ORPO's batches have no input_ids (chosen_/rejected_ columns), which the Trainer's count of tokens
+            # seen looks for: count both sequences' tokens, as DPO's pairs are counted.
+            if self.args.include_num_input_tokens_seen == "no":
+                return
+            tokens = inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum()
+            self.state.num_input_tokens_seen += self.accelerator.gather(tokens.to(self.args.device)).sum().item()
+
     return ORPOConfig, AtomicORPOTrainer
 
 
