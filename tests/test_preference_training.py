@@ -287,14 +287,14 @@ async def test_monitor_shows_reward_curves_of_a_finished_dpo_run(write_config, w
                       timeout=20)
         await pilot.pause()
         text = screen_text(app)
-        assert "reward margin" in text and "reward accuracy" in text and "eval ●" in text, text
+        assert "─ margin " in text and "─ accuracy 100% ●100% (m) ─" in text, text  # the pairs are learnt
         title = mon.query_one("#plot-lr").border_title
-        assert title.startswith("reward margin ") and " · eval ● " in title and title.endswith("(m)"), title
+        assert title.startswith("margin ") and " ●" in title and title.endswith(" (m)"), title
         await pilot.press("m")
         await pilot.pause()
         text = screen_text(app)
-        assert "lr " in text and "grad norm" in text and "reward margin" not in text, text
+        assert "─ lr " in text and "─ grad norm " in text and "─ margin " not in text, text
         await pilot.press("m")
         await pilot.pause()
-        assert "reward margin" in screen_text(app)
+        assert "─ margin " in screen_text(app)
 

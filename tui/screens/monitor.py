@@ -28,12 +28,15 @@ from tui.watch import ending_key, mark_seen
 from tui.widgets.plot import BraillePlot, PlotSeries
 from tui.widgets.textplot import meter
 
-# The two side plots: (series, its eval series, title, text while empty) each.
+# The two side plots: (series, its eval series, title, text while empty, value format) each. Titles stay short:
+# at 80 columns a side plot's title has about 26.
 SIDE_CURVES = {
-    "training": (("learning_rate", None, "lr", "no lr yet"), ("grad_norm", None, "grad norm", "no grad norm yet")),
-    "rewards": (("rewards/margins", "eval_rewards/margins", "reward margin", "no reward margin: a preference run logs it"),
-                ("rewards/accuracies", "eval_rewards/accuracies", "reward accuracy",
-                 "no reward accuracy (a DPO or ORPO run logs it)")),
+    "training": (("learning_rate", None, "lr", "no lr yet", fmt_num),
+                 ("grad_norm", None, "grad norm", "no grad norm yet", fmt_num)),
+    "rewards": (("rewards/margins", "eval_rewards/margins", "margin", "no reward margin: a preference run logs it",
+                 fmt_num),
+                ("rewards/accuracies", "eval_rewards/accuracies", "accuracy",
+                 "no reward accuracy (a DPO or ORPO run logs it)", lambda v: f"{v:.0%}")),
 }
 COMMAND_WORDS = {"stop": "stop (save, then exit)", "stop_now": "stop now", "pause": "pause",
                  "resume": "resume", "checkpoint": "checkpoint", "eval": "evaluate"}
@@ -203,15 +206,15 @@ class MonitorScreen(ModeScreen):
         loss.set_series([PlotSeries("train", view.series["loss"]),
                          PlotSeries("eval", view.series["eval_loss"], marker="●")])
         hint = " (m)" if _preference(view) else ""
-        for plot_id, (name, eval_name, label, empty) in zip(
+        for plot_id, (name, eval_name, label, empty, fmt) in zip(
                 ("#plot-lr", "#plot-grad"), SIDE_CURVES["rewards" if self._rewards_shown(view) else "training"]):
             plot = self.query_one(plot_id, BraillePlot)
             last = view.series_last[name]
-            title = f"{label} {fmt_num(last[1]) if last else '-'}"
+            title = f"{label} {fmt(last[1]) if last else '-'}"
             series = [PlotSeries(label, view.series[name])]
             if eval_name:
                 last_eval = view.series_last[eval_name]
-                title += f" · eval ● {fmt_num(last_eval[1])}" if last_eval else ""
+                title += f" ●{fmt(last_eval[1])}" if last_eval else ""
                 series.append(PlotSeries("eval", view.series[eval_name], marker="●"))
             plot.border_title, plot.empty = title + hint, empty
             plot.set_series(series)
