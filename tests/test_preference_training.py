@@ -160,6 +160,20 @@ def test_dpo_learns_the_preference_and_reports_rewards(write_config, workspace, 
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
 
 
+def test_overlong_pairs_are_counted_and_dropped(write_config, workspace, tmp_path):
+    long_prompt, long_answer = pair_rows(2, seed=1)
+    long_prompt["prompt"][0]["content"] = "join " + " and ".join(WORDS * 10)  # the prompt alone fills 64 tokens
+    long_answer["chosen"][0]["content"] = "-".join(WORDS * 10)
+    data = write_jsonl(tmp_path / "long.jsonl", pair_rows(30) + [long_prompt, long_answer])
+    run, proc = start(preference_config(write_config, data, max_steps=2, max_seq_length=64, overlong="drop",
+                                        validation_split=0), workspace)
+    assert wait_final(run, proc)["state"] == "completed", dump(run)
+    train = next(e for e in events(run) if e.get("state") == "data_ready")["train"]
+    assert (train["examples"], train["kept"], train["dropped_too_long"], train["dropped_no_target"]) == (32, 30, 1, 1)
+    warning = next(e for e in events(run) if e.get("code") == "overlong")
+    assert "1 dropped as too long and 1 dropped whose prompt alone fills max_seq_length 64" in warning["message"]
+
+
 @pytest.mark.parametrize("objective", ["orpo", "kto"])
 def test_orpo_and_kto_runs_finish(write_config, workspace, pairs, unpaired, objective):
     data = pairs if objective == "orpo" else unpaired

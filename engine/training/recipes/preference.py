@@ -197,6 +197,10 @@ class PreferenceRecipe(Recipe):
         return longest, prompts
 
     def build_trainer(self, args: dict, callbacks: list):
+        # `args` sets what TRL's configs default differently from TrainingArguments (bf16 on, gradient
+        # checkpointing on, logging every 10 steps, lr 1e-6): the run's values apply, as for SFT. TRL's
+        # disable_dropout (on) stays: dropout would make the policy's and the reference's log-probabilities of
+        # the same answer differ by noise, and LoRA's dropout with it.
         cfg = self.cfg
         common = dict(beta=cfg.beta, max_length=cfg.max_seq_length)
         if cfg.objective == "orpo":
