@@ -165,23 +165,25 @@ class PreferenceRecipe(Recipe):
                 sequences.append((prompt, [completion]))
         stats = TokenizeStats(examples=len(rows))
         kept = []
-        for row, length, prompt_length in zip(rows, *self._lengths(sequences)):
-            stats.longest = max(stats.longest, length)
+        for row, lengths, prompt_length in zip(rows, *self._lengths(sequences)):
+            stats.longest = max(stats.longest, *lengths)
             if prompt_length >= cfg.max_seq_length:
                 stats.dropped_no_target += 1
                 continue
-            if length > cfg.max_seq_length:
+            if max(lengths) > cfg.max_seq_length:
                 if cfg.overlong == "drop":
                     stats.dropped_too_long += 1
                     continue
                 stats.truncated += 1
-            stats.tokens += min(length, cfg.max_seq_length)
+            cut = [min(n, cfg.max_seq_length) for n in lengths]  # each completion is its own sequence
+            stats.tokens += sum(cut)
+            stats.trained_tokens += sum(cut) - prompt_length * len(cut)
             kept.append(row)
         stats.kept = len(kept)
         return kept, stats
 
-    def _lengths(self, sequences: list[tuple[list[dict], list[list[dict]]]]) -> tuple[list[int], list[int]]:
-        """Per row: the longest rendered prompt + completion, and the rendered prompt, in tokens."""
+    def _lengths(self, sequences: list[tuple[list[dict], list[list[dict]]]]) -> tuple[list[list[int]], list[int]]:
+        """Per row, in tokens: each rendered prompt + completion, and the rendered prompt."""
         tokenizer = self.tokenizer
         render = lambda messages, prompt: tokenizer.apply_chat_template(messages, tokenize=False,
                                                                         add_generation_prompt=prompt)
@@ -190,11 +192,11 @@ class PreferenceRecipe(Recipe):
         prompts = count([render(prompt, True) for prompt, _ in sequences])
         wholes = count([render(prompt + completion, False) for prompt, completions in sequences
                         for completion in completions])
-        longest, i = [], 0
+        per_row, i = [], 0
         for _, completions in sequences:
-            longest.append(max(wholes[i:i + len(completions)]))
+            per_row.append(wholes[i:i + len(completions)])
             i += len(completions)
-        return longest, prompts
+        return per_row, prompts
 
     def build_trainer(self, args: dict, callbacks: list):
         # `args` sets what TRL's configs default differently from TrainingArguments (bf16 on, gradient
