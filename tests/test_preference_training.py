@@ -140,18 +140,18 @@ def test_dpo_on_demonstrations_fails_in_one_line(write_config, workspace, tiny_p
 # ---- runs -------------------------------------------------------------------------------------------------
 
 def test_dpo_learns_the_preference_and_reports_rewards(write_config, workspace, pairs):
-    run, proc = start(preference_config(write_config, pairs, max_steps=40), workspace)
+    run, proc = start(preference_config(write_config, pairs), workspace)
     assert wait_final(run, proc)["state"] == "completed", dump(run)
     entries = logs(run)
     margins = [e["rewards/margins"] for e in entries]
-    assert len(margins) == 40 and margins[0] == 0  # the policy starts as its reference
+    assert len(margins) == 30 and margins[0] == 0  # the policy starts as its reference
     assert statistics.fmean(margins[-5:]) > statistics.fmean(margins[:5]) + 0.3, margins
     assert statistics.fmean(e["rewards/accuracies"] for e in entries[-5:]) >= 0.9
     assert {"rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"} <= set(entries[-1])
     evals = [e for e in events(run) if e["type"] == "eval"]
-    assert len(evals) == 4 and evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]
+    assert len(evals) == 3 and evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]
     assert evals[-1]["eval_rewards/accuracies"] == 1.0
-    assert [e["step"] for e in events(run) if e["type"] == "sample"] == [10, 20, 30, 40]
+    assert [e["step"] for e in events(run) if e["type"] == "sample"] == [10, 20, 30]
     ready = next(e for e in events(run) if e.get("state") == "data_ready")
     assert ready["kinds"] == {"pair": ready["train"]["examples"]} and ready["eval"]["examples"] >= 12
     # The reference is the base with the adapter disabled: no second model, no second adapter saved.
@@ -201,13 +201,13 @@ def test_kto_trains_on_pairs_one_row_a_side(write_config, workspace, pairs):
 
 
 def test_dpo_kill9_then_resume_continues_from_checkpoint(write_config, workspace, pairs):
-    run, proc = start(preference_config(write_config, pairs, max_steps=60, save_steps=10, eval_steps=1000),
+    run, proc = start(preference_config(write_config, pairs, max_steps=40, save_steps=10, eval_steps=1000),
                       workspace)
     checkpoint, resumed_at, _ = kill_after_first_checkpoint(run, proc)
     seq_before = events(run)[-1]["seq"]
     run, proc = start(None, workspace, resume_run=run)
     status = wait_final(run, proc)
-    assert status["state"] == "completed" and status["step"] == 60, dump(run)
+    assert status["state"] == "completed" and status["step"] == 40, dump(run)
     new_steps = [e["step"] for e in events(run) if e["type"] == "log" and e["seq"] > seq_before]
     assert new_steps[0] == resumed_at + 1, (resumed_at, new_steps[:3])
     resumed = [e for e in events(run) if e.get("state") == "running"][-1]
