@@ -4,7 +4,7 @@
     python benchmarks/bench_export.py [--skip-export]
 
 The conversion is llama.cpp's own converter (engine.export.gguf); its one-time fetch is timed apart.
-q4_k_m is measured only where llama.cpp's llama-quantize is on PATH. Not a test: figures are printed,
+q4_k_m is measured only where llama.cpp can quantise (llama-quantize on PATH, or llama-cpp-python). Not a test: figures are printed,
 BENCHMARKS.md keeps what we measured.
 """
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from engine.demo import demo_config, prepare_demo_model, write_demo_data  # noqa: E402
-from engine.export.gguf import QUANTS, converter, quantize_binary, write_gguf  # noqa: E402
+from engine.export.gguf import QUANTS, can_quantize, converter, write_gguf  # noqa: E402
 
 
 def mib(n: int) -> str:
@@ -42,8 +42,8 @@ def main() -> None:
     print("| quantisation | conversion time | GGUF size | of the fp32 weights |\n| --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for quant in QUANTS:
-            if quant == "q4_k_m" and quantize_binary() is None:
-                print("| q4_k_m | - | - | not measured: no llama-quantize on PATH |")
+            if quant == "q4_k_m" and not can_quantize():
+                print("| q4_k_m | - | - | not measured: no llama-quantize on PATH, no llama-cpp-python |")
                 continue
             out = Path(tmp) / f"demo-{quant}.gguf"
             started = time.perf_counter()
@@ -60,18 +60,21 @@ def main() -> None:
 
         run, proc = start(Path(tmp) / "cfg.yaml", Path(tmp) / "ws")
         assert wait_final(run, proc, timeout=900)["state"] == "completed"
-        print("\n| `tunedeck export` of a 3-step LoRA run | wall time | next-token agreement | greedy same |\n"
-              "| --- | --- | --- | --- |")
-        for label, extra in (("adapter", []), ("--merge", ["--merge"]), ("--gguf (f16)", ["--gguf"]),
-                             ("--gguf --quant q8_0", ["--gguf", "--quant", "q8_0"])):
+        print("\n| `tunedeck export` of a 3-step LoRA run | wall time | checked with | next-token agreement "
+              "| greedy same |\n| --- | --- | --- | --- | --- |")
+        exports = [("adapter", []), ("--merge", ["--merge"]), ("--gguf (f16)", ["--gguf"]),
+                   ("--gguf --quant q8_0", ["--gguf", "--quant", "q8_0"])]
+        if can_quantize():
+            exports.append(("--gguf --quant q4_k_m", ["--gguf", "--quant", "q4_k_m"]))
+        for label, extra in exports:
             started = time.perf_counter()
             result = subprocess.run([sys.executable, "-m", "tui.cli", "export", str(run.path), "--out",
                                      str(Path(tmp) / label.replace(" ", "_")), *extra, "--json"],
                                     capture_output=True, text=True, cwd=ROOT)
             seconds = time.perf_counter() - started
-            check = json.loads(result.stdout)["verification"]["checks"][0]
-            print(f"| {label} | {seconds:.1f} s | {check['next_token_agreement']:.1%} of {check['positions']} | "
-                  f"{check['greedy_same']}/{check['greedy_total']} |")
+            for check in json.loads(result.stdout)["verification"]["checks"]:  # transformers, and llama.cpp
+                print(f"| {label} | {seconds:.1f} s | {check['model']} | {check['next_token_agreement']:.1%} of "
+                      f"{check['positions']} | {check['greedy_same']}/{check['greedy_total']} |")
 
 
 if __name__ == "__main__":

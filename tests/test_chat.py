@@ -12,7 +12,7 @@ import pytest
 from chat_fixtures import CHAT_RUN_ID, SYSTEM_PROMPT
 
 from engine.chat.client import ChatEngine, ChatEngineError
-from engine.chat.session import chat_weights, default_dataset, save_example
+from engine.chat.session import ChatWeights, chat_weights, default_dataset, export_kind, save_example
 from engine.data.load import load_examples
 from engine.runs.protocol import RunError
 from engine.runs.workspace import create_run
@@ -67,15 +67,25 @@ def test_protocol_streams_tokens_stops_and_refuses_bad_requests(chat_run):
 
 def test_weights_of_a_chat_and_what_is_missing(chat_run, tmp_path):
     assert chat_weights(chat_run) is None  # the final adapter/
-    assert chat_weights(chat_run, 5) == chat_run.checkpoints_dir / "checkpoint-5"
+    assert chat_weights(chat_run, ChatWeights(5)) == chat_run.checkpoints_dir / "checkpoint-5"
     with pytest.raises(RunError, match="has no checkpoint 7; complete checkpoints: 5, 10"):
-        chat_weights(chat_run, 7)
+        chat_weights(chat_run, ChatWeights(7))
     untrained = create_run(tmp_path, {"model": "m", "data": "d.jsonl"})
     with pytest.raises(RunError, match="has no adapter/ or model/ yet: wait until it finishes training"):
         chat_weights(untrained)
     (untrained.checkpoints_dir / "checkpoint-3").mkdir(parents=True)  # no COMPLETE marker
     with pytest.raises(RunError, match="checkpoint 3 of run .* is incomplete"):
-        chat_weights(untrained, 3)
+        chat_weights(untrained, ChatWeights(3))
+    # an export: what `tunedeck export` writes, recognised by its files
+    assert export_kind(chat_run.path / "adapter") == "adapter"
+    (tmp_path / "two").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "two" / name).write_bytes(b"GGUF")
+    assert export_kind(tmp_path / "two" / "a.gguf") == "gguf"
+    for path, error in ((tmp_path / "gone", "does not exist"), (tmp_path / "two", "not an export .2 GGUF files"),
+                        (chat_run.path, "no adapter_config.json, config.json or single .gguf file")):
+        with pytest.raises(RunError, match=error):
+            chat_weights(chat_run, ChatWeights(export=path))
 
 
 def test_a_saved_conversation_is_an_example_on_its_own_line(tmp_path):

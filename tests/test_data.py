@@ -188,8 +188,10 @@ def test_trl_preference_rows_load_as_pairs_and_unpaired(tmp_path):
     ]) + "\n")
     result = load_examples(path)
     kinds = [(ex.line, ex.kind) for ex in result.examples]
-    assert kinds == [(1, "pair"), (2, "pair"), (3, "pair"), (4, "unpaired"), (5, "unpaired")]
-    first, second, implicit, bad, good = result.examples
+    # a label that is not a boolean is a class label: the row is a demonstration (tests/test_data_quality.py)
+    assert kinds == [(1, "pair"), (2, "pair"), (3, "pair"), (4, "unpaired"), (5, "unpaired"), (8, "sft")]
+    first, second, implicit, bad, good, labelled = result.examples
+    assert labelled.label == "yes"
     assert first.messages == hi + [{"role": "assistant", "content": "Hi!"}]
     assert first.rejected == [{"role": "assistant", "content": "Go away."}]
     assert second.extra == {"id": 7} and implicit.messages == first.messages
@@ -197,7 +199,7 @@ def test_trl_preference_rows_load_as_pairs_and_unpaired(tmp_path):
     assert (bad.desirable, good.desirable, bad.label) == (False, True, None)  # the KTO label is not a class label
     reasons = {p.line: p.reason for p in result.problems}
     assert "without a 'prompt'" in reasons[6] and "do not begin with the same prompt" in reasons[7]
-    assert "'label' must be true" in reasons[8] and "list of assistant messages" in reasons[9]
+    assert "list of assistant messages" in reasons[9]
 
 
 def test_supervised_run_refuses_preference_rows(tmp_path):

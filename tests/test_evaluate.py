@@ -109,6 +109,18 @@ def test_qlora_run_is_evaluated_on_the_4bit_base_it_was_trained_on(tiny_project,
     models = Models(run.path, parse_config(run.config(), base_dir=run.path, check_paths=False))
     assert models.tuned.base_model.model.is_loaded_in_4bit
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in models.tuned.modules()) == 14  # every linear layer
+    del models
+    # the chat loads it the same way (engine.chat.server over Models) and says so
+    from engine.chat.client import ChatEngine
+
+    engine = ChatEngine(run)
+    engine.start()
+    try:
+        assert engine.wait_ready()["base_4bit"] is True
+        assert engine.answer([{"role": "user", "content": "join red and cat"}], "tuned", max_new_tokens=4)["tokens"]
+        assert engine.answer([{"role": "user", "content": "join red and cat"}], "base", max_new_tokens=4)["tokens"]
+    finally:
+        engine.close()
     result = cli("eval", str(run.path), "--limit", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tuned"]["loss"] > 0

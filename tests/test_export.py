@@ -7,6 +7,7 @@ few steps; the adapter and merge tests use the tiny model. The converter is fetc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -85,6 +86,25 @@ def test_adapter_and_merged_exports_are_verified_and_carry_a_model_card(tiny_run
     assert "AutoPeftModelForCausalLM.from_pretrained(" in text.stdout  # how to load it
 
 
+def test_chat_with_a_merged_export_answers_as_the_run(tiny_run, tmp_path):
+    """A merged export is the adapter folded in: greedy answers from it are the adapter's. The run records the
+    export, and the Chat screen's list offers it (engine.chat.session.run_exports)."""
+    from engine.chat.session import run_exports
+
+    out = tmp_path / "merged"
+    assert cli("export", str(tiny_run.path), "--merge", "--out", str(out)).returncode == 0
+    assert run_exports(tiny_run)[0] == out.resolve()
+    answers = {}
+    for name, weights in (("run", []), ("export", ["--export", str(out)])):
+        result = cli("chat", str(tiny_run.path), *weights, "--prompt", "join red and cat", "--max-new-tokens", "6",
+                     "--json", env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert result.returncode == 0, result.stderr
+        answers[name] = json.loads(result.stdout)["tuned"]
+    assert answers["export"] == answers["run"]
+    log = max((tiny_run.path / "chat").glob("2*.jsonl"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(log.read_text().splitlines()[-1])["weights"] == "export merged"
+
+
 def test_card_has_the_evaluation_and_forgetting_after_eval(tiny_run, tmp_path):
     assert cli("eval", str(tiny_run.path), "--baseline", "--limit", "2").returncode == 0
     assert cli("export", str(tiny_run.path), "--out", str(tmp_path / "a")).returncode == 0
@@ -94,10 +114,12 @@ def test_card_has_the_evaluation_and_forgetting_after_eval(tiny_run, tmp_path):
 
 
 def test_refusals_are_one_line(tiny_run, tmp_path, workspace):
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no llama-quantize on it
-    result = cli("export", str(tiny_run.path), "--gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "q4"), env=env)
-    assert result.returncode == 2 and "llama-quantize" in result.stderr and result.stderr.strip().count("\n") == 0
-    assert not (tmp_path / "q4").exists()
+    if importlib.util.find_spec("llama_cpp") is None:  # else q4_k_m is written with llama.cpp's bindings
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no llama-quantize on it
+        result = cli("export", str(tiny_run.path), "--gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "q4"),
+                     env=env)
+        assert result.returncode == 2 and "llama-quantize" in result.stderr and result.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "q4").exists()
     from engine.runs.launch import create_from_config
     from engine.training.config import parse_config
 
@@ -143,6 +165,12 @@ def test_gguf_export_loads_in_transformers_and_answers_like_the_merged_model(dem
     assert f"llama-cli -m {gguf} -cnv" in card and "ollama create" in card and "ollama run" in card
     assert "library_name: gguf" in card and "gguf f16 (transformers)" in card
     assert "llama.cpp itself not checked" in card or "(llama.cpp)" in card
+
+    # chat with the GGUF itself (its tokenizer and chat template from the file's metadata)
+    result = cli("chat", str(demo_run.path), "--export", str(gguf), "--prompt", example[0]["content"],
+                 "--max-new-tokens", "12", "--json", env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tuned"].strip()
 
 
 def test_q8_0_export_reports_its_agreement(demo_run, tmp_path):

@@ -88,6 +88,18 @@ CRAFTED = {
 # and rows whose flags depend on the example beyond its messages
 CRAFTED_EXTRA = {"media": [(qa("What is in the picture?", "A cat."), {"images": ["cat.jpg"]}),
                            (qa("Describe the clip", "A dog runs."), {"videos": ["dog.mp4"]})]}
+# preference pairs: (prompt and chosen, rejected completion) that the rule flags
+CRAFTED_PAIRS = {"identical-pair": [(qa("Say hi", "Hi there!"), [{"role": "assistant", "content": "Hi there!"}]),
+                                    (qa("Say hi", "Hi  there!"), [{"role": "assistant", "content": "Hi there!\n"}])],
+                 "error-text": [(qa("Summarise", "It is short."),
+                                 [{"role": "assistant", "content": "Error: rate limit exceeded, retry."}])],
+                 "empty-answer": [(qa("Summarise", "It is short."), [{"role": "assistant", "content": " "}])]}
+# and rows whose answers break answer-quality rules where that is the point: a refusal or a cut-off
+# answer as the rejected side or as an undesirable KTO completion (not flagged)
+PREFERENCE_ROWS = [Example(qa("Tell a joke", "Why did the chicken cross the road? To get across."), "pairs", 1,
+                           rejected=[{"role": "assistant", "content": "I'm sorry, but I can't do that."}]),
+                   Example(qa("List colours", "The colours are red, green and"), "kto", 1, desirable=False),
+                   Example(qa("Tell a joke", "I'm sorry, but I can't do that."), "kto", 2, desirable=False)]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +108,10 @@ def examples() -> list[Example]:
     rows = [ex for path in DATASETS for ex in load_examples(path).examples]
     crafted = [(messages, None) for rows_of_rule in CRAFTED.values() for messages in rows_of_rule]
     crafted += [row for rows_of_rule in CRAFTED_EXTRA.values() for row in rows_of_rule]
-    return rows + [Example(m, "crafted", i + 1, extra=extra) for i, (m, extra) in enumerate(crafted)]
+    pairs = [Example(m, "pairs", i + 1, rejected=rejected)
+             for i, (m, rejected) in enumerate(row for rows_of_rule in CRAFTED_PAIRS.values() for row in rows_of_rule)]
+    return rows + [Example(m, "crafted", i + 1, extra=extra) for i, (m, extra) in enumerate(crafted)] + pairs \
+        + PREFERENCE_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +138,12 @@ def found(examples: list[Example], config: LintConfig) -> list[tuple]:
 
 
 def test_crafted_rows_make_every_rule_fire():
-    assert set(CRAFTED) == set(RULES), "a rule without crafted rows is not held to its check"
+    assert set(CRAFTED) | set(CRAFTED_PAIRS) == set(RULES), "a rule without crafted rows is not held to its check"
+    for rule, rows in CRAFTED_PAIRS.items():
+        for messages, rejected in rows:
+            assert rule in {r for r, _ in check_example(Example(messages, "m", 1, rejected=rejected), LintConfig())}
+    for example in PREFERENCE_ROWS:  # answer-quality defects where they are the point
+        assert not check_example(example, LintConfig()), example
     for rule, rows in CRAFTED.items():
         for messages in rows:
             assert rule in {r for r, _ in check_example(Example(messages, "m", 1), LintConfig())}, (rule, messages)

@@ -132,3 +132,33 @@ async def test_killed_engine_is_shown_and_restarts(chat_run):
         await pilot.press("ctrl+r")
         await ready(pilot, app)
         assert screen.engine.pid != pid
+
+
+async def test_an_export_of_the_run_is_offered_and_chatted_with(chat_run, tmp_path):
+    """ctrl+o lists the run's exports that are still on disk (recorded in <run>/exports.jsonl by `tunedeck
+    export`; here an adapter export, a copy of adapter/) between its final weights and its checkpoints."""
+    import shutil
+
+    from engine.core.files import append_json_line
+
+    export = tmp_path / "exported-adapter"
+    shutil.copytree(chat_run.path / "adapter", export)
+    record = chat_run.path / "exports.jsonl"
+    append_json_line(record, {"kind": "adapter", "path": str(tmp_path / "deleted-since")})
+    append_json_line(record, {"kind": "adapter", "path": str(export)})
+    try:
+        app = make_app(workspace_of(chat_run), mode="chat")
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await ready(pilot, app)
+            await pilot.press("escape", "ctrl+o")
+            await wait_for(pilot, lambda: "Chat with" in screen_text(app))
+            listed = screen_text(app)
+            assert f"{CHAT_RUN_ID}  export exported-adapter" in listed and "deleted-since" not in listed
+            assert listed.index("export exported-adapter") < listed.index("checkpoint-10")
+            await pilot.press("j", "enter")  # the second entry: the export
+            screen = await ready(pilot, app)
+            assert "export exported-adapter weights" in screen_text(app)
+            await ask(pilot, screen, "join red and cat")
+            assert conversation_log(chat_run)[-1]["weights"] == "export exported-adapter"
+    finally:
+        record.unlink()

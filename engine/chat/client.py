@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.chat.session import FINAL, ChatWeights
 from engine.core.files import ensure_private_dir
 from engine.runs.protocol import Run
 
@@ -20,8 +21,8 @@ class ChatEngineError(RuntimeError):
 
 
 class ChatEngine:
-    def __init__(self, run: Run, checkpoint: int | None = None):
-        self.run, self.checkpoint = run, checkpoint
+    def __init__(self, run: Run, weights: ChatWeights = FINAL):
+        self.run, self.weights = run, weights
         self.log_path = run.path / "chat" / "engine.log"
         self.proc: subprocess.Popen | None = None
         self.next_id = 0
@@ -31,9 +32,7 @@ class ChatEngine:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = [sys.executable, "-m", "engine.chat.server", "--run-dir", str(self.run.path)]
-        if self.checkpoint is not None:
-            argv += ["--checkpoint", str(self.checkpoint)]
+        argv = [sys.executable, "-m", "engine.chat.server", "--run-dir", str(self.run.path), *self.weights.argv()]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} chat ===\n".encode())
             log.flush()

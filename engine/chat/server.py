@@ -1,4 +1,4 @@
-"""The chat's model process: `python -m engine.chat.server --run-dir DIR [--checkpoint STEP]`.
+"""The chat's model process: `python -m engine.chat.server --run-dir DIR [--checkpoint STEP | --export PATH]`.
 
 Loads the run's models as evaluation does (engine.evaluation.run.Models: the base and the tuned model
 sharing one copy of the base weights, 4 bit for QLoRA) and answers JSON lines on stdin with JSON lines on
@@ -7,7 +7,8 @@ stdout, one object each:
     in:  {"type": "generate", "id": N, "side": "tuned"|"base", "messages": [...], "temperature": 0.0,
           "top_p": 1.0, "max_new_tokens": 256}      temperature 0 is greedy
          {"type": "stop"}                           ends every answer asked for so far
-    out: {"type": "loading"} then {"type": "ready", "run_id", "weights", "system_prompt", "device"}
+    out: {"type": "loading"} then {"type": "ready", "run_id", "weights", "system_prompt", "device",
+          "base_4bit"}                              base_4bit: a QLoRA run's base, held in 4 bit as trained
          {"type": "token", "id", "side", "text"}    as each token is generated
          {"type": "done", "id", "side", "text", "tokens", "seconds", "first_token_seconds",
           "tokens_per_second", "stopped"}
@@ -34,7 +35,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from engine.chat.session import SIDES, chat_weights, weights_label, with_system
+from engine.chat.session import SIDES, ChatWeights, chat_weights, with_system
 
 
 class Output:
@@ -199,22 +200,26 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m engine.chat.server")
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=int)
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--checkpoint", type=int)
+    choice.add_argument("--export", type=Path, help="an export directory or GGUF file of this run")
     args = parser.parse_args(argv)
     emit = Output(sys.stdout)
     emit("loading")
     started = time.perf_counter()
     try:
         run = Run(args.run_dir)
-        weights = chat_weights(run, args.checkpoint)
+        choice = ChatWeights(args.checkpoint, args.export)
+        weights = chat_weights(run, choice)
         cfg = parse_config(run.config(), base_dir=run.path, check_paths=False)
-        models = Models(run.path, cfg, weights)
+        models = Models(run.path, cfg, weights, export=args.export is not None)
     except Exception as exc:  # the client shows this line; the traceback goes to stderr, the chat's log
         traceback.print_exc()
         emit("error", message=f"cannot load the models of {args.run_dir.name}: {exc}", fatal=True)
         return 1
-    emit("ready", run_id=run.id, weights=weights_label(args.checkpoint), system_prompt=cfg.system_prompt,
-         device=str(models.tuned.device), seconds=round(time.perf_counter() - started, 2))
+    emit("ready", run_id=run.id, weights=choice.label, system_prompt=cfg.system_prompt,
+         device=str(models.tuned.device), base_4bit=bool(getattr(models.as_base(), "is_loaded_in_4bit", False)),
+         seconds=round(time.perf_counter() - started, 2))
     serve(models, cfg.system_prompt, Requests(sys.stdin, emit), emit)
     return 0
 

@@ -8,34 +8,95 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.files import ensure_private_dir
+from engine.core.files import append_json_line, ensure_private_dir
 from engine.runs.protocol import Run, RunError
 
 SIDES = ("tuned", "base")
 
 
-def chat_weights(run: Run, checkpoint: int | None = None) -> Path | None:
-    """The checkpoint directory to chat with, or None for the final adapter/ or model/; RunError says what
-    is missing and what there is instead."""
+@dataclass(frozen=True)
+class ChatWeights:
+    """Which tuned weights a chat loads: the run's final adapter/ or model/ (neither field set), a complete
+    checkpoint, or an export `tunedeck export` wrote (an adapter or merged directory, or a GGUF file)."""
+
+    checkpoint: int | None = None
+    export: Path | None = None
+
+    @property
+    def label(self) -> str:
+        if self.export is not None:
+            return f"export {self.export.name}"
+        return f"checkpoint-{self.checkpoint}" if self.checkpoint is not None else "final"
+
+    def argv(self) -> list[str]:
+        """engine.chat.server's arguments for these weights."""
+        if self.export is not None:
+            return ["--export", str(self.export)]
+        return ["--checkpoint", str(self.checkpoint)] if self.checkpoint is not None else []
+
+
+FINAL = ChatWeights()
+
+
+def chat_weights(run: Run, weights: ChatWeights = FINAL) -> Path | None:
+    """The checkpoint or export path to chat with, or None for the final adapter/ or model/; RunError says
+    what is missing and what there is instead."""
+    if weights.export is not None:
+        export_kind(weights.export)
+        return weights.export
     complete = [step for step, _, ok in run.checkpoints() if ok]
     offer = f"; complete checkpoints: {', '.join(map(str, complete))}" if complete else ""
-    if checkpoint is None:
+    if weights.checkpoint is None:
         if (run.path / "adapter").is_dir() or (run.path / "model").is_dir():
             return None
         hint = f" or pick one with --checkpoint {complete[-1]}" if complete else ""
         raise RunError(f"run {run.id} has no adapter/ or model/ yet: wait until it finishes training{hint}")
     for step, path, ok in run.checkpoints():
-        if step == checkpoint and ok:
+        if step == weights.checkpoint and ok:
             return path
-        if step == checkpoint:
+        if step == weights.checkpoint:
             raise RunError(f"checkpoint {step} of run {run.id} is incomplete (no COMPLETE marker){offer}")
-    raise RunError(f"run {run.id} has no checkpoint {checkpoint}{offer or ' (it has no complete checkpoint)'}")
+    raise RunError(f"run {run.id} has no checkpoint {weights.checkpoint}{offer or ' (it has no complete checkpoint)'}")
 
 
-def weights_label(checkpoint: int | None) -> str:
-    return f"checkpoint-{checkpoint}" if checkpoint is not None else "final"
+def export_kind(path: Path) -> str:
+    """`adapter`, `merged` or `gguf` for what an export wrote at `path`; RunError otherwise."""
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
+    if not path.is_dir():
+        raise RunError(f"{path} does not exist: give an export directory or a .gguf file that tunedeck export wrote")
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "merged"
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return "gguf"
+    raise RunError(f"{path} holds no adapter_config.json, config.json or single .gguf file: not an export"
+                   + (f" ({len(ggufs)} GGUF files: name one)" if ggufs else ""))
+
+
+def run_exports(run: Run) -> list[Path]:
+    """The run's exports that are still on disk, newest first (engine.export.weights records each one in
+    `<run>/exports.jsonl`)."""
+    found: list[Path] = []
+    path = run.path / "exports.jsonl"
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            written = Path(json.loads(line)["path"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+        if written not in found and (written.is_file() or written.is_dir()):
+            try:
+                export_kind(written)
+            except RunError:
+                continue  # emptied or replaced since
+            found.append(written)
+    return found
 
 
 def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
@@ -84,10 +145,7 @@ class ConversationLog:
         self.path = path
 
     def append(self, turn: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"ts": round(time.time(), 3), **turn}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_json_line(self.path, {"ts": round(time.time(), 3), **turn})
 
 
 def default_dataset(workspace: Path, run: Run) -> Path:

@@ -52,6 +52,15 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def append_json_line(path: Path, record: dict) -> None:
+    """One JSON object as a line at the end of a JSON-lines file, flushed to disk: a crash loses no line
+    written before it, and tears at most the one being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_json(path: Path) -> dict | None:
     """A JSON object from a file, or None when it is missing, empty or damaged."""
     try:

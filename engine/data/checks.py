@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from engine.data.prefilter import answer_of, prompt_of
-from engine.data.rows import attached_media
+from engine.data.rows import attached_media, completion_start
 
 MEDIA_TAG = re.compile(r"<(?:image|video|audio)>")  # the same convention's placeholder in the text
 
@@ -28,10 +28,12 @@ class Texts:
     answer: str  # the last message when the assistant wrote it and it is trained (weight not 0), else ""
     prompt: str  # the user turns joined by newlines
     extra: dict | None  # the row's other keys (Example.extra): `images`, `videos` ...
+    rejected: list[dict] | None = None  # a pair's rejected completion (Example.rejected)
 
     @classmethod
     def of(cls, example) -> Texts:
-        return cls(example.messages, answer_of(example.messages), prompt_of(example.messages), example.extra)
+        return cls(example.messages, answer_of(example.messages), prompt_of(example.messages), example.extra,
+                   example.rejected)
 
     def media(self) -> str | None:
         return attached_media(self.messages, self.extra)
@@ -309,6 +311,26 @@ def media(t, config):
         if m := MEDIA_TAG.search(msg["content"]):
             return f"{m.group(0)!r} in the {msg['role']} text"
     return None
+
+
+def identical_pair(t, config):
+    if t.rejected is None:
+        return None
+    chosen = t.messages[completion_start(t.messages):]
+    if _said(chosen, str) == _said(t.rejected, str):
+        return "chosen and rejected are the same"
+    if _said(chosen, _squashed) == _said(t.rejected, _squashed):
+        return "chosen and rejected differ only in whitespace"
+    return None
+
+
+def _said(messages: list[dict], text) -> list[tuple]:
+    """What a completion says: each turn's text, reasoning and tool calls, the texts passed through `text`."""
+    return [(text(m["content"]), text(m.get("reasoning_content") or ""), m.get("tool_calls")) for m in messages]
+
+
+def _squashed(text: str) -> str:
+    return " ".join(text.split())
 
 
 def ends_by_form(answer: str) -> bool:

@@ -25,6 +25,16 @@ On GPTeacher toolformer (7,673 rows) this keeps 2,380 at 0.6 (that project's own
 near-dedup kept 2,396), 5,825 at 0.8 (4,709) and 7,209 at 0.9 (5,959): its measure
 was looser at high thresholds. Examples too short for one shingle (a single word,
 two characters) take part only in exact deduplication.
+
+Preference data (`preference_clusters`) is judged by its parts, not as one text. A pair is its prompt,
+chosen and rejected completions; an unpaired (KTO) row its prompt, completion and label. Exact: all the
+parts the same (normalised as above). Near: every part alike: the prompts, the chosen and the rejected
+completions each near (or exact) copies of the other pair's. Not a shared prompt alone: UltraFeedback-style
+files compare several answers to each prompt, one pair per comparison, and those pairs are the data, not
+copies; and not their joined text, whose similarity a long shared prompt makes high whatever the answers
+say. The same prompt and completion with opposite labels, or a pair and its swap, contradict each other:
+they are not duplicates either (neither says which to keep). Splits keep every row of a prompt on one
+side (engine.data.split).
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+
+from engine.data.rows import completion_start
 
 KEEP_RULE = ("in file order, an example is a duplicate of the first earlier kept example it is similar to; "
              "the first of every cluster is kept")
@@ -317,8 +329,53 @@ def merge(n: int, *clusterings: Clusters) -> Clusters:
 
 
 def dedup(examples, similarity: float | None = 0.8) -> dict:
-    """{"exact": Clusters, "near": Clusters (exact merged in), "keep_rule": ...} for a list of Example."""
+    """{"exact": Clusters, "near": Clusters (exact merged in), "keep_rule": ...} for a list of Example; for a
+    file with preference rows also "prompts": the clusters of preference rows whose prompts are alike."""
+    if any(ex.kind != "sft" for ex in examples):
+        return {**preference_clusters(examples, similarity), "keep_rule": KEEP_RULE}
     texts = [example_text(ex.messages) for ex in examples]
     exact = exact_clusters(texts)
     near = merge(len(texts), exact, near_clusters(texts, similarity)) if similarity else exact
     return {"exact": exact, "near": near, "keep_rule": KEEP_RULE}
+
+
+def alike(texts: list[str], similarity: float | None) -> Clusters:
+    """Clusters of exact copies, merged with those of near copies when `similarity` is given."""
+    exact = exact_clusters(texts)
+    return merge(len(texts), exact, near_clusters(texts, similarity)) if similarity else exact
+
+
+def prompt_text(example) -> str:
+    """The text of an example's prompt: the turns before its (chosen) completion."""
+    return example_text(example.messages[:completion_start(example.messages)])
+
+
+def preference_parts(example) -> tuple[str, str, str]:
+    """What a duplicate of a preference row is judged on (see the module docstring): (prompt, chosen,
+    rejected) of a pair, (prompt, completion, label) of a KTO row; a demonstration's whole text."""
+    if example.kind == "sft":
+        return example_text(example.messages), "", ""
+    start = completion_start(example.messages)
+    prompt, completion = example_text(example.messages[:start]), example_text(example.messages[start:])
+    if example.kind == "pair":
+        return prompt, completion, example_text(example.rejected)
+    return prompt, completion, "desirable" if example.desirable else "undesirable"
+
+
+def preference_clusters(examples, similarity: float | None = 0.8) -> dict[str, Clusters]:
+    """{"exact", "near", "prompts"} of a file that holds preference rows: exact, all parts the same; near, each
+    part in the same cluster of alike texts of that part; prompts, the preference rows whose prompts are alike
+    (what a split keeps together). Each cluster keeps its first example."""
+    n = len(examples)
+    parts = [(ex.kind, *preference_parts(ex)) for ex in examples]
+    exact = exact_clusters(["\x1e".join(p) for p in parts])
+    labels = [np.unique([p[0] for p in parts], return_inverse=True)[1].ravel()]
+    for j in (1, 2, 3):
+        label = np.arange(n)
+        for group in alike([p[j] for p in parts], similarity).groups:
+            label[group] = group[0]
+        labels.append(label)
+    together = np.unique(np.stack(labels, axis=1), axis=0, return_inverse=True)[1].ravel()
+    preference = np.array([p[0] != "sft" for p in parts])
+    prompts = _groups(np.where(preference, labels[1], -1 - np.arange(n)))  # a demonstration's prompt joins none
+    return {"exact": exact, "near": merge(n, exact, Clusters(_groups(together))), "prompts": Clusters(prompts)}

@@ -1,6 +1,7 @@
 """Write a reviewed dataset to a new file: verdicts, edits and lint choices applied, with a report.
 
-Rows are written in OpenAI's chat layout with everything the source row held (tool calls and
+Rows are written in OpenAI's chat layout (preference rows in TRL's prompt/chosen/rejected and
+prompt/completion/label layouts: `file_row`) with everything the source row held (tool calls and
 schemas, weights, reasoning, media parts, other keys): reading the export gives the same examples.
 The source file is never touched. Removed examples are listed with why, by their
 line in the source (the same numbering as `tunedeck data lint`).
@@ -18,9 +19,10 @@ from engine.core.files import ensure_private_dir
 from engine.data.dedup import dedup
 from engine.data.lint import ERROR_RULES, RULES, LintConfig, lint
 from engine.data.load import DataError, Example, LoadResult, content_hash
-from engine.data.rows import file_message
+from engine.data.rows import completion_start, file_message
 
 WRITE_FORMATS = ("jsonl", "json", "csv", "parquet")
+TURN_COLUMNS = ("messages", "prompt", "chosen", "rejected", "completion")  # lists of turns in `file_row`'s layouts
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,23 @@ def output_format(path: Path, fmt: str | None) -> str:
 
 
 def file_row(example: Example, messages: list[dict] | None = None) -> dict:
-    """The row export writes for an example (`messages`: its reviewed edit): OpenAI's layout, with the
-    tool schemas and every other key the source row had, so reading it back gives the same example."""
-    row = {"messages": [file_message(m) for m in messages or example.messages]}
+    """The row export writes for an example (`messages`: its reviewed edit, the prompt and the chosen
+    completion of a pair), with the tool schemas and every other key the source row had, so reading it back
+    gives the same example. A demonstration in OpenAI's layout (`messages`); preference rows in TRL's
+    conversational layouts whatever layout they were read from (one layout for every source, that TRL and
+    tunedeck both read): a pair as `prompt`/`chosen`/`rejected`, an unpaired (KTO) row as
+    `prompt`/`completion`/`label`, each a list of messages."""
+    messages = messages or example.messages
+    if example.kind == "sft":
+        row = {"messages": [file_message(m) for m in messages]}
+    else:
+        start = completion_start(messages)
+        row = {"prompt": [file_message(m) for m in messages[:start]]}
+        if example.kind == "pair":
+            row.update(chosen=[file_message(m) for m in messages[start:]],
+                       rejected=[file_message(m) for m in example.rejected])
+        else:
+            row.update(completion=[file_message(m) for m in messages[start:]], label=example.desirable)
     if example.tools:
         row["tools"] = example.tools
     return {**row, **(example.extra or {})}
@@ -101,11 +117,13 @@ def _write_parquet(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    plain = all(set(m) <= {"role", "content"} for row in rows for m in row["messages"])
     columns = {}
     for key in dict.fromkeys(k for row in rows for k in row):
         values = [row.get(key) for row in rows]
-        native = plain if key == "messages" else key != "tools" and not any(map(_holds_object, values))
+        if key in TURN_COLUMNS and any(isinstance(v, list) for v in values):
+            native = all(isinstance(v, list) and all(set(m) <= {"role", "content"} for m in v) for v in values)
+        else:
+            native = key != "tools" and not any(map(_holds_object, values))
         if native:
             try:
                 columns[key] = pa.array(values)
@@ -140,8 +158,14 @@ def plan_export(result: LoadResult, reviews: dict[str, dict] | None = None, flag
         elif duplicates and i in duplicates:
             removed.append({"line": line, "reason": "duplicate"})
         else:
-            kept.append(file_row(ex, review.get("edit")))
+            kept.append(reviewed_row(ex, review))
     return kept, removed
+
+
+def reviewed_row(example: Example, review: dict) -> dict:
+    """An example's row as its review leaves it: its edit applied. (A review decision that changes what a
+    pair says, such as swapping chosen and rejected, is applied here.)"""
+    return file_row(example, review.get("edit"))
 
 
 def export(result: LoadResult, out: str | Path, fmt: str | None = None, **plan) -> dict:

@@ -79,6 +79,13 @@ class Columns:
         return pc.count_substring_regex(getattr(self, text), pattern).to_numpy()
 
     @cached_property
+    def pairs(self):
+        """A row mask: the preference pairs (examples with a rejected completion)."""
+        import numpy as np
+
+        return np.fromiter((ex.rejected is not None for ex in self.examples), bool, count=self.n)
+
+    @cached_property
     def carries_media(self):
         """A row mask: the rows with extra keys (Example.extra) or a message that kept its content `parts`."""
         import numpy as np

@@ -3,7 +3,9 @@
 Seeded; stratified by label when examples have one; default proportions by size
 (70/15/15 below 10,000 examples, 80/10/10 from there); every duplicate cluster
 (exact or near) goes to one side whole, so a test example never has a near copy
-in train.
+in train. Preference rows (pairs, KTO rows) of one prompt, or of near copies of it, go
+to one side together: a pair held out to measure a preference must ask a prompt the
+training never showed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from engine.data.dedup import dedup, exact_clusters, example_text, near_clusters
+from engine.data.dedup import Clusters, dedup, exact_clusters, example_text, merge, near_clusters, prompt_text
 from engine.data.export import file_row, write_examples
 from engine.data.load import LoadResult
 
@@ -24,14 +26,14 @@ def default_proportions(n: int) -> tuple[float, float, float]:
 
 
 def split_indices(examples, seed: int = 0, proportions: tuple[float, float, float] | None = None,
-                  similarity: float | None = 0.8, clusters=None) -> dict[str, list[int]]:
+                  similarity: float | None = 0.8) -> dict[str, list[int]]:
     """{"train": [...], "validation": [...], "test": [...]} example indices."""
     n = len(examples)
     proportions = proportions or default_proportions(n)
     if abs(sum(proportions) - 1) > 1e-6 or any(p < 0 for p in proportions):
         raise ValueError(f"proportions must be non-negative and sum to 1, got {proportions}")
-    if clusters is None:
-        clusters = dedup(examples, similarity)["near"]
+    found = dedup(examples, similarity)
+    clusters = merge(n, found["near"], found.get("prompts", Clusters([])))
     unit_of = list(range(n))
     for group in clusters.groups:
         for i in group:
@@ -77,8 +79,9 @@ def write_splits(result: LoadResult, source: str | Path, out_dir: str | Path, se
 
 
 def leakage(a_examples, b_examples, similarity: float | None = 0.8) -> dict:
-    """Examples of b that are exact or near copies of examples of a: {"exact": [(ia, ib)], "near": [...]}."""
-    texts = [example_text(e.messages) for e in a_examples] + [example_text(e.messages) for e in b_examples]
+    """Examples of b that are exact or near copies of examples of a: {"exact": [(ia, ib)], "near": [...]}.
+    A preference row is judged by its prompt, as splits keep prompts apart."""
+    texts = [prompt_text(e) if e.kind != "sft" else example_text(e.messages) for e in [*a_examples, *b_examples]]
     na = len(a_examples)
 
     def crossing(clusters) -> list[tuple[int, int]]:

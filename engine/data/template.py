@@ -18,7 +18,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from engine.data.rows import trained_turn
+from engine.data.rows import rejected_conversation, trained_turn
 
 # For base models that ship without a chat template.
 FALLBACK_CHAT_TEMPLATE = (
@@ -183,7 +183,15 @@ class LightTokenizer(ChatTemplate):
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def count_examples(self, examples) -> list[int]:
-        return self.count([render_chat(self, ex.messages, ex.tools)[2] for ex in examples])
+        """Tokens of each example as its chat template renders it; of a pair, its longer side (the prompt with
+        the chosen or with the rejected completion: a preference trainer cuts each at the length limit)."""
+        counts = self.count([render_chat(self, ex.messages, ex.tools)[2] for ex in examples])
+        pairs = [i for i, ex in enumerate(examples) if ex.rejected is not None]
+        rejected = self.count([render_chat(self, rejected_conversation(examples[i]), examples[i].tools)[2]
+                               for i in pairs]) if pairs else []
+        for i, n in zip(pairs, rejected):
+            counts[i] = max(counts[i], n)
+        return counts
 
     def trained_view(self, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]], int, int]:
         """(rendered text, trained character spans, tokens, trained tokens)."""

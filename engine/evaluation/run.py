@@ -113,9 +113,11 @@ def text_perplexity(model, tokenizer, text: str) -> float:
 class Models:
     """The base and the tuned model, loaded as the run was trained (engine.models.load: its precision, and
     4 bit for QLoRA); with an adapter they share one copy of the base weights. `weights`: a checkpoint
-    directory (an adapter or the whole model, with its tokenizer) instead of the final adapter/ or model/."""
+    directory (an adapter or the whole model, with its tokenizer) instead of the final adapter/ or model/,
+    or with `export`, what `tunedeck export` wrote (an adapter or merged directory, or a GGUF file: a
+    whole model is then held as a server holds it, purpose `serve`)."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, weights: Path | None = None):
+    def __init__(self, run_dir: Path, cfg: RunConfig, weights: Path | None = None, export: bool = False):
         import torch
 
         from engine.models.find import ModelRef, resolve_model
@@ -124,17 +126,18 @@ class Models:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         adapter, full = (weights, weights) if weights else (run_dir / "adapter", run_dir / "model")
         with_adapter = (adapter / "adapter_config.json").is_file()
-        self.tokenizer = load_tokenizer(ModelRef(str(adapter if with_adapter else full)), cfg.trust_remote_code)
+        if not with_adapter and weights is None and not full.is_dir():
+            raise FileNotFoundError(f"{run_dir} has no adapter/ or model/: the run has not finished training")
+        tuned = ModelRef(str(adapter)) if with_adapter else resolve_model(str(full))  # a GGUF export too
+        self.tokenizer = load_tokenizer(tuned, cfg.trust_remote_code)
         base = load_model(resolve_model(cfg.model), "evaluate", cfg, device)
         if with_adapter:
             from peft import PeftModel
 
             self.tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
             self.base = None  # the same model with its adapter disabled
-        elif full.is_dir():
-            self.tuned, self.base = load_model(ModelRef(str(full)), "evaluate", cfg, device), base
         else:
-            raise FileNotFoundError(f"{run_dir} has no adapter/ or model/: the run has not finished training")
+            self.tuned, self.base = load_model(tuned, "serve" if export else "evaluate", cfg, device), base
 
     def base_context(self):
         from contextlib import nullcontext

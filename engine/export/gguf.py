@@ -6,7 +6,9 @@ match). It ships inside the llama-cpp-python source distribution on PyPI, not in
 the sdist is fetched with pip (`pip download --no-deps --no-binary :all:`, about 76 MB, once) and only the
 converter's files (about 2 MB) are kept under the cache (`~/.cache/tunedeck/llama.cpp-VERSION`).
 TUNEDECK_LLAMA_CPP_SDIST names an sdist already on disk (offline machines). f16 and q8_0 are the
-converter's own --outtype; q4_k_m needs llama.cpp's `llama-quantize` binary on PATH (C++, not Python).
+converter's own --outtype; q4_k_m is the f16 file quantised by llama.cpp itself: its `llama-quantize` binary
+on PATH, else `llama_model_quantize` of its Python bindings (`pip install llama-cpp-python`, which compiles
+llama.cpp), both the same C++ code.
 Heavy only in the subprocesses it starts.
 """
 
@@ -33,13 +35,19 @@ def quantize_binary() -> str | None:
     return next((found for name in QUANTIZE_BINARIES if (found := shutil.which(name))), None)
 
 
+def can_quantize() -> bool:
+    import importlib.util
+
+    return quantize_binary() is not None or importlib.util.find_spec("llama_cpp") is not None
+
+
 def check_quant(quant: str) -> None:
     """Refuse, before any work, what cannot be written here."""
     if quant not in QUANTS:
         raise ValueError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
-    if quant == "q4_k_m" and quantize_binary() is None:
-        raise ValueError("--quant q4_k_m needs llama.cpp's llama-quantize on PATH (build llama.cpp, or "
-                         "`brew install llama.cpp`); f16 and q8_0 need nothing more")
+    if quant == "q4_k_m" and not can_quantize():
+        raise ValueError("--quant q4_k_m needs llama.cpp: its llama-quantize on PATH or its Python bindings "
+                         "(pip install llama-cpp-python); f16 and q8_0 need nothing more")
 
 
 def converter() -> Path:
@@ -87,10 +95,26 @@ def write_gguf(model_dir: Path, out_file: Path, quant: str) -> Path:
     _run([sys.executable, str(converter()), str(model_dir), "--outfile", str(first), "--outtype", outtype],
          "llama.cpp's convert_hf_to_gguf.py")
     if quant == "q4_k_m":
-        _run([quantize_binary(), str(first), str(out_file), "Q4_K_M"], "llama-quantize")
+        if quantize_binary():
+            _run([quantize_binary(), str(first), str(out_file), "Q4_K_M"], "llama-quantize")
+        else:
+            _quantize_with_bindings(first, out_file)
         first.unlink()
     os.chmod(out_file, 0o600)
     return out_file
+
+
+def _quantize_with_bindings(f16: Path, out_file: Path) -> None:
+    """Q4_K_M through llama-cpp-python's binding of llama.cpp's quantiser (what llama-quantize calls)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out_file).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp's llama_model_quantize failed on {f16.name} (see its stderr above)")
 
 
 def _run(cmd: list[str], what: str) -> None:

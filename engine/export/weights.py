@@ -18,11 +18,12 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.core.files import PRIVATE_UMASK, ensure_private_dir  # noqa: E402
+from engine.core.files import PRIVATE_UMASK, append_json_line, ensure_private_dir  # noqa: E402
 from engine.runs.protocol import Run  # noqa: E402
 
 
@@ -80,6 +81,9 @@ def export(run_dir: Path, out: Path, merge: bool = False, gguf: str | None = Non
     files["verification.json"] = "this export re-run on held-out prompts against the run"
     (out / "README.md").write_text(model_card(run.path, kind, verification, files, commands))
     result.update(kind=kind, verification=verification, card=str(out / "README.md"), commands=commands)
+    # the run remembers its exports: the Chat screen offers them (engine.chat.session.run_exports)
+    append_json_line(run.path / "exports.jsonl", {"ts": round(time.time(), 3), "kind": kind,
+                                                  "path": str((path or out).resolve())})
     return result
 
 

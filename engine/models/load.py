@@ -5,6 +5,8 @@
     evaluate  (and chat) as the run was trained: the same precision and quantisation, so an adapter
               is measured on the base it learned on, a QLoRA one on its 4-bit base
     export    fp32 and never quantised, whatever the run: merged weights are exact
+    serve     an export as a server holds it: the run's 16-bit precision (fp32 on a CPU), never 4-bit
+              quantised, even after a QLoRA run (the chat with a merged or GGUF export)
 
 A GGUF file is dequantised by transformers as it loads; the quantizer marker it leaves behind is
 dropped here, once. Heavy: torch and transformers at import, so only engine subprocesses import it.
@@ -27,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engine.data.template import FALLBACK_CHAT_TEMPLATE
 from engine.models.find import ModelRef
 
-PURPOSES = ("train", "evaluate", "export")
+PURPOSES = ("train", "evaluate", "export", "serve")
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -68,7 +70,7 @@ def load_model(ref: ModelRef, purpose: str, cfg=None, device: torch.device | Non
         # Dequantised on load, but still marked as a GGUF-quantised model: transformers would refuse to
         # save it (the demo's conversion, export) and the Trainer to train it.
         model.hf_quantizer.remove_quantization_config(model)
-    if purpose == "evaluate":
+    if purpose in ("evaluate", "serve"):
         if "device_map" not in kwargs:
             model = model.to(device)
         model.eval()
@@ -80,6 +82,8 @@ def _precision(purpose: str, cfg, device: torch.device) -> dict:
     if purpose == "export":
         return {"dtype": torch.float32}
     half = HALF_DTYPES.get(resolve_precision(cfg.precision), torch.float32)
+    if purpose == "serve":
+        return {"dtype": half}
     if cfg.method == "qlora":
         from transformers import BitsAndBytesConfig
 

@@ -15,6 +15,10 @@ from engine.data.load import DataError, LoadResult, load_examples, parse_columns
 from tui.cli.common import print_json
 
 
+PREFERENCE_DUPLICATES = ("preference rows are duplicates when prompt, chosen and rejected (KTO: prompt, completion and "
+                         "label) are all alike; pairs that only share a prompt are kept")
+
+
 def _load(args) -> LoadResult:
     result = load_examples(args.file, fmt=args.format, columns=parse_columns(args.columns), label_field=args.label,
                            split=args.split)
@@ -100,6 +104,8 @@ def cmd_dedup(args) -> int:
         print(f"keep {group[0]}, drop {', '.join(map(str, group[1:]))}")
     print(f"{len(lines)} clusters, {sum(len(g) - 1 for g in lines)} duplicates in {len(result.examples)} examples "
           f"({'exact' if args.exact else f'similarity >= {args.similarity}'}); {found['keep_rule']}")
+    if any(ex.kind != "sft" for ex in result.examples):
+        print(PREFERENCE_DUPLICATES)
     return 0
 
 
@@ -130,6 +136,15 @@ def cmd_stats(args) -> int:
         print("examples with " + ", ".join(f"{k} {v}" for k, v in stats["carried"].items()))
     if "labels" in stats:
         print("labels: " + ", ".join(f"{k} {v}" for k, v in stats["labels"].items()))
+    if pairs := stats.get("pairs"):
+        chosen, rejected = pairs["chosen_chars"], pairs["rejected_chars"]
+        print(f"pairs: {pairs['count']}; chosen mean {chosen['mean']:,.0f} median {chosen['median']:,.0f} characters, "
+              f"rejected mean {rejected['mean']:,.0f} median {rejected['median']:,.0f}; chosen longer in "
+              f"{pairs['chosen_longer']:.0%}")
+    if unpaired := stats.get("unpaired"):
+        print(f"KTO rows: {unpaired['desirable']} desirable, {unpaired['undesirable']} undesirable")
+    for warning in stats.get("warnings", ()):
+        print(f"warning: {warning}")
     for rule, n in stats["flags"].items():
         print(f"  {n:6d} {rule}")
     return 0

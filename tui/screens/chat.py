@@ -2,8 +2,8 @@
 chat template, system prompt and special tokens; 4 bit for QLoRA).
 
 The models run in engine.chat.server, a subprocess this screen owns through a pipe (engine.chat.client): it
-opens on the newest run with final weights (ctrl+o picks another run or a complete checkpoint), shows the
-model loading, streams each answer token by token with its speed, and says so when the process dies
+opens on the newest run with final weights (ctrl+o picks another run, a complete checkpoint or an export), shows
+the model loading, streams each answer token by token with its speed, and says so when the process dies
 (ctrl+r starts it again). Every answer is appended to `<run>/chat/<time>.jsonl` as it arrives. ctrl+s saves
 the conversation, its last answer edited if wanted, as a training example appended to
 `<workspace>/data/chat-<run>.jsonl`, the file the Data screen opens next (ctrl+g goes there).
@@ -22,13 +22,15 @@ from textual.widgets import Input, Static
 
 from engine.chat.client import ChatEngine
 from engine.chat.session import (
+    FINAL,
+    ChatWeights,
     Conversation,
     ConversationLog,
     chat_weights,
     default_dataset,
+    run_exports,
     save_example,
     turn_record,
-    weights_label,
     with_system,
 )
 from engine.runs.protocol import Run, RunError
@@ -39,14 +41,20 @@ from tui.screens.base import ModeScreen
 DEFAULT_SETTINGS = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 256}
 
 
-def chat_targets(workspace: Path) -> list[tuple[Run, int | None]]:
-    """What one can chat with, newest run first: each run's final weights, then its complete checkpoints."""
+def chat_targets(workspace: Path) -> list[tuple[Run, ChatWeights]]:
+    """What one can chat with, newest run first: each run's final weights, its exports still on disk, then
+    its complete checkpoints."""
     targets = []
     for run in sorted(list_runs(workspace), key=lambda run: run.id, reverse=True):
         if (run.path / "adapter").is_dir() or (run.path / "model").is_dir():
-            targets.append((run, None))
-        targets += [(run, step) for step, _, ok in reversed(run.checkpoints()) if ok]
+            targets.append((run, FINAL))
+        targets += [(run, ChatWeights(export=path)) for path in run_exports(run)]
+        targets += [(run, ChatWeights(checkpoint=step)) for step, _, ok in reversed(run.checkpoints()) if ok]
     return targets
+
+
+def target_key(run: Run, weights: ChatWeights) -> str:
+    return f"{run.id}@{weights.export or weights.checkpoint}" if weights != FINAL else run.id
 
 
 def settings_line(settings: dict) -> str:
@@ -84,7 +92,7 @@ class ChatScreen(ModeScreen):
     def __init__(self) -> None:
         super().__init__()
         self.run: Run | None = None
-        self.checkpoint: int | None = None
+        self.weights = FINAL
         self.engine: ChatEngine | None = None
         self.state = "none"  # none, loading, ready, gone
         self.ready: dict = {}
@@ -123,19 +131,19 @@ class ChatScreen(ModeScreen):
         self._close_engine()
 
     # ---- the engine ----
-    def open(self, run: Run, checkpoint: int | None) -> None:
-        """Chat with a run's final weights (checkpoint None) or one of its complete checkpoints."""
+    def open(self, run: Run, weights: ChatWeights) -> None:
+        """Chat with a run's final weights, one of its complete checkpoints or one of its exports."""
         self._close_engine()
-        self.run, self.checkpoint = run, checkpoint
+        self.run, self.weights = run, weights
         self.gone, self.ready = None, {}
         self._new_conversation()
         try:
-            chat_weights(run, checkpoint)
+            chat_weights(run, weights)
         except RunError as exc:
             self.state, self.gone = "gone", str(exc)
             self._show()
             return
-        self.engine = ChatEngine(run, checkpoint)
+        self.engine = ChatEngine(run, weights)
         self.state = "loading"
         self._show()
         self.follow_engine(self.engine)
@@ -197,7 +205,7 @@ class ChatScreen(ModeScreen):
         try:
             if self.chat_log is None:
                 self.chat_log = ConversationLog(self.run)
-            self.chat_log.append(turn_record(side, weights_label(self.checkpoint), with_system(
+            self.chat_log.append(turn_record(side, self.weights.label, with_system(
                 messages, self.ready.get("system_prompt")), done, self.settings))
         except OSError as exc:  # a run directory one may read but not write: the chat goes on, unrecorded
             self.notify(f"This answer is not kept in {self.run.path / 'chat'}: {exc}", severity="error")
@@ -259,7 +267,7 @@ class ChatScreen(ModeScreen):
 
     def action_restart(self) -> None:
         if self.run is not None:
-            self.open(self.run, self.checkpoint)
+            self.open(self.run, self.weights)
 
     def action_settings(self) -> None:
         from tui.screens.prompt import PathPrompt
@@ -279,15 +287,12 @@ class ChatScreen(ModeScreen):
     def action_choose(self) -> None:
         from tui.screens.choose_run import RunChooser
 
-        targets = {f"{run.id}@{step}" if step is not None else run.id: (run, step)
-                   for run, step in chat_targets(self.app.workspace)}
+        targets = {target_key(run, weights): (run, weights) for run, weights in chat_targets(self.app.workspace)}
         if not targets:
             self.notify("No run has final weights or a complete checkpoint yet.", severity="warning")
             return
-        labels = [(key, f"{run.id}  {f'checkpoint {step}' if step is not None else 'final'}")
-                  for key, (run, step) in targets.items()]
-        current = None if self.run is None else \
-            f"{self.run.id}@{self.checkpoint}" if self.checkpoint is not None else self.run.id
+        labels = [(key, f"{run.id}  {weights.label}") for key, (run, weights) in targets.items()]
+        current = None if self.run is None else target_key(self.run, self.weights)
 
         def chosen(key: str | None) -> None:
             if key is not None and key != current:
@@ -342,7 +347,9 @@ class ChatScreen(ModeScreen):
                           "final weights or a complete checkpoint opens here.")
         else:
             head.append(self.run.id, "bold")
-            head.append(f" · {weights_label(self.checkpoint)} weights")
+            head.append(f" · {self.weights.label} weights")
+            if self.ready.get("base_4bit"):
+                head.append(" · 4-bit base")
             system = self.ready.get("system_prompt")
             head.append(f" · system: {system}" if system else " · no system prompt")
             if self.state == "loading":
