@@ -15,7 +15,6 @@ Runs in the engine subprocess (engine.training.worker), never in the UI; heavy b
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 
@@ -25,6 +24,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
 from engine.data.load import Example, fingerprint
 from engine.data.rows import completion_start
+from engine.data.split import split_indices
 from engine.models.find import resolve_model
 from engine.models.load import load_model
 from engine.training.checkpoints import AtomicCheckpoints
@@ -91,21 +91,12 @@ def _plain(messages: list[dict]) -> list[dict]:
 
 
 def split_by_prompt(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """(train, held out): about `share` of the rows held out, whole prompts at a time, so that no prompt is
-    both trained on (with one pair) and evaluated on (with another)."""
-    groups: dict[str, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(json.dumps(_plain(_prompt(ex)), sort_keys=True), []).append(ex)
-    keys = list(groups)
-    random.Random(seed).shuffle(keys)
-    target = max(1, int(len(examples) * share))
-    held: list[Example] = []
-    for key in keys:
-        if len(held) >= target or len(held) + len(groups[key]) >= len(examples):
-            break
-        held += groups[key]
-    kept = {id(ex) for ex in held}
-    return [ex for ex in examples if id(ex) not in kept], held
+    """(train, held out): about `share` of the rows held out by the data tools' split (engine.data.split), which
+    keeps every row of one prompt, and exact copies, on one side: no prompt is both trained on (with one pair)
+    and evaluated on (with another). Prompts are matched exactly (near copies would cost seconds at start)."""
+    parts = split_indices(examples, seed, (1 - share, share, 0.0), similarity=None)
+    train = sorted(parts["train"] + parts["test"])  # "test" gets only what rounding leaves over
+    return [examples[i] for i in train], [examples[i] for i in parts["validation"]]
 
 
 class PreferenceRecipe(Recipe):
