@@ -19,7 +19,9 @@ from typing import Any
 from engine.runs.events import EventReader
 from engine.runs.protocol import Run
 
-SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm")
+# A preference run (engine.training.recipes.preference) also logs TRL's reward margin and accuracy.
+REWARD_SERIES = ("rewards/margins", "rewards/accuracies")
+SERIES = ("loss", "eval_loss", "learning_rate", "grad_norm", *REWARD_SERIES, *(f"eval_{n}" for n in REWARD_SERIES))
 
 
 class BucketSeries:
@@ -201,14 +203,15 @@ class RunFollower:
         x = float(step if isinstance(step, (int, float)) else event.get("seq", self.events))
         if kind == "log":
             self.last_log = event
-            for name in ("loss", "learning_rate", "grad_norm"):
+            for name in ("loss", "learning_rate", "grad_norm", *REWARD_SERIES):
                 value = event.get(name)
                 if isinstance(value, (int, float)):
                     self.series[name].add(x, float(value))
         elif kind == "eval":
-            value = event.get("eval_loss")
-            if isinstance(value, (int, float)):
-                self.series["eval_loss"].add(x, float(value))
+            for name in ("eval_loss", *(f"eval_{n}" for n in REWARD_SERIES)):
+                value = event.get(name)
+                if isinstance(value, (int, float)):
+                    self.series[name].add(x, float(value))
         elif kind == "warning":
             self.warnings.append(event)
         elif kind == "error":

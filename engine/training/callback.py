@@ -19,12 +19,14 @@ from engine.training.signals import StopNow
 class RunCallback(TrainerCallback):
     """`early` is shared with the checkpoint bookkeeping, which keeps the best evaluation's checkpoint;
     `can_evaluate`: the recipe has held-out data, so an `eval` command can be honoured; `samples`: answers to
-    held-out prompts written at each evaluation (rank 0's callback only), or None."""
+    held-out prompts written at each evaluation (rank 0's callback only), or None; `metrics`: the Trainer's own
+    metrics the log events carry too, names or prefixes ending in "/" (a recipe's LOGGED_METRICS)."""
 
     def __init__(self, plumbing: RunPlumbing, health: HealthMonitor, early: EarlyStopping, can_evaluate: bool,
-                 samples: AnswerSampler | None = None):
+                 samples: AnswerSampler | None = None, metrics: tuple[str, ...] = ()):
         self.plumbing, self.health, self.early, self.can_evaluate = plumbing, health, early, can_evaluate
         self.samples = samples
+        self.metrics = metrics
         self.paused = False
         self.early_stopped = False
         self.tokens_at_start = 0
@@ -108,9 +110,16 @@ class RunCallback(TrainerCallback):
         }
         if torch.cuda.is_available():
             fields["cuda_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        plumbing.event("log", step=step, **fields)
+        # TRL's names as they are ("rewards/margins"): events are JSON, any key will do
+        own = {k: v for k, v in logs.items() if k in self.metrics or any(
+            p.endswith("/") and k.startswith(p) for p in self.metrics)}
+        plumbing.event("log", step=step, **fields, **own)
         plumbing.update(**{k: v for k, v in fields.items() if v is not None or k == "loss"})
-        for code, message in self.health.on_log(fields["loss"], fields["grad_norm"]):
+        warnings = self.health.on_log(fields["loss"], fields["grad_norm"])
+        if own:
+            warnings += self.health.on_rewards(own.get("rewards/margins"), own.get("rewards/accuracies"),
+                                               own.get("logps/chosen"))
+        for code, message in warnings:
             plumbing.event("warning", step=step, code=code, message=message)
         plumbing.update(warnings=list(self.health.active.values()))
 

@@ -28,6 +28,15 @@ PREFERENCE_OBJECTIVES = OBJECTIVES[1:]
 DEFAULT_LORA_DROPOUT = 0.05
 # LoRA/QLoRA recipes use 1e-4..3e-4 (QLoRA paper: 2e-4); 1e-5..2e-5 is a full fine-tuning rate.
 DEFAULT_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+# The loss types TRL 1.16 accepts per objective (DPOConfig's loss_type help, KTOConfig's choices; ORPO's loss is
+# fixed). Kept here, without importing TRL, so that a config is checked in the UI in milliseconds;
+# tests/test_preference_training.py holds the table to the installed TRL.
+LOSS_TYPES = {
+    "dpo": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+            "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    "kto": ("kto", "apo_zero_unpaired"),
+}
+
 # Preference tuning starts from a tuned model and moves it a little: an order of magnitude below SFT
 # (Zephyr's full DPO 5e-7, the alignment handbook's QLoRA DPO 5e-6).
 DEFAULT_PREFERENCE_LEARNING_RATES = {"full": 5e-7, "lora": 5e-6, "qlora": 5e-6}
@@ -130,7 +139,9 @@ class RunConfig:
     # ORPOConfig; their max_length is max_seq_length, one budget for prompt plus completion
     objective: Literal[OBJECTIVES] = "sft"
     beta: float = 0.1  # DPO/KTO: how far from the reference the policy may move; ORPO: the odds-ratio weight
-    loss_type: str | None = None  # None: TRL's default for the objective (sigmoid for DPO, kto for KTO)
+    # None: TRL's default for the objective (sigmoid for DPO, kto for KTO); DPO also takes a list, whose losses
+    # TRL adds up: [sigmoid, sft] is DPO with an SFT term on the chosen answers (RPO; TRL 1.16 has no rpo_alpha)
+    loss_type: str | list[str] | None = None
     desirable_weight: float = 1.0  # KTO: weights of the desirable and undesirable losses, to balance
     undesirable_weight: float = 1.0  # unequal counts (KTO paper: keep weight x count within 1 to 4/3)
 
@@ -270,8 +281,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
     lr = values.get("learning_rate")
     if lr is not None and not 0 < lr < 10:
         raise ConfigError(f"config key 'learning_rate' must be positive and below 10, got {lr}")
-    if values.get("objective", "sft") != "sft":  # until engine.training.recipes.preference trains them
-        raise ConfigError(f"config key 'objective': {values['objective']} is not trained yet; use sft")
+    _check_objective(values)
     if check_paths:
         _check_reporters(values.get("report_to") or [])
     base = base_dir or Path.cwd()
@@ -290,6 +300,37 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
             raise ConfigError(f"config key 'model': not found: {_resolve('model', local)}")
         values["model"] = str(_resolve("model", local))
     return RunConfig(**values)
+
+
+def _check_objective(values: dict) -> None:
+    """The keys a preference objective takes, and those it cannot (what the data holds is checked by the recipe,
+    which reads it: engine.training.recipes.preference)."""
+    objective = values.get("objective", "sft")
+    loss_type = values.get("loss_type")
+    if loss_type is not None:
+        allowed = LOSS_TYPES.get(objective)
+        if not allowed:
+            raise ConfigError(f"config key 'loss_type': objective {objective} has no loss types to choose from; "
+                              "leave loss_type out")
+        names = loss_type if isinstance(loss_type, list) else [loss_type]
+        if isinstance(loss_type, list) and (objective != "dpo" or not names):
+            raise ConfigError(f"config key 'loss_type': only dpo combines a list of losses; give {objective} one of "
+                              f"{', '.join(allowed)}")
+        for name in names:
+            if name not in allowed:
+                raise ConfigError(f"config key 'loss_type': {_short(name)} is not a {objective} loss; "
+                                  f"allowed: {', '.join(allowed)}")
+    if objective not in PREFERENCE_OBJECTIVES:
+        return
+    if objective == "kto" and (loss_type or "kto") == "kto" and values.get("per_device_train_batch_size", 4) < 2:
+        raise ConfigError("config key 'per_device_train_batch_size': kto estimates its KL term from the other "
+                          "completions of a batch, so it must be at least 2")
+    refused = {"general_data": "mixes demonstrations into supervised training",
+               "packing": "packs demonstrations (TRL pads preference batches)",
+               "train_on": "chooses the tokens supervised training learns (preference losses score completions)"}
+    for key, why in refused.items():
+        if values.get(key) not in (None, FIELDS[key].default, False):
+            raise ConfigError(f"config key {key!r} {why}; objective {objective} does not take it: leave it out")
 
 
 # report_to backends and the packages the Trainer needs for them (any one will do).

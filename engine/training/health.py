@@ -28,6 +28,11 @@ class HealthMonitor:
     _eval_history: list = field(default_factory=list)  # (eval_loss, mean train loss since previous eval)
     _train_since_eval: list = field(default_factory=list)
     active: dict = field(default_factory=dict)  # code -> message, shown in status.json
+    # preference runs (TRL's rewards/margins, rewards/accuracies, logps/chosen), judged on means of `window` logs
+    window: int = 5
+    _rewards: dict = field(default_factory=dict)  # name -> deque of the last `window` values
+    _first: dict = field(default_factory=dict)  # name -> mean of the first `window` values
+    _peak: dict = field(default_factory=dict)  # name -> highest mean of `window` values so far
 
     def on_log(self, loss: float | None, grad_norm: float | None) -> list[tuple[str, str]]:
         warnings = []
@@ -60,6 +65,54 @@ class HealthMonitor:
                                                    f"{grad_norm / median:.0f}x the recent median {median:.3g}: "
                                                    "a bad batch or too high a learning rate"))
             self._grad_norms.append(grad_norm)
+        for code, message in warnings:
+            self.active[code] = message
+        return warnings
+
+    def on_rewards(self, margin: float | None, accuracy: float | None,
+                   chosen_logps: float | None) -> list[tuple[str, str]]:
+        """Two ways preference tuning goes wrong while its loss looks fine, each warned once until it recovers:
+        - margin collapse: the reward margin falls back to about 0, or the reward accuracy to about 0.5, after
+          having risen: the policy no longer tells chosen from rejected (too high a learning rate, too low a beta,
+          contradictory pairs);
+        - likelihood displacement (Razin et al. 2024, "Unintentional Unalignment"): the chosen answers' log-
+          probability falls while the margin rises: the margin is won by pushing both answers down."""
+        now = {}
+        for name, value in (("margin", margin), ("accuracy", accuracy), ("chosen", chosen_logps)):
+            if not _finite(value):
+                continue
+            recent = self._rewards.setdefault(name, deque(maxlen=self.window))
+            recent.append(value)
+            if len(recent) == self.window:
+                now[name] = statistics.fmean(recent)
+                self._first.setdefault(name, now[name])
+                self._peak[name] = max(self._peak.get(name, -math.inf), now[name])
+        warnings = []
+        m, a, c = now.get("margin"), now.get("accuracy"), now.get("chosen")
+        peak_m, peak_a = self._peak.get("margin", 0.0), self._peak.get("accuracy", 0.0)
+        margin_gone = m is not None and peak_m >= 0.1 and m <= 0.2 * peak_m
+        accuracy_gone = a is not None and peak_a >= 0.7 and a <= 0.55
+        if margin_gone or accuracy_gone:
+            if "margin_collapse" not in self.active:
+                said = f"reward margin {m:.3g} (peak {peak_m:.3g})" if m is not None else ""
+                said += (", " if said else "") + (f"reward accuracy {a:.0%} (peak {peak_a:.0%})" if a is not None else "")
+                warnings.append(("margin_collapse", f"{said}: the policy no longer tells chosen from rejected "
+                                                    "answers; lower the learning rate or raise beta, and look for "
+                                                    "contradictory pairs"))
+        elif m is not None and (m > 0.5 * peak_m) and (a is None or a > 0.6):
+            self.active.pop("margin_collapse", None)
+        first_m, first_c = self._first.get("margin"), self._first.get("chosen")
+        if None not in (m, c, first_m, first_c):
+            fall = max(1.0, 0.1 * abs(first_c))  # nats of the summed log-probability of an answer
+            if first_c - c >= fall and m - first_m >= 0.1:
+                if "likelihood_displacement" not in self.active:
+                    warnings.append(("likelihood_displacement",
+                                     f"chosen log-probability fell {first_c:.3g} -> {c:.3g} while the reward margin "
+                                     f"rose {first_m:.3g} -> {m:.3g}: chosen answers get less likely too (likelihood "
+                                     "displacement, Razin et al. 2024); lower the learning rate or raise beta, or "
+                                     "add an SFT term (dpo: loss_type: [sigmoid, sft])"))
+            elif first_c - c < fall / 2:
+                self.active.pop("likelihood_displacement", None)
         for code, message in warnings:
             self.active[code] = message
         return warnings

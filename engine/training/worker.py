@@ -87,8 +87,19 @@ def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
             "(delete this one), or use safetensors weights from a source you trust")
 
 
+def recipe_for(objective: str):
+    """The Recipe subclass that trains an objective (imports torch and the trainer: seconds)."""
+    if objective == "sft":
+        from engine.training.recipes.sft import SFTRecipe
+
+        return SFTRecipe
+    from engine.training.recipes.preference import PreferenceRecipe
+
+    return PreferenceRecipe
+
+
 def main(argv: list[str] | None = None, recipe_class=None) -> int:
-    """`recipe_class`: the Recipe subclass to drive; SFT unless given (a test drives its own)."""
+    """`recipe_class`: the Recipe subclass to drive; the config's objective's unless given (a test drives its own)."""
     SIGNALS.arm()  # first; spawn starts us with stop signals blocked until now, so none is lost
     os.umask(PRIVATE_UMASK)  # all the Trainer, peft and TensorBoard write under the run is owner-only
     parser = argparse.ArgumentParser(prog="python -m engine.training.worker")
@@ -114,9 +125,7 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
         from engine.training.plumbing import RunPlumbing
 
         if recipe_class is None:
-            from engine.training.recipes.sft import SFTRecipe
-
-            recipe_class = SFTRecipe
+            recipe_class = recipe_for(cfg.objective)
     except StopNow:
         return _stopped_before_start(run, rank0, cfg.notify_command)
     if SIGNALS.count:

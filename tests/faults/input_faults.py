@@ -727,7 +727,7 @@ def out_of_range(rng, key: str) -> list:
         "general_data": ["./missing.jsonl", "~no-such-user-x/g.jsonl", "./loop"],
         "general_ratio": [0, 1, neg, rng.uniform(1, 100)],
         "sample_prompts": [rng.randint(-10**9, -1)],
-        "beta": [0, neg], "desirable_weight": [0, neg], "undesirable_weight": [0, neg],
+        "beta": [0, neg], "desirable_weight": [0, neg], "undesirable_weight": [0, neg], "loss_type": ["no-such-loss"],
         "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
                            "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
@@ -746,7 +746,8 @@ def valid_value(rng, key: str):
         "eval_data": rng.choice([None, "./train.jsonl"]), "test_data": rng.choice([None, "./train.jsonl"]),
         "general_data": rng.choice([None, "./train.jsonl"]), "general_ratio": rng.uniform(0.01, 0.99),
         "sample_prompts": rng.randint(0, 10**6),
-        "objective": "sft", "loss_type": None,  # a preference objective needs preference data
+        # the data's kind is the recipe's check (it reads the file), so any objective parses; loss_type depends on it
+        "objective": rng.choice(["sft", "dpo", "orpo", "kto"]), "loss_type": None,
         "beta": rng.uniform(0.01, 10), "desirable_weight": rng.uniform(0.01, 10),
         "undesirable_weight": rng.uniform(0.01, 10),
         "max_steps": rng.choice([-1, rng.randint(1, 10**6)]), "validation_split": rng.uniform(0, 0.99),

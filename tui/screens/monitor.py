@@ -28,6 +28,16 @@ from tui.watch import ending_key, mark_seen
 from tui.widgets.plot import BraillePlot, PlotSeries
 from tui.widgets.textplot import meter
 
+# The two side plots: (series, its eval series, title, text while empty, value format) each. Titles stay short:
+# at 80 columns a side plot's title has about 26.
+SIDE_CURVES = {
+    "training": (("learning_rate", None, "lr", "no lr yet", fmt_num),
+                 ("grad_norm", None, "grad norm", "no grad norm yet", fmt_num)),
+    "rewards": (("rewards/margins", "eval_rewards/margins", "margin", "no reward margin: a preference run logs it",
+                 fmt_num),
+                ("rewards/accuracies", "eval_rewards/accuracies", "accuracy",
+                 "no reward accuracy (a DPO or ORPO run logs it)", lambda v: f"{v:.0%}")),
+}
 COMMAND_WORDS = {"stop": "stop (save, then exit)", "stop_now": "stop now", "pause": "pause",
                  "resume": "resume", "checkpoint": "checkpoint", "eval": "evaluate"}
 
@@ -46,6 +56,8 @@ class MonitorScreen(ModeScreen):
         Binding("d", "diagnose", "Diagnose", id="monitor.diagnose"),
         Binding("a", "toggle_samples", "Answers", id="monitor.samples", show=False),  # the events box says so
         Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
+        # the side curves of a preference run: reward margin and accuracy, or lr and grad norm (titles say so)
+        Binding("m", "toggle_curves", "Rewards/lr curves", id="monitor.curves", show=False),
     ]
 
     # Class attributes so tests and the benchmark can follow faster.
@@ -63,6 +75,7 @@ class MonitorScreen(ModeScreen):
         self.answered: list[tuple[dict, dict]] = []  # (command, ack event), newest last
         self._stop = threading.Event()
         self.seen_ending: str | None = None  # the ending this screen has shown, recorded as seen (tui.watch)
+        self.rewards_shown: bool | None = None  # side curves: None follows the run (rewards when it logs them)
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="mon-head")
@@ -192,11 +205,19 @@ class MonitorScreen(ModeScreen):
         loss.border_title = title
         loss.set_series([PlotSeries("train", view.series["loss"]),
                          PlotSeries("eval", view.series["eval_loss"], marker="●")])
-        for plot_id, name, label in (("#plot-lr", "learning_rate", "lr"), ("#plot-grad", "grad_norm", "grad norm")):
+        hint = " (m)" if _preference(view) else ""
+        for plot_id, (name, eval_name, label, empty, fmt) in zip(
+                ("#plot-lr", "#plot-grad"), SIDE_CURVES["rewards" if self._rewards_shown(view) else "training"]):
             plot = self.query_one(plot_id, BraillePlot)
             last = view.series_last[name]
-            plot.border_title = f"{label} {fmt_num(last[1]) if last else '-'}"
-            plot.set_series([PlotSeries(label, view.series[name])])
+            title = f"{label} {fmt(last[1]) if last else '-'}"
+            series = [PlotSeries(label, view.series[name])]
+            if eval_name:
+                last_eval = view.series_last[eval_name]
+                title += f" ●{fmt(last_eval[1])}" if last_eval else ""
+                series.append(PlotSeries("eval", view.series[eval_name], marker="●"))
+            plot.border_title, plot.empty = title + hint, empty
+            plot.set_series(series)
 
     def _samples(self, view: RunView) -> None:
         """Each held-out prompt: the newest answer and what changed since the evaluation before."""
@@ -303,6 +324,14 @@ class MonitorScreen(ModeScreen):
         if self.view is not None:
             self.call_after_refresh(self.show, self.view)
 
+    def _rewards_shown(self, view: RunView | None) -> bool:
+        return self.rewards_shown if self.rewards_shown is not None else bool(view and _preference(view))
+
+    def action_toggle_curves(self) -> None:
+        self.rewards_shown = not self._rewards_shown(self.view)
+        if self.view is not None:
+            self._plots(self.view)
+
     def action_back(self) -> None:
         self.app.pop_screen()
 
@@ -326,6 +355,11 @@ class MonitorScreen(ModeScreen):
 
     def on_run_launched(self, message: RunLaunched) -> None:
         self.notify(message.notice)
+
+
+def _preference(view: RunView) -> bool:
+    """The run logs reward margins: a preference run (TRL's rewards/margins)."""
+    return bool(view.series["rewards/margins"] or view.series["eval_rewards/margins"])
 
 
 def _one_line(text: str) -> str:

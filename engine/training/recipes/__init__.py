@@ -1,1 +1,1 @@
-"""Training objectives, one module each, over what `base.Recipe` shares (the model through the one loader, TrainingArguments, resume, the final save) and the run plumbing under it: `sft` (supervised fine-tuning)."""
+"""Training objectives, one module each, over what `base.Recipe` shares (the model through the one loader, TrainingArguments, resume, the final save) and the run plumbing under it: `sft` (supervised fine-tuning), `preference` (DPO, ORPO, KTO with TRL's trainers)."""

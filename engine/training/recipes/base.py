@@ -33,6 +33,10 @@ from engine.training.samples import AnswerSampler, sample_conversations
 
 
 class Recipe:
+    # Metrics of the recipe's Trainer that the log events carry beside loss, lr and grad norm: names, or prefixes
+    # ending in "/" (TRL's rewards/...). Evaluation events carry every eval_ metric anyway.
+    LOGGED_METRICS: tuple[str, ...] = ()
+
     def __init__(self, cfg: RunConfig, plumbing: RunPlumbing):
         self.cfg, self.plumbing = cfg, plumbing
         self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
@@ -69,7 +73,8 @@ class Recipe:
         total = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.num_train_epochs)
         self._trackers_into_the_run()
         self.callback = RunCallback(plumbing, HealthMonitor(cfg.divergence_factor, cfg.grad_spike_factor),
-                                    self.early, can_evaluate=bool(self.eval_dataset), samples=self._sampler())
+                                    self.early, can_evaluate=bool(self.eval_dataset), samples=self._sampler(),
+                                    metrics=self.LOGGED_METRICS)
         self.trainer = self.build_trainer(self._training_arguments(total), [self.callback])
         plumbing.update(max_steps=total)
 
