@@ -193,3 +193,17 @@ def test_failed_run_is_said_first_with_the_engines_own_message(tiny_project, tmp
     found = diagnose(run)["findings"][0]
     assert found["id"] == "failed" and "no usable examples" in found["evidence"]
     assert found["config"] == {}  # not a memory problem: nothing to change in the config
+
+
+def test_the_recipe_rate_of_a_preference_run_is_the_preference_recipes(tmp_path):
+    """A DPO run's default learning rate is 5e-6 (LoRA), not SFT's 2e-4: the diagnosis judges and advises
+    against the rate the run really used."""
+    from engine.evaluation.findings import Evidence
+    from engine.runs.workspace import create_run
+
+    rates = {}
+    for objective in ("sft", "dpo", "kto"):
+        run = create_run(tmp_path / objective, {"model": "m", "data": "d.jsonl", "method": "lora",
+                                                "objective": objective})
+        rates[objective] = Evidence.read(run).learning_rate()
+    assert rates == {"sft": 2e-4, "dpo": 5e-6, "kto": 5e-6}

@@ -14,7 +14,7 @@ from functools import cached_property
 from engine.core.files import read_json
 from engine.runs.events import EventReader
 from engine.runs.protocol import Run, is_number
-from engine.training.config import DEFAULT_LEARNING_RATES
+from engine.training.config import DEFAULT_LEARNING_RATES, DEFAULT_PREFERENCE_LEARNING_RATES, PREFERENCE_OBJECTIVES
 
 # not_learning: the mean loss of the last fifth of the logged steps against the first fifth. A fall
 # below 10% over a whole run is flat: a working LoRA run on a new format falls by half or more.
@@ -95,7 +95,10 @@ class Evidence:
         return float(lr) if is_number(lr) else self.recipe_learning_rate()
 
     def recipe_learning_rate(self) -> float:
-        return DEFAULT_LEARNING_RATES.get(self.config.get("method"), DEFAULT_LEARNING_RATES["lora"])
+        """The rate the run's recipe trains at by default: a preference objective's is 10-100x below SFT's."""
+        preference = self.config.get("objective", "sft") in PREFERENCE_OBJECTIVES
+        table = DEFAULT_PREFERENCE_LEARNING_RATES if preference else DEFAULT_LEARNING_RATES
+        return table.get(self.config.get("method"), table["lora"])
 
 
 def _finite(x) -> bool:
