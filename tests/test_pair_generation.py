@@ -172,3 +172,34 @@ async def test_review_keys_judge_blind_and_q_hands_back_to_the_command(tmp_path)
     assert (result["written"], result["ties"], result["identical"]) == (2, 0, 1)  # the tie's answers were identical
     chosen = [ex.messages[-1]["content"] for ex in load_examples(tmp_path / "prefs.jsonl").examples]
     assert chosen == [judged["p0-0"][1], judged["p2-0"][2]]
+
+
+def test_an_llm_judge_judges_in_both_orders_and_a_position_bias_is_a_tie(chat_run, prompts, tmp_path, capsys):
+    """--judge-endpoint: each pair is asked twice, the answers swapped; a judge that prefers the longer answer
+    agrees with itself and its choices are written, one that always says A (a pure position bias) gives ties
+    only. Pairs judged before are left as they are."""
+    import re
+
+    from openai_server import openai_server
+
+    def longer(body):
+        first, second = re.search(r"Answer A:\n(.*)\n\nAnswer B:\n(.*)\Z", body["messages"][1]["content"], re.S).groups()
+        return ("A" if len(first) > len(second) else "B" if len(second) > len(first) else "tie") + ": longer.", None
+
+    out = tmp_path / "prefs.jsonl"
+    with openai_server(longer) as (url, seen):
+        result = pairs_cli(chat_run, prompts, out, capsys, "--judge-endpoint", url)
+    distinct = result["judge"]["judged"]
+    assert len(seen) == 2 * distinct and distinct + result["identical"] == 5
+    loaded = load_examples(out).examples
+    assert len(loaded) == result["written"] == distinct - result["judge"]["ties"]
+    assert all(len(ex.messages[-1]["content"]) > len(ex.rejected[-1]["content"]) for ex in loaded)
+
+    with openai_server(lambda body: ("A, it reads better.", None)) as (url, seen):
+        again = pairs_cli(chat_run, prompts, out, capsys, "--judge-endpoint", url)
+    assert again["judge"]["judged"] == 0 and not seen  # nothing left to judge
+    biased = tmp_path / "biased-prompts.jsonl"
+    biased.write_text(prompts.read_text().replace("cat dog", "dog cat"))  # other prompts: a folder of their own
+    with openai_server(lambda body: ("A, it reads better.", None)) as (url, seen):
+        result = pairs_cli(chat_run, biased, tmp_path / "biased.jsonl", capsys, "--judge-endpoint", url)
+    assert result["written"] == 0 and result["judge"]["ties"] == result["judge"]["judged"] > 0

@@ -2,7 +2,8 @@
 
 A finished SFT run answers each prompt `n` times (engine.evaluation.sample_pairs, in its own
 process); its answers, taken two by two, go into the blind A/B store (engine.evaluation.ab),
-where a person picks the better one by keyboard. The judged pairs are written in TRL's
+where a person picks the better one by keyboard, or an LLM judge behind an OpenAI-compatible endpoint
+does (`judge_pairs`: each pair asked in both orders). The judged pairs are written in TRL's
 conversational prompt/chosen/rejected layout, which engine.data.load reads back as pairs.
 A tie, a skip, a pair not judged yet and two identical answers carry no preference and are
 not written; `write_preference_file` counts each.
@@ -113,6 +114,27 @@ def judged_rows(folder: Path) -> tuple[list[dict], dict]:
             else:
                 counts[{"tie": "ties", "skip": "skipped", None: "unjudged"}[outcome]] += 1
     return rows, counts
+
+
+def judge_pairs(folder: Path, endpoint: str, model: str) -> dict:
+    """Judge every pair not judged yet with the LLM judge: asked twice, the answers in both orders (judges
+    favour a position: Zheng et al. 2023), a preference only when both orders agree, else a tie. Two identical
+    answers are left alone (nothing to prefer). Each judgement is committed before the next request, so an
+    endpoint that fails half-way keeps what it judged. Counts: judged, ties among them."""
+    from engine.evaluation.judge import prefer
+
+    counts = {"judged": 0, "ties": 0}
+    with open_review(folder) as store:
+        for pair in store.pairs():
+            if pair.choice is not None or pair.a.strip() == pair.b.strip():
+                continue
+            orders = (prefer(endpoint, model, pair.prompt, pair.a, pair.b),
+                      prefer(endpoint, model, pair.prompt, pair.b, pair.a))
+            choice = {("A", "B"): "A", ("B", "A"): "B"}.get(orders, "tie")
+            store.judge(pair.id, choice)
+            counts["judged"] += 1
+            counts["ties"] += choice == "tie"
+    return counts
 
 
 def write_preference_file(folder: Path, out: str | Path) -> dict:

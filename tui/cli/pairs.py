@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.evaluation.pairs import check_settings, pairs_folder, write_preference_file
+from engine.evaluation.endpoint import EndpointError
+from engine.evaluation.pairs import check_settings, judge_pairs, pairs_folder, write_preference_file
 from engine.runs.workspace import resolve_run
 from tui.cli.common import CliError, engine_subprocess, print_json
 
@@ -44,13 +45,22 @@ def cmd_pairs(args) -> int:
     if not args.json:
         print(f"{generated['pairs']} pairs from {generated['prompts']} prompts in {folder} "
               f"({generated['generated']} prompts answered now, {generated['judged']} pairs judged before)")
+    judged = None
+    if args.judge_endpoint:
+        try:
+            judged = judge_pairs(folder, args.judge_endpoint, args.judge_model)
+        except EndpointError as exc:  # what it judged before failing is kept in the store
+            raise CliError(f"{exc} (the pairs judged so far are kept: run the same command again)") from None
+        if not args.json:
+            print(f"the judge at {args.judge_endpoint} judged {judged['judged']} pairs ({judged['ties']} ties: "
+                  "the two orders disagreed or it said tie)")
     if not args.no_review:
         from tui.app import TunedeckApp
 
         TunedeckApp(args.workspace, mode="eval", judge_pairs=folder).run()
     result = write_preference_file(folder, args.out)
     if args.json:
-        print_json({**result, "generated": generated})
+        print_json({**result, "generated": generated, "judge": judged})
     else:
         print(format_written(result))
     return 0
@@ -67,6 +77,9 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same answers")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="the first N prompts")
+    p.add_argument("--judge-endpoint", metavar="URL",
+                   help="an LLM judge (OpenAI-compatible base URL) judges the pairs not judged yet, in both orders")
+    p.add_argument("--judge-model", default="default")
     p.add_argument("--no-review", action="store_true",
                    help="do not open the review: generate, then write what is already judged")
     p.set_defaults(func=cmd_pairs)
