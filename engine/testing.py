@@ -32,6 +32,22 @@ def learnable_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+PREFERRED_MARKER = "done"  # every chosen answer of `learnable_pairs` ends with it, no rejected one does
+
+
+def learnable_pairs(n: int, seed: int = 0) -> list[dict]:
+    """TRL preference rows on the joining task: both answers join the words, only the chosen one ends with
+    PREFERRED_MARKER, a preference a tiny model learns in a few dozen steps."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.choice(WORDS), rng.choice(WORDS)
+        rows.append({"prompt": [{"role": "user", "content": f"join {a} and {b}"}],
+                     "chosen": [{"role": "assistant", "content": f"{a}-{b} {PREFERRED_MARKER}"}],
+                     "rejected": [{"role": "assistant", "content": f"{a}-{b}"}]})
+    return rows
+
+
 def unlearnable_rows(n: int, seed: int, prompt: str = "join {} and {}", answer_words: int = 2) -> list[dict]:
     """Chat rows whose answers do not follow from their prompts: learnt only by heart (overfitting,
     memorization)."""

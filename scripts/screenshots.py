@@ -85,6 +85,16 @@ def overfit_run(tmp: Path, workspace: Path):
     return tiny_run(tmp, workspace, "overfit", config, finished=True)
 
 
+def dpo_run(tmp: Path, workspace: Path):
+    """A finished DPO run on pairs the tiny model learns (engine.testing.learnable_pairs)."""
+    from engine.testing import learnable_pairs, write_jsonl
+
+    config = {"objective": "dpo", "method": "lora", "data": str(write_jsonl(tmp / "pairs.jsonl", learnable_pairs(160))),
+              "max_steps": 40, "eval_steps": 10, "save_steps": 1000, "logging_steps": 1, "learning_rate": 5e-3,
+              "per_device_train_batch_size": 4, "max_seq_length": 64}
+    return tiny_run(tmp, workspace, "dpo", config, finished=True)
+
+
 def eval_workspace(workspace: Path) -> Path:
     """A workspace with one evaluated run: the fixture report with a reference model's column, 5 of its pairs
     judged blind and its one tuned failure given an error category."""
@@ -197,7 +207,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--run", help="an existing run to show instead of training a tiny one")
-    parser.add_argument("--only", default="gpu,plan,data,data-pairs,monitor,eval,diagnosis,compare,chat,pairs",
+    parser.add_argument("--only", default="gpu,plan,data,data-pairs,monitor,monitor-dpo,eval,diagnosis,compare,chat,pairs",
                         help="comma-separated shots to take")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -248,6 +258,11 @@ def main() -> None:
             made.append(asyncio.run(shoot(TunedeckApp(workspace, attach=run.id), "diagnosis", args.out,
                                           lambda app: isinstance(app.screen, DiagnosisScreen) and app.screen.result,
                                           prepare=diagnose_attached)))
+        if "monitor-dpo" in only:
+            run = dpo_run(tmp, tmp / "dpo-ws")
+            made.append(asyncio.run(shoot(TunedeckApp(tmp / "dpo-ws", attach=run.id), "monitor-dpo", args.out,
+                                          lambda app: isinstance(app.screen, MonitorScreen) and app.screen.view
+                                          and not app.screen.view.replaying)))
         if "compare" in only:
             made.append(asyncio.run(shoot(TunedeckApp(compare_workspace(tmp / "compare-ws"), mode="runs"), "compare",
                                           args.out, lambda app: isinstance(app.screen, CompareScreen)

@@ -14,33 +14,20 @@ from engine_runs import dump, events, kill, kill_after_first_checkpoint, log_ste
 
 from engine.data.load import Example
 from engine.runs.protocol import COMPLETE_MARKER
-from engine.testing import WORDS, write_jsonl
+from engine.testing import PREFERRED_MARKER, WORDS, learnable_pairs, write_jsonl
 from engine.training.config import LOSS_TYPES, ConfigError, parse_config
 from engine.training.health import HealthMonitor
 
-MARKER = "done"  # every chosen answer ends with it, no rejected one does: a preference a tiny model learns
-
-
-def pair_rows(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.choice(WORDS), rng.choice(WORDS)
-        rows.append({"prompt": [{"role": "user", "content": f"join {a} and {b}"}],
-                     "chosen": [{"role": "assistant", "content": f"{a}-{b} {MARKER}"}],
-                     "rejected": [{"role": "assistant", "content": f"{a}-{b}"}]})
-    return rows
-
-
 def kto_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": f"join {a} and {b}", "completion": f"{a}-{b} {MARKER}" if good else f"{a}-{b}", "label": good}
+    return [{"prompt": f"join {a} and {b}", "completion": f"{a}-{b} {PREFERRED_MARKER}" if good else f"{a}-{b}",
+             "label": good}
             for a, b, good in ((rng.choice(WORDS), rng.choice(WORDS), i % 2 == 0) for i in range(n))]
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_project):
-    return write_jsonl(tiny_project / "pairs.jsonl", pair_rows(120))
+    return write_jsonl(tiny_project / "pairs.jsonl", learnable_pairs(120))
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +148,10 @@ def test_dpo_learns_the_preference_and_reports_rewards(write_config, workspace, 
 
 
 def test_overlong_pairs_are_counted_and_dropped(write_config, workspace, tmp_path):
-    long_prompt, long_answer = pair_rows(2, seed=1)
+    long_prompt, long_answer = learnable_pairs(2, seed=1)
     long_prompt["prompt"][0]["content"] = "join " + " and ".join(WORDS * 10)  # the prompt alone fills 64 tokens
     long_answer["chosen"][0]["content"] = "-".join(WORDS * 10)
-    data = write_jsonl(tmp_path / "long.jsonl", pair_rows(30) + [long_prompt, long_answer])
+    data = write_jsonl(tmp_path / "long.jsonl", learnable_pairs(30) + [long_prompt, long_answer])
     run, proc = start(preference_config(write_config, data, max_steps=2, max_seq_length=64, overlong="drop",
                                         validation_split=0), workspace)
     assert wait_final(run, proc)["state"] == "completed", dump(run)
