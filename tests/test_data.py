@@ -205,16 +205,18 @@ def test_trl_preference_rows_load_as_pairs_and_unpaired(tmp_path):
 def test_supervised_run_refuses_preference_rows(tmp_path):
     """An SFT run on a preference file would learn chosen answers without their rejected ones (and KTO's
     undesirable answers): refused, naming the counts."""
-    from engine.training.recipes.sft import demonstrations
+    from engine.training.recipes.base import examples_for
 
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
                     + json.dumps({"prompt": "a", "completion": "b", "label": False}) + "\n"
                     + json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     examples = load_examples(path).examples
-    with pytest.raises(ValueError, match="1 preference pairs and 1 unpaired .KTO. rows: supervised"):
-        demonstrations(examples, str(path))
-    assert demonstrations(examples[2:], str(path)) == examples[2:]
+    with pytest.raises(ValueError, match=r"holds 1 preference pairs and 1 demonstrations and 1 unpaired \(KTO\) rows: "
+                                         r"sft learns from demonstrations only; train preference rows with "
+                                         r"objective: dpo, orpo or kto"):
+        examples_for("sft", examples, str(path))
+    assert examples_for("sft", examples[2:], str(path)) == examples[2:]
 
 
 def test_alpaca_history_becomes_the_earlier_turns(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,26 @@ from engine.training.distributed import init_distributed, leave_together, local_
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
 from engine.training.samples import AnswerSampler, sample_conversations
+
+
+# What each objective learns from, as Example.kind: KTO takes pairs too (each side one labelled row).
+DATA_KINDS = {"sft": ("sft",), "dpo": ("pair",), "orpo": ("pair",), "kto": ("unpaired", "pair")}
+KIND_WORDS = {"pair": "preference pairs", "unpaired": "unpaired (KTO) rows", "sft": "demonstrations"}
+
+
+def examples_for(objective: str, examples: list[Example], path: str) -> list[Example]:
+    """The examples, refused whole, by count, when some are of a kind the objective cannot learn from: SFT
+    would learn a pair's chosen side without its rejected one, or an undesirable KTO completion as an answer."""
+    kinds = Counter(ex.kind for ex in examples)
+    wrong = {kind for kind in kinds if kind not in DATA_KINDS[objective]}
+    if wrong:
+        found = " and ".join(f"{n} {KIND_WORDS[kind]}" for kind, n in sorted(kinds.items()))
+        needs = " or ".join(KIND_WORDS[kind] for kind in DATA_KINDS[objective])
+        hint = ("train demonstrations with objective: sft" if "sft" in wrong
+                else "train preference rows with objective: dpo, orpo or kto" if objective == "sft"
+                else "train unpaired rows with objective: kto")
+        raise ValueError(f"{path} holds {found}: {objective} learns from {needs} only; {hint}")
+    return examples
 
 
 class Recipe:

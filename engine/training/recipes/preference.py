@@ -30,13 +30,8 @@ from engine.models.load import load_model
 from engine.training.checkpoints import AtomicCheckpoints
 from engine.training.distributed import local_device
 from engine.training.labels import TokenizeStats
-from engine.training.recipes.base import Recipe
+from engine.training.recipes.base import Recipe, examples_for
 from engine.training.recipes.sft import read_conversations
-
-# What each objective learns from, as Example.kind: KTO takes pairs too (each side one labelled row).
-DATA_KINDS = {"dpo": ("pair",), "orpo": ("pair",), "kto": ("unpaired", "pair")}
-KIND_WORDS = {"pair": "preference pairs", "unpaired": "unpaired (KTO) rows", "sft": "demonstrations"}
-
 
 class AtomicDPOTrainer(AtomicCheckpoints, DPOTrainer):
     """TRL's DPOTrainer with atomic checkpoints."""
@@ -65,15 +60,8 @@ def _orpo_classes():
 
 
 def preference_examples(examples: list[Example], objective: str, path: str) -> list[Example]:
-    """The examples, refused whole when some are of a kind the objective cannot learn from, by count."""
-    kinds = Counter(ex.kind for ex in examples)
-    wrong = {kind: n for kind, n in kinds.items() if kind not in DATA_KINDS[objective]}
-    if wrong:
-        found = " and ".join(f"{n} {KIND_WORDS[kind]}" for kind, n in sorted(kinds.items()))
-        needs = " or ".join(KIND_WORDS[kind] for kind in DATA_KINDS[objective])
-        hint = ("train demonstrations with objective: sft" if "sft" in wrong
-                else "train unpaired rows with objective: kto")
-        raise ValueError(f"{path} holds {found}: {objective} learns from {needs} only; {hint}")
+    """The examples, refused as engine.training.recipes.base.examples_for says, and when they call tools."""
+    examples_for(objective, examples, path)
     for ex in examples:
         if ex.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in ex.messages + (ex.rejected or [])):
             raise ValueError(f"{ex.source} line {ex.line}: preference rows with tool calls are not trained yet; "

@@ -9,7 +9,6 @@ Runs in the engine subprocess (engine.training.worker), never in the UI; heavy b
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
 
@@ -17,7 +16,7 @@ from engine.data.load import Example, fingerprint, load_examples
 from engine.data.mix import mix_general
 from engine.training.checkpoints import AtomicCheckpointTrainer
 from engine.training.labels import IGNORE_INDEX, encode_examples
-from engine.training.recipes.base import Recipe
+from engine.training.recipes.base import Recipe, examples_for
 
 MAX_BAD_ROW_WARNINGS = 20
 
@@ -40,24 +39,13 @@ def read_conversations(path: str, system_prompt: str | None, plumbing) -> list[E
     return result.examples
 
 
-def demonstrations(examples: list[Example], path: str) -> list[Example]:
-    """The examples, refused whole when some are preference rows: supervised training would learn a pair's
-    chosen side without its rejected one, and an undesirable KTO completion as an answer."""
-    kinds = Counter(ex.kind for ex in examples if ex.kind != "sft")
-    if kinds:
-        found = " and ".join(f"{n} {'preference pairs' if kind == 'pair' else 'unpaired (KTO) rows'}"
-                             for kind, n in sorted(kinds.items()))
-        raise ValueError(f"{path} holds {found}: supervised fine-tuning learns demonstrations only; "
-                         "train these with a preference objective")
-    return examples
-
-
 class SFTRecipe(Recipe):
     def load_data(self) -> tuple[list[dict], list[dict]]:
         cfg, plumbing = self.cfg, self.plumbing
-        train = demonstrations(read_conversations(cfg.data, cfg.system_prompt, plumbing), cfg.data)
+        train = examples_for("sft", read_conversations(cfg.data, cfg.system_prompt, plumbing), cfg.data)
         if cfg.eval_data:
-            held_out = demonstrations(read_conversations(cfg.eval_data, cfg.system_prompt, plumbing), cfg.eval_data)
+            held_out = examples_for("sft", read_conversations(cfg.eval_data, cfg.system_prompt, plumbing),
+                                    cfg.eval_data)
         elif cfg.validation_split > 0 and len(train) >= 10:
             order = list(range(len(train)))
             random.Random(cfg.seed).shuffle(order)
@@ -91,8 +79,8 @@ class SFTRecipe(Recipe):
     def _mix_general(self, train: list[Example]):
         """General examples sampled into the training split (after the held-out split: eval stays task-only)."""
         cfg = self.cfg
-        general = demonstrations(read_conversations(cfg.general_data, cfg.system_prompt, self.plumbing),
-                                 cfg.general_data)
+        general = examples_for("sft", read_conversations(cfg.general_data, cfg.system_prompt, self.plumbing),
+                               cfg.general_data)
         mixed = mix_general(train, general, cfg.general_ratio, cfg.seed)
         if mixed.capped:
             self.plumbing.event("warning", code="general_capped", message=f"general_data: {mixed.summary()}")
