@@ -202,6 +202,20 @@ def test_dpo_kill9_then_resume_continues_from_checkpoint(write_config, workspace
     assert not (run.path / "adapter" / "ref").exists()
 
 
+def test_dpo_under_two_process_torchrun_has_one_writer(write_config, workspace, pairs):
+    """DDP as for SFT (tests/test_training.py): TRL's trainer under torchrun, one writer of the run directory."""
+    run, proc = start(preference_config(write_config, pairs, nproc_per_node=2, max_steps=10, save_steps=5,
+                                        eval_steps=5), workspace)
+    assert wait_final(run, proc, timeout=600)["state"] == "completed", dump(run)
+    evs = events(run)
+    assert next(e for e in evs if e.get("state") == "starting")["world_size"] == 2
+    assert len({e["seq"] for e in evs}) == len(evs)
+    steps = log_steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+    assert all("rewards/margins" in e for e in logs(run))
+    assert [s for s, _, ok in run.checkpoints() if ok] == [5, 10]
+
+
 def test_dpo_sigterm_leaves_a_complete_checkpoint(write_config, workspace, pairs):
     run, proc = start(preference_config(write_config, pairs, max_steps=5000, save_steps=10000, eval_steps=10000),
                       workspace)
