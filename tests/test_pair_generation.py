@@ -187,8 +187,9 @@ def test_an_llm_judge_judges_in_both_orders_and_a_position_bias_is_a_tie(chat_ru
         return ("A" if len(first) > len(second) else "B" if len(second) > len(first) else "tie") + ": longer.", None
 
     out = tmp_path / "prefs.jsonl"
+    seed = ("--seed", "7")  # a folder of its own: the module's run keeps the other tests' judgements
     with openai_server(longer) as (url, seen):
-        result = pairs_cli(chat_run, prompts, out, capsys, "--judge-endpoint", url)
+        result = pairs_cli(chat_run, prompts, out, capsys, *seed, "--judge-endpoint", url)
     distinct = result["judge"]["judged"]
     assert len(seen) == 2 * distinct and distinct + result["identical"] == 5
     loaded = load_examples(out).examples
@@ -196,10 +197,10 @@ def test_an_llm_judge_judges_in_both_orders_and_a_position_bias_is_a_tie(chat_ru
     assert all(len(ex.messages[-1]["content"]) > len(ex.rejected[-1]["content"]) for ex in loaded)
 
     with openai_server(lambda body: ("A, it reads better.", None)) as (url, seen):
-        again = pairs_cli(chat_run, prompts, out, capsys, "--judge-endpoint", url)
+        again = pairs_cli(chat_run, prompts, out, capsys, *seed, "--judge-endpoint", url)
     assert again["judge"]["judged"] == 0 and not seen  # nothing left to judge
     biased = tmp_path / "biased-prompts.jsonl"
     biased.write_text(prompts.read_text().replace("cat dog", "dog cat"))  # other prompts: a folder of their own
     with openai_server(lambda body: ("A, it reads better.", None)) as (url, seen):
-        result = pairs_cli(chat_run, biased, tmp_path / "biased.jsonl", capsys, "--judge-endpoint", url)
+        result = pairs_cli(chat_run, biased, tmp_path / "biased.jsonl", capsys, *seed, "--judge-endpoint", url)
     assert result["written"] == 0 and result["judge"]["ties"] == result["judge"]["judged"] > 0
