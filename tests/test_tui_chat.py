@@ -124,7 +124,8 @@ async def test_killed_engine_is_shown_and_restarts(chat_run):
         screen = await ready(pilot, app)
         pid = screen.engine.pid
         os.kill(pid, signal.SIGKILL)
-        await wait_for(pilot, lambda: screen.state == "gone", timeout=30)
+        # the state first, the redraw after it: wait for what the screen says (CI read it in between)
+        await wait_for(pilot, lambda: screen.state == "gone" and "CHAT ENGINE GONE" in screen_text(app), timeout=30)
         text = screen_text(app)
         assert "CHAT ENGINE GONE" in text and "killed by signal 9" in text and "ctrl+r" in text
         await pilot.press("i", *"hello", "enter")  # asking a dead engine: a warning, nothing sent
