@@ -23,6 +23,7 @@ METHODS = ("full", "lora", "qlora")  # what is trained: every weight, a LoRA ada
 # what it learns from: demonstrations (sft), preference pairs (dpo, orpo) or labelled completions (kto)
 OBJECTIVES = ("sft", "dpo", "orpo", "kto")
 PREFERENCE_OBJECTIVES = OBJECTIVES[1:]
+FSDP_MODES = ("full_shard", "shard_grad_op", "hybrid_shard")  # TrainingArguments' fsdp options, by their names
 
 
 DEFAULT_LORA_DROPOUT = 0.05
@@ -121,8 +122,17 @@ class RunConfig:
     divergence_factor: float = 3.0
     grad_spike_factor: float = 10.0
 
-    # several GPUs: processes per node for torchrun; 1 runs a plain process
-    nproc_per_node: int = 1
+    # several GPUs and machines (engine.runs.launch, engine.training.distributed)
+    nproc_per_node: int = 1  # processes per node for torchrun, one per GPU; 1 (and one node) runs a plain process
+    # None: every rank holds the whole model (DDP); otherwise the Trainer's FSDP sharding of weights, gradients and
+    # optimizer state (full_shard), of gradients and optimizer state (shard_grad_op), or full_shard within each
+    # node and replicas across nodes (hybrid_shard)
+    fsdp: Literal[FSDP_MODES] | None = None
+    nnodes: int = 1  # machines; node 0 starts the run, every other runs `tunedeck join RUN --node-rank N`
+    # torchrun's c10d rendezvous on node 0 as HOST:PORT; None: a file store in the run directory, which all nodes
+    # must see anyway (no rendezvous port at all)
+    rdzv_endpoint: str | None = None
+    network_interface: str | None = None  # nnodes > 1: the only interface gloo/NCCL sockets listen on (required)
 
     # notifications (engine.training.notify): a command the engine runs, without a shell, once per
     # ending and per new warning code, with TUNEDECK_RUN_ID, _STATE, _REASON, _RUN_DIR... in its environment
@@ -177,7 +187,7 @@ FLOAT_RANGES = {
 MAX_INT = 2**31 - 1  # no count or length is larger; a larger one overflows a C int downstream
 POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "max_seq_length", "logging_steps", "lora_r",
-                     "nproc_per_node", "eval_steps", "save_steps", "save_total_limit",
+                     "nproc_per_node", "nnodes", "eval_steps", "save_steps", "save_total_limit",
                      "early_stopping_patience", "lora_alpha"}
 
 
@@ -282,6 +292,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
     if lr is not None and not 0 < lr < 10:
         raise ConfigError(f"config key 'learning_rate' must be positive and below 10, got {lr}")
     _check_objective(values)
+    _check_nodes(values)
     if check_paths:
         _check_reporters(values.get("report_to") or [])
     base = base_dir or Path.cwd()
@@ -331,6 +342,23 @@ def _check_objective(values: dict) -> None:
     for key, why in refused.items():
         if values.get(key) not in (None, FIELDS[key].default, False):
             raise ConfigError(f"config key {key!r} {why}; objective {objective} does not take it: leave it out")
+
+
+def _check_nodes(values: dict) -> None:
+    """Several machines need the interface their sockets may use; one machine keeps everything on loopback."""
+    nnodes = values.get("nnodes", 1)
+    for key in ("rdzv_endpoint", "network_interface"):
+        if nnodes == 1 and values.get(key) is not None:
+            raise ConfigError(f"config key {key!r} is for several machines (nnodes > 1); one machine listens on "
+                              "loopback only: leave it out")
+    if nnodes > 1 and not values.get("network_interface"):
+        raise ConfigError(f"config key 'nnodes' is {nnodes}, so 'network_interface' is required: name the interface "
+                          "the nodes reach each other on (see `ip -brief address`), e.g. eth0")
+    endpoint = values.get("rdzv_endpoint")
+    if endpoint is not None:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"config key 'rdzv_endpoint': expected HOST:PORT of node 0, got {_short(endpoint)}")
 
 
 # report_to backends and the packages the Trainer needs for them (any one will do).

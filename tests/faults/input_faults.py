@@ -691,7 +691,7 @@ def wrong_type(rng, key: str):
 
 
 POSITIVE = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-            "max_seq_length", "logging_steps", "lora_r", "nproc_per_node", "eval_steps", "save_steps",
+            "max_seq_length", "logging_steps", "lora_r", "nproc_per_node", "nnodes", "eval_steps", "save_steps",
             "save_total_limit", "early_stopping_patience", "lora_alpha"}
 NON_NEGATIVE = {"warmup_steps", "weight_decay", "max_grad_norm", "early_stopping_threshold"}
 NOT_FINITE = [math.nan, math.inf, -math.inf, "nan", "inf", "-Infinity", "1e999"]
@@ -728,6 +728,7 @@ def out_of_range(rng, key: str) -> list:
         "general_ratio": [0, 1, neg, rng.uniform(1, 100)],
         "sample_prompts": [rng.randint(-10**9, -1)],
         "beta": [0, neg], "desirable_weight": [0, neg], "undesirable_weight": [0, neg], "loss_type": ["no-such-loss"],
+        "nnodes": [rng.randint(2, 64)], "rdzv_endpoint": ["node0:29400"], "network_interface": ["eth0"],
         "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
                            "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
@@ -748,6 +749,8 @@ def valid_value(rng, key: str):
         "sample_prompts": rng.randint(0, 10**6),
         # the data's kind is the recipe's check (it reads the file), so any objective parses; loss_type depends on it
         "objective": rng.choice(["sft", "dpo", "orpo", "kto"]), "loss_type": None,
+        # several machines need an interface, and the interface and endpoint need several machines: alone, one node
+        "nnodes": 1, "rdzv_endpoint": None, "network_interface": None,
         "beta": rng.uniform(0.01, 10), "desirable_weight": rng.uniform(0.01, 10),
         "undesirable_weight": rng.uniform(0.01, 10),
         "max_steps": rng.choice([-1, rng.randint(1, 10**6)]), "validation_split": rng.uniform(0, 0.99),
