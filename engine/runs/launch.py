@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from engine.core.files import ensure_private_dir, write_atomic
@@ -23,19 +24,38 @@ from engine.training.config import ConfigError, RunConfig, load_config
 from engine.training.signals import STOP_SIGNALS
 
 DDP_DIR = ".ddp"  # in the run directory: the rendezvous and process-group files of a torchrun launch
+LAUNCH_TOKEN = "launch.json"  # in DDP_DIR: written by node 0 at each launch; followers must read the same one
+JOIN_TIMEOUT_SECONDS = 600  # torchrun's c10d default, named: how long node 0 waits for the other nodes
 
 
-def worker_command(run: Run, resume: bool, nproc_per_node: int) -> list[str]:
+def worker_command(run: Run, resume: bool, nproc_per_node: int, nnodes: int = 1, node_rank: int | str = 0,
+                   local_addr: str = "127.0.0.1", rdzv_id: str | None = None,
+                   rdzv_endpoint: str | None = None) -> list[str]:
+    """The engine's command on one node: a plain process, or torchrun for several GPUs or machines. The one
+    builder of the torchrun line: `tunedeck train` (node 0), `tunedeck join` and the Slurm script use it."""
     worker = ["-m", "engine.training.worker", "--run-dir", str(run.path)] + (["--resume"] if resume else [])
-    if nproc_per_node > 1:
-        # One process per GPU under DDP; rank 0 alone writes the run directory. Not --standalone: its
-        # rendezvous is a TCP store that listens on every interface (:: even for a 127.0.0.1 endpoint);
-        # a file store in the run directory needs no port at all (see ddp_env).
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-                f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={run.path / DDP_DIR / 'rendezvous'}", "--rdzv-conf=store_type=file",
-                f"--rdzv-id={run.id}", "--local-addr=127.0.0.1", *worker]
-    return [sys.executable, *worker]
+    if nproc_per_node == 1 and nnodes == 1:
+        return [sys.executable, *worker]
+    # One process per GPU; global rank 0 alone writes the run directory. Not --standalone: its rendezvous is a
+    # TCP store that listens on every interface (:: even for a 127.0.0.1 endpoint); a file store in the run
+    # directory needs no port at all (see ddp_env).
+    # With rdzv_endpoint the node whose address it names hosts torchrun's c10d TCP store (torch tells by the address).
+    rendezvous = ([f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_SECONDS}"]
+                  if rdzv_endpoint else
+                  [f"--rdzv-endpoint={rendezvous_dir(run.path) / 'store'}",
+                   f"--rdzv-conf=store_type=file,join_timeout={JOIN_TIMEOUT_SECONDS}"])
+    # c10d numbers the nodes by address and ignores torchrun's --node-rank (it says so): the worker gets the node
+    # rank instead and numbers the ranks by it, so that node 0 holds rank 0 (engine.training.worker).
+    node = ["--node-rank", str(node_rank)] if nnodes > 1 else []
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+            f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d", *rendezvous,
+            f"--rdzv-id={rdzv_id or run.id}", f"--local-addr={local_addr}", *worker, *node]
+
+
+def rendezvous_dir(run_dir: Path) -> Path:
+    """The torchrun agents' file store lives alone in here, so that replacing the directory ends their use of it
+    (engine.training.worker.release_agents)."""
+    return run_dir / DDP_DIR / "rendezvous"
 
 
 def loopback_interface() -> str:
@@ -48,14 +68,54 @@ def loopback_interface() -> str:
     return "lo"
 
 
-def ddp_env(run: Run) -> dict[str, str]:
-    """What a torchrun launch needs so that nothing listens beyond loopback: the agent opens no TCP
-    store for its workers, the ranks join through a file store (engine.training.distributed.init_distributed), and
-    gloo's and NCCL's own sockets are bound to the loopback interface (one node: nothing else is needed)."""
-    loopback = loopback_interface()
+def interface_address(name: str) -> str:
+    """The address of this machine's interface `name` (IPv4 first), for torchrun's --local-addr; a name
+    this machine lacks is one clear error."""
+    import psutil
+
+    interfaces = psutil.net_if_addrs()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for a in interfaces.get(name, []):
+            if a.family == family:
+                return a.address.split("%")[0]
+    raise RunError(f"network_interface {name!r} is not an interface of {socket.gethostname()} (it has "
+                   f"{', '.join(sorted(interfaces)) or 'none'}): name the one the nodes reach each other on")
+
+
+def ddp_env(run: Run, network_interface: str | None = None) -> dict[str, str]:
+    """What a torchrun launch needs so that nothing listens beyond the named interface: the agent opens no TCP
+    store for its workers, the ranks join through a file store (engine.training.distributed.init_distributed)
+    and check the launch token there, and gloo's and NCCL's own sockets are bound to loopback on one machine
+    and to the config's network_interface across several."""
+    interface = network_interface or loopback_interface()
     return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "TUNEDECK_DDP_STORE": str(run.path / DDP_DIR / "process-group"),
-            "GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback}
+            "TUNEDECK_LAUNCH_TOKEN": str(run.path / DDP_DIR / LAUNCH_TOKEN),
+            "GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface}
+
+
+def engine_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of an engine process: offline, unbuffered, this checkout first on the path."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **extra)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    return env
+
+
+def node_log(run: Run, node_rank: int) -> Path:
+    """Node 0's torchrun output goes to engine.log, node N's to engine-nodeN.log."""
+    return run.log_path if node_rank == 0 else run.path / f"engine-node{node_rank}.log"
+
+
+def prepare_launch(run: Run, cfg: dict, resume: bool) -> dict:
+    """A fresh .ddp/ (a store left by an earlier launch would mislead) and the launch token in it: the followers'
+    proof that they see node 0's storage, and what they join (launch id, resume or not)."""
+    shutil.rmtree(run.path / DDP_DIR, ignore_errors=True)
+    ensure_private_dir(rendezvous_dir(run.path))
+    token = {"launch_id": f"{run.id}-{uuid.uuid4().hex[:8]}", "run_id": run.id, "resume": resume,
+             "nnodes": int(cfg.get("nnodes") or 1), "host": socket.gethostname(), "created": time.time()}
+    write_atomic(run.path / DDP_DIR / LAUNCH_TOKEN, json.dumps(token))
+    return token
 
 
 def spawn(run: Run, resume: bool = False, detach: bool = True) -> subprocess.Popen:
@@ -74,26 +134,26 @@ def spawn(run: Run, resume: bool = False, detach: bool = True) -> subprocess.Pop
 
 def _start_engine(run: Run, resume: bool, detach: bool, status: dict) -> subprocess.Popen:
     cfg = run.config()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    nproc = int(cfg.get("nproc_per_node") or 1)
-    if nproc > 1:
-        shutil.rmtree(run.path / DDP_DIR, ignore_errors=True)  # a store left by an earlier launch would mislead
-        ensure_private_dir(run.path / DDP_DIR)
-        env.update(ddp_env(run))
+    nproc, nnodes = int(cfg.get("nproc_per_node") or 1), int(cfg.get("nnodes") or 1)
+    interface = cfg.get("network_interface") if nnodes > 1 else None
+    local_addr = interface_address(interface) if interface else "127.0.0.1"  # before anything starts
+    torchrun = nproc > 1 or nnodes > 1
+    extra, command = {}, worker_command(run, resume, 1)
+    if torchrun:
+        token = prepare_launch(run, cfg, resume)
+        extra = ddp_env(run, interface)
+        command = worker_command(run, resume, nproc, nnodes, 0, local_addr, token["launch_id"],
+                                 cfg.get("rdzv_endpoint"))
     # A single engine starts with stop signals blocked (the mask survives exec) and unblocks them once
     # its handler is armed, so a SIGTERM during interpreter start-up stops the run instead of killing it.
     # torchrun is left as it is: it forwards signals to its workers itself.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if nproc == 1 else None
+    blocked = None if torchrun else signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         with open(run.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} ===\n".encode())
             log.flush()
-            proc = subprocess.Popen(
-                worker_command(run, resume, nproc),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=detach, env=env, cwd=run.path)
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=detach, env=engine_env(extra), cwd=run.path)
     finally:
         if blocked is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -106,7 +166,8 @@ def _start_engine(run: Run, resume: bool, detach: bool, status: dict) -> subproc
 
 
 def create_from_config(cfg: RunConfig, workspace: Path, argv: list[str] | None = None) -> Run:
-    info = {"dataset_fingerprint": fingerprint(cfg.data), "split_seed": cfg.seed}
+    info = {"dataset_fingerprint": fingerprint(cfg.data), "split_seed": cfg.seed,
+            "world_size": cfg.nnodes * cfg.nproc_per_node, "nnodes": cfg.nnodes}
     if cfg.general_data:
         info["general_data"] = general_data_info(cfg)
     return create_run(workspace, cfg.to_dict(), name=cfg.name or Path(cfg.data).stem, argv=argv, extra_info=info)

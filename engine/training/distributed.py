@@ -31,6 +31,25 @@ def init_distributed() -> None:
     dist.init_process_group("nccl" if cuda else "gloo", store=dist.FileStore(path, world_size()),
                             rank=rank(), world_size=world_size(),
                             timeout=timedelta(seconds=1800))  # TrainingArguments' ddp_timeout default
+    same_storage(os.environ.get("TUNEDECK_LAUNCH_TOKEN"))
+
+
+def same_storage(token_path: str | None) -> None:
+    """Every rank must read the launch token node 0 wrote: on several machines the run directory has to be one
+    storage that all of them see (rank 0 alone writes it; commands reach the others through it)."""
+    if not token_path:
+        return
+    try:
+        with open(token_path, encoding="utf-8") as f:
+            seen = f.read()
+    except OSError:
+        seen = None
+    tokens = [None] * world_size()
+    dist.all_gather_object(tokens, seen)
+    strays = [r for r, t in enumerate(tokens) if t is None or t != tokens[0]]
+    if strays:
+        raise RuntimeError(f"ranks {', '.join(map(str, strays))} do not read rank 0's launch token {token_path}: "
+                           "the run directory is not on storage all nodes see")
 
 
 def is_distributed() -> bool:

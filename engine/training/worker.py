@@ -11,6 +11,7 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -47,6 +48,16 @@ def acquire_lock(run: Run):
     f.write(f"pid {os.getpid()}")
     f.flush()
     return f
+
+
+def number_ranks_by_node(node_rank: int) -> None:
+    """torchrun's c10d rendezvous numbers the nodes in the order of their addresses, not by --node-rank; the
+    ranks follow the node rank each node was started with instead, so node 0 (`tunedeck train`) holds rank 0,
+    the run's one writer, and node N's ranks are N * nproc_per_node + local rank. The process group is
+    tunedeck's own (engine.training.distributed), so the numbering is ours to choose."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    os.environ["RANK"] = str(node_rank * local_world + int(os.environ.get("LOCAL_RANK", "0")))
+    os.environ["GROUP_RANK"] = str(node_rank)
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -105,7 +116,10 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.training.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--node-rank", type=int, help="this node's rank in a run on several machines")
     args = parser.parse_args(argv)
+    if args.node_rank is not None:
+        number_ranks_by_node(args.node_rank)
     run = Run(args.run_dir.resolve())
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
@@ -151,6 +165,8 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
         plumbing.close()
         if lock is not None:
             lock.close()
+    if rank0 and plumbing.board.fields.get("state") == "stopped":
+        release_agents(run)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, interpreter teardown can hit a joinable C++ thread in the distributed
         # backend and abort a rank after a clean finish; everything is written and closed by now.
@@ -158,6 +174,25 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def release_agents(run: Run) -> None:
+    """After a stop on several machines: torchrun's agents, once their workers have left, wait up to 300 s (its
+    exit barrier, not settable from its command line) for every other agent, and one stopped by a signal never
+    comes. A file where their store's directory was makes each open of the store fail at once (a missing one
+    they retry until that timeout), so they stop waiting; the next launch makes a fresh directory."""
+    from engine.runs.launch import rendezvous_dir
+
+    if int(run.config().get("nnodes") or 1) == 1:
+        return
+    store_dir = rendezvous_dir(run.path)
+    ended = store_dir.with_name(store_dir.name + ".ended")
+    try:
+        os.replace(store_dir, ended)
+        store_dir.write_text("this launch has ended\n")
+    except OSError:
+        return  # released already, or never made
+    shutil.rmtree(ended, ignore_errors=True)
 
 
 def _stopped_before_start(run: Run, rank0: bool, notify_command: str | None) -> int:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.core.paths import default_workspace
-from tui.cli import chat, compare, data, demo, diagnosis, evaluation, hardware, pairs, plan, runs
+from tui.cli import chat, compare, data, demo, diagnosis, evaluation, hardware, nodes, pairs, plan, runs
 from tui.cli.common import CliError
 from tui.errors import EXPLAINED_ERRORS
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunedeck", parents=[common],
                                      description="Fine-tune language models from the terminal.")
     sub = parser.add_subparsers(dest="command")
-    for group in (runs, compare, hardware, demo, evaluation, pairs, chat, diagnosis, plan, data):  # the order of `tunedeck --help`
+    for group in (runs, nodes, compare, hardware, demo, evaluation, pairs, chat, diagnosis, plan, data):  # the order of `tunedeck --help`
         group.add_parsers(sub, common)
     return parser
 
