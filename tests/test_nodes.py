@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from engine.runs.launch import DDP_DIR, LAUNCH_TOKEN, loopback_interface
@@ -75,3 +76,19 @@ def test_sigterm_on_either_node_stops_both_with_a_checkpoint(write_config, works
     step = status["step"]
     assert 0 < step < 400 and [s for s, _, ok in run.checkpoints() if ok] == [step]
     assert (run.checkpoints_dir / f"checkpoint-{step}" / "COMPLETE").is_file()
+
+
+def test_a_rank_killed_on_node_1_fails_the_run_and_names_it(write_config, workspace):
+    run, node0 = start(two_nodes(write_config, max_steps=400, save_steps=1000, eval_steps=1000), workspace)
+    node1 = join(run, workspace)
+    wait_for(lambda: len(log_steps(run)) >= 2 or run.status()["state"] == "failed", timeout=240,
+             what="both nodes to train")
+    worker = psutil.Process(node1).children()[0]
+    worker.kill()
+    status = wait_final(run, node0, timeout=120)
+    assert status["state"] == "failed", dump(run) + node_log(run)
+    assert node0.returncode != 0
+    gone(node1)
+    assert "node 1" in status["error"] and "SIGKILL" in status["error"], status["error"]
+    error = next(e for e in events(run) if e["type"] == "error")
+    assert any("SIGKILL" in line for line in error["log_tail"])

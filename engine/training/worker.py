@@ -75,6 +75,52 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {first}", "see engine.log for the traceback"
 
 
+# What gloo and NCCL say when the rank at the other end of a collective is gone.
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "remote process exited", "DistNetworkError")
+REPORT_WAIT_SECONDS = 10  # the other node's torchrun writes its failure report once it sees its worker gone
+
+
+def lost_rank(exc: BaseException, run: Run) -> tuple[str, str, list[str]] | None:
+    """(message, what to do, that node's log tail) when a collective lost its peer: a rank died (killed, out of
+    memory, its machine gone). On several machines the node whose torchrun reports a failed worker in its
+    engine-nodeN.log is named, with the tail of that log."""
+    text = f"{type(exc).__name__}: {exc}"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not any(s in text for s in LOST_PEER):
+        return None
+    advice = f"see its log, fix what ended it, then `tunedeck resume {run.id}` from the last complete checkpoint"
+    nnodes = int(run.config().get("nnodes") or 1)
+    deadline = time.time() + (REPORT_WAIT_SECONDS if nnodes > 1 else 0)
+    while True:
+        for node in range(1, nnodes):
+            log = run.path / f"engine-node{node}.log"
+            tail = failed_worker_report(log)
+            if tail:
+                code = next((line.split(":", 1)[1].strip() for line in tail if line.strip().startswith("exitcode")),
+                            "see its log")
+                return f"node {node} lost a rank (exit code {code}); its log: {log}", advice, tail
+        if time.time() >= deadline:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            where = "the engine-nodeN.log files of the other nodes" if nnodes > 1 else "engine.log"
+            return f"another rank is gone ({first[:200]})", f"see {where}; {advice}", []
+        time.sleep(0.5)
+
+
+def failed_worker_report(log: Path) -> list[str]:
+    """The last lines of torchrun's report of a failed worker in a node's log, since its latest launch."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = text.rsplit("\n=== ", 1)[-1].splitlines()
+    if not any("Root Cause" in line for line in lines):
+        return []
+    return [line for line in lines if line.strip()][-20:]
+
+
 def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
     """torch.load(weights_only=True) met a pickled object that is not a tensor (a planted or foreign
     checkpoint): say which file and which object, not torch's advice to load it without weights_only."""
@@ -157,7 +203,11 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything ends as a recorded failure
         traceback.print_exc()
         message, advice = describe_failure(exc)
-        plumbing.event("error", step=_step(recipe), message=message, advice=advice)
+        lost = lost_rank(exc, run) if rank0 else None
+        if lost is not None:
+            message, advice, tail = lost
+        plumbing.event("error", step=_step(recipe), message=message, advice=advice,
+                       **({"log_tail": tail} if lost is not None else {}))
         plumbing.set_state("failed", step=_step(recipe), error=f"{message}; {advice}")
         code = 1
     finally:
