@@ -13,6 +13,7 @@ import time
 
 import psutil
 import pytest
+import yaml
 
 from engine.runs.launch import DDP_DIR, LAUNCH_TOKEN, loopback_interface
 from engine.runs.protocol import RunError, pid_alive
@@ -92,3 +93,116 @@ def test_a_rank_killed_on_node_1_fails_the_run_and_names_it(write_config, worksp
     assert "node 1" in status["error"] and "SIGKILL" in status["error"], status["error"]
     error = next(e for e in events(run) if e["type"] == "error")
     assert any("SIGKILL" in line for line in error["log_tail"])
+
+
+def test_stop_from_control_reaches_both_and_resume_continues(write_config, workspace):
+    run, node0 = start(two_nodes(write_config, max_steps=400, save_steps=1000, eval_steps=1000), workspace)
+    node1 = join(run, workspace)
+    wait_for(lambda: len(log_steps(run)) >= 2 or run.status()["state"] == "failed", timeout=240,
+             what="both nodes to train")
+    assert tunedeck("stop", run.id, workspace=workspace).returncode == 0  # a command file, read by rank 0
+    status = wait_final(run, node0, timeout=120)
+    assert status["state"] == "stopped", dump(run) + node_log(run)
+    gone(node1)
+    stopped_at = status["step"]
+    assert [s for s, _, ok in run.checkpoints() if ok] == [stopped_at]
+    cfg = yaml.safe_load(run.config_path.read_text())
+    run.config_path.write_text(yaml.safe_dump({**cfg, "max_steps": stopped_at + 3}))
+    before = len(events(run))
+    run, node0 = start(None, workspace, resume_run=run)
+    node1 = join(run, workspace)
+    status = wait_final(run, node0, timeout=300)
+    assert status["state"] == "completed", dump(run) + node_log(run)
+    gone(node1)
+    evs = events(run)[before:]
+    assert next(e for e in evs if e.get("state") == "running")["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+    assert [e["step"] for e in evs if e["type"] == "log"] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+
+
+# ---- join refusals, without an engine ---------------------------------------------------------
+
+@pytest.fixture
+def waiting_run(write_config, workspace):
+    """A two-node run whose node 0 has launched (token written, status `starting` with a live pid) and waits."""
+    from engine.runs.launch import create_from_config, prepare_launch
+    from engine.training.config import load_config
+
+    run = create_from_config(load_config(two_nodes(write_config)), workspace)
+    prepare_launch(run, run.config(), resume=False)
+    set_status(run, state="starting")
+    return run
+
+
+def set_status(run, **fields) -> None:
+    run.status_path.write_text(json.dumps({"run_id": run.id, "pid": os.getpid(), "host": os.uname().nodename,
+                                           "heartbeat": time.time(), **fields}))
+
+
+def refusal(run, node_rank: int = 1) -> str:
+    from engine.runs.nodes import check_join
+
+    with pytest.raises(RunError) as err:
+        check_join(run, node_rank)
+    return str(err.value)
+
+
+def test_join_checks_pass_for_a_waiting_node_0(waiting_run):
+    from engine.runs.nodes import check_join
+
+    cfg, token = check_join(waiting_run, 1)
+    assert cfg["nnodes"] == 2 and token["run_id"] == waiting_run.id and token["resume"] is False
+
+
+def test_join_refuses_a_run_directory_without_the_launch_token(waiting_run):
+    (waiting_run.path / DDP_DIR / LAUNCH_TOKEN).unlink()
+    assert "not on storage all nodes see" in refusal(waiting_run)
+
+
+def test_join_refuses_a_node_rank_out_of_range(waiting_run):
+    assert "join as 1 to 1" in refusal(waiting_run, 0)
+    assert "join as 1 to 1" in refusal(waiting_run, 2)
+
+
+def test_join_refuses_a_run_node_0_is_not_waiting_for(waiting_run):
+    set_status(waiting_run, state="stopped")
+    assert f"tunedeck resume {waiting_run.id}" in refusal(waiting_run)
+    set_status(waiting_run, state="running")
+    assert "already running on all its 2 nodes" in refusal(waiting_run)
+    set_status(waiting_run, state="starting")
+    token = waiting_run.path / DDP_DIR / LAUNCH_TOKEN
+    token.write_text(json.dumps({**json.loads(token.read_text()), "created": time.time() - 3600}))
+    assert "waits 600 s for the other nodes" in refusal(waiting_run)
+
+
+def test_join_refuses_a_second_join_of_the_same_node(waiting_run):
+    from engine.runs.nodes import hold_node
+
+    held = hold_node(waiting_run, 1)
+    held.write("pid 1 on elsewhere")
+    held.flush()
+    try:
+        with pytest.raises(RunError, match="node rank 1 of run .* has joined already \\(pid 1 on elsewhere\\)"):
+            hold_node(waiting_run, 1)
+    finally:
+        held.close()
+    hold_node(waiting_run, 1).close()  # free again once the first one is gone
+
+
+def test_join_and_train_refuse_an_interface_this_machine_lacks(write_config, workspace, waiting_run):
+    cfg = yaml.safe_load(waiting_run.config_path.read_text())
+    waiting_run.config_path.write_text(yaml.safe_dump({**cfg, "network_interface": "nosuch9"}))
+    assert "network_interface 'nosuch9' is not an interface of" in refusal(waiting_run)
+    config = write_config(nnodes=2, nproc_per_node=1, network_interface="nosuch9")
+    result = tunedeck("train", str(config), "--detach", workspace=workspace)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "network_interface 'nosuch9' is not an interface of" in result.stderr
+    assert len(list((workspace / "runs").iterdir())) == 1  # no run was made for it
+
+
+def test_join_refuses_a_one_machine_run(write_config, workspace):
+    from engine.runs.launch import create_from_config
+    from engine.training.config import load_config
+
+    run = create_from_config(load_config(write_config()), workspace)
+    result = tunedeck("join", run.id, "--node-rank", "1", workspace=workspace)
+    assert result.returncode == 2 and "is for one machine (nnodes: 1)" in result.stderr

@@ -107,6 +107,10 @@ def cmd_train(args) -> int:
     from engine.runs.launch import create_from_config, spawn
 
     cfg = load_config(args.config)
+    if cfg.nnodes > 1:
+        from engine.runs.launch import interface_address
+
+        interface_address(cfg.network_interface)  # this node has it, before a run is made
     if cfg.method != "full" and cfg.lora_target_modules != "all-linear":
         from engine.models.facts import model_facts
 
