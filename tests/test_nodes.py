@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -206,3 +207,57 @@ def test_join_refuses_a_one_machine_run(write_config, workspace):
     run = create_from_config(load_config(write_config()), workspace)
     result = tunedeck("join", run.id, "--node-rank", "1", workspace=workspace)
     assert result.returncode == 2 and "is for one machine (nnodes: 1)" in result.stderr
+
+
+# ---- Slurm ------------------------------------------------------------------------------------
+
+FAKE_SRUN = """#!/bin/bash
+# srun for a test: the command once per node, SLURM_NODEID 0..N-1, all at once
+nodes=1
+while [ "${1#--}" != "$1" ]; do case "$1" in --nodes=*) nodes=${1#--nodes=};; esac; shift; done
+for ((i = 0; i < nodes; i++)); do SLURM_NODEID=$i "$@" & done
+wait
+"""
+
+
+def slurm_run(write_config, workspace, tmp_path, **overrides):
+    script = tmp_path / "train.sbatch"
+    result = tunedeck("slurm", str(two_nodes(write_config, **overrides)), "--out", str(script), "--json",
+                      workspace=workspace)
+    assert result.returncode == 0, result.stderr
+    from engine.runs.protocol import Run
+
+    return Run(Path(json.loads(result.stdout)["run_dir"])), script
+
+
+def test_slurm_script_is_bash_with_the_torchrun_line_of_join(write_config, workspace, tmp_path):
+    from engine.runs.launch import worker_command
+
+    run, script = slurm_run(write_config, workspace, tmp_path)
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=1"):
+        assert line in text.splitlines()
+    # The line each node runs, as bash expands it on node 1, is the line `tunedeck join --node-rank 1` starts.
+    line = next(ln.strip() for ln in text.splitlines() if ln.strip().startswith("exec "))
+    words = line[len("exec "):].rsplit(" >>", 1)[0]
+    expanded = subprocess.run(["bash", "-c", f"SLURM_NODEID=1 LOCAL_ADDR=127.0.0.1 LAUNCH_ID=L; "
+                                             f"printf '%s\\n' {words}"], capture_output=True, text=True).stdout
+    assert expanded.splitlines() == worker_command(run, False, 1, 2, 1, "127.0.0.1", "L", None)
+
+
+def test_slurm_script_trains_the_run_on_its_nodes(write_config, workspace, tmp_path):
+    """The script itself, with an srun that starts node_step once per node on this machine."""
+    run, script = slurm_run(write_config, workspace, tmp_path, max_steps=4, save_steps=4, eval_steps=4)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(script)], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + dump(run) + node_log(run)
+    status = run.status()
+    assert status["state"] == "completed" and status["world_size"] == 2, dump(run)
+    assert [s for s, _, ok in run.checkpoints() if ok] == [4]
+    assert "train_runtime" in node_log(run)  # node 1 trained, its output in its own log
