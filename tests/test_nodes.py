@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import yaml
 from engine.runs.launch import DDP_DIR, LAUNCH_TOKEN, loopback_interface
 from engine.runs.protocol import RunError, pid_alive
 from engine_runs import dump, events, log_steps, start, wait_final, wait_for
+from test_security import LOOPBACK, listening
 
 
 def two_nodes(write_config, **overrides):
@@ -65,12 +67,28 @@ def test_two_nodes_train_with_one_writer(write_config, workspace):
     assert [s for s, _, ok in run.checkpoints() if ok] == [4, 8]
 
 
+def test_two_nodes_meet_through_a_tcp_rendezvous_on_node_0(write_config, workspace):
+    with socket.socket() as s:  # a free port for node 0's c10d store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, node0 = start(two_nodes(write_config, max_steps=2, save_steps=2, eval_steps=2,
+                                 rdzv_endpoint=f"127.0.0.1:{port}"), workspace)
+    node1 = join(run, workspace)
+    assert wait_final(run, node0, timeout=300)["state"] == "completed", dump(run) + node_log(run)
+    gone(node1)
+    assert not (run.path / DDP_DIR / "rendezvous" / "store").exists()  # they met on node 0's TCP store instead
+
+
 @pytest.mark.parametrize("node", [0, 1])
 def test_sigterm_on_either_node_stops_both_with_a_checkpoint(write_config, workspace, node):
     run, node0 = start(two_nodes(write_config, max_steps=400, save_steps=1000, eval_steps=1000), workspace)
     node1 = join(run, workspace)
     wait_for(lambda: len(log_steps(run)) >= 2 or run.status()["state"] == "failed", timeout=240,
              what="both nodes to train")
+    # The file-store rendezvous opens no port; gloo listens on the named interface (here loopback) alone.
+    sockets = listening(node0.pid) + listening(node1)
+    assert sockets and not [s for s in sockets if "torch.distributed.run" in s[1]], sockets
+    assert [s for s in sockets if s[2] not in LOOPBACK] == [], sockets
     os.kill(node1 if node else node0.pid, signal.SIGTERM)
     status = wait_final(run, node0, timeout=120)
     assert status["state"] == "stopped", dump(run) + node_log(run)
