@@ -89,6 +89,8 @@ def test_sigterm_on_either_node_stops_both_with_a_checkpoint(write_config, works
     sockets = listening(node0.pid) + listening(node1)
     assert sockets and not [s for s in sockets if "torch.distributed.run" in s[1]], sockets
     assert [s for s in sockets if s[2] not in LOOPBACK] == [], sockets
+    # The one writer, global rank 0, is node 0's worker: ranks are numbered by node, not by torchrun's order.
+    assert run.status()["pid"] in [c.pid for c in psutil.Process(node0.pid).children()]
     os.kill(node1 if node else node0.pid, signal.SIGTERM)
     status = wait_final(run, node0, timeout=120)
     assert status["state"] == "stopped", dump(run) + node_log(run)
@@ -112,6 +114,8 @@ def test_a_rank_killed_on_node_1_fails_the_run_and_names_it(write_config, worksp
     assert "node 1" in status["error"] and "SIGKILL" in status["error"], status["error"]
     error = next(e for e in events(run) if e["type"] == "error")
     assert any("SIGKILL" in line for line in error["log_tail"])
+    shown = tunedeck("status", run.id, workspace=workspace).stdout
+    assert "its node's log tail:" in shown and "Signal 9 (SIGKILL)" in shown, shown
 
 
 def test_stop_from_control_reaches_both_and_resume_continues(write_config, workspace):

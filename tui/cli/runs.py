@@ -175,6 +175,9 @@ def cmd_status(args) -> int:
             print(f"  error: {status['error']}")
         if status.get("state") in ("crashed", "failed"):
             print("  engine.log tail:\n    " + "\n    ".join(run.log_tail(10)))
+            errors = [e for e in EventReader(run.events_path).read_new() if e.get("type") == "error"]
+            if errors and errors[-1].get("log_tail"):  # a rank lost on another node: that node's log
+                print("  its node's log tail:\n    " + "\n    ".join(map(str, errors[-1]["log_tail"][-10:])))
     return 0
 
 
