@@ -73,9 +73,12 @@ def test_two_nodes_meet_through_a_tcp_rendezvous_on_node_0(write_config, workspa
         port = s.getsockname()[1]
     run, node0 = start(two_nodes(write_config, max_steps=2, save_steps=2, eval_steps=2,
                                  rdzv_endpoint=f"127.0.0.1:{port}"), workspace)
-    node1 = join(run, workspace)
+    # In the foreground, as on a node's terminal: it follows the run and ends with it.
+    joined = subprocess.run([sys.executable, "-m", "tui.cli", "--workspace", str(workspace), "join", run.id,
+                             "--node-rank", "1", "--json"], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=300)
     assert wait_final(run, node0, timeout=300)["state"] == "completed", dump(run) + node_log(run)
-    gone(node1)
+    assert joined.returncode == 0 and json.loads(joined.stdout)["state"] == "completed", joined.stderr
     assert not (run.path / DDP_DIR / "rendezvous" / "store").exists()  # they met on node 0's TCP store instead
 
 
