@@ -233,7 +233,8 @@ class MonitorScreen(ModeScreen):
         self.set_class(len(ranks) > 1, "-several-ranks")
         full = self.has_class("-ranks")
         box = self.query_one("#mon-ranks", VerticalScroll)
-        box.border_title = f"{len(ranks)} rank{'s' if len(ranks) != 1 else ''} at step {view.status.get('ranks_step', '?')}"
+        box.border_title = (f"{len(ranks)} rank{'s' if len(ranks) != 1 else ''} "
+                            f"at step {view.status.get('ranks_step', '?')}")
         box.border_subtitle = "g closes"
         t = Text(no_wrap=True, overflow="ellipsis")
         if not ranks:
