@@ -18,6 +18,8 @@ from tui_fixtures import wait_for as wait_screen
 
 from engine.hardware import GpuProbe, format_snapshot, label_run_processes, snapshot
 from engine.runs.protocol import status_ranks
+from tui.cli.runs import progress_line
+from tui.follow import rank_row
 from tui.screens.monitor import MonitorScreen
 
 
@@ -165,3 +167,20 @@ async def test_gpu_screen_names_run_and_rank_of_a_process(snap_ws):
         assert f"rank 0 · run {run.id}" in text and f"rank 1 · run {run.id}" in text
         assert finished.id not in text and "rank 2" not in text
         assert_snapshot(app, "gpu_run_ranks")
+
+
+def test_damaged_rank_entries_are_left_out_or_read_none():
+    status = {"ranks": [{"rank": 1, "memory_used": "lots", "pid": 7, "host": 5}, "junk", {"no": "rank"},
+                        {"rank": 0, "memory_used": 2**30, "error": "CUDA error"}]}
+    first, second = status_ranks(status)
+    assert (first["rank"], first["memory_used"]) == (0, 2**30)
+    assert (second["rank"], second["memory_used"], second["pid"], second["host"]) == (1, None, 7, "5")
+    assert status_ranks({"ranks": "junk"}) == [] and status_ranks({}) == []
+    assert rank_row(first).endswith("not measured: CUDA error")
+    assert "n/a /  n/a GiB  n/a        7" in rank_row(second)
+
+
+def test_progress_line_of_attach_plain_carries_memory_per_rank():
+    status = {"state": "running", "step": 5, "max_steps": 10}
+    assert "mem/rank 30.0 31.0 GiB  [running]" in progress_line({**status, "ranks": rank_entries(2)})
+    assert "mem/rank" not in progress_line({**status, "ranks": rank_entries(1)})
