@@ -60,7 +60,7 @@ class MonitorScreen(ModeScreen):
         # the side curves of a preference run: reward margin and accuracy, or lr and grad norm (titles say so)
         Binding("m", "toggle_curves", "Rewards/lr curves", id="monitor.curves", show=False),
         # every rank's memory and utilisation at full height (a run of several ranks shows a few above the plots)
-        Binding("g", "toggle_ranks", "GPUs per rank", id="monitor.ranks", show=False),
+        Binding("g", "toggle_ranks", "Ranks: memory, GPU use", id="monitor.ranks", show=False),
     ]
 
     # Class attributes so tests and the benchmark can follow faster.
