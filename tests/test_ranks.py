@@ -118,6 +118,8 @@ async def test_monitor_lists_ranks_above_the_plots_and_all_of_them_with_g(snap_w
         assert "loss 0.959" not in screen_text(app)
         await pilot.press("g")
         await wait_screen(pilot, lambda: "loss 0.959" in screen_text(app))
+        await pilot.press("l")  # the whole log takes the ranks' lines too
+        await wait_screen(pilot, lambda: "loading model" in screen_text(app) and "cuda:0" not in screen_text(app))
 
 
 @pytest.mark.asyncio
