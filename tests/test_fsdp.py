@@ -134,3 +134,20 @@ def test_two_ranks_stop_on_sigterm_with_every_ranks_part_and_resume(write_config
     steps = log_steps(run)
     assert steps[-3:] == [step + 1, step + 2, step + 3] and len(steps) == len(set(steps))  # one writer
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_chat_refuses_a_sharded_checkpoint_with_what_to_do(tmp_path):
+    """An FSDP checkpoint holds .distcp shards, not an adapter or model: chat says so instead of failing to load."""
+    from engine.chat.session import ChatWeights, chat_weights
+    from engine.runs.protocol import RunError
+    from engine.runs.workspace import create_run
+
+    run = create_run(tmp_path, {"model": "m", "data": "d.jsonl"})
+    sharded = run.checkpoints_dir / "checkpoint-4"
+    (sharded / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (sharded / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"")
+    (sharded / COMPLETE_MARKER).write_text("{}")
+    with pytest.raises(RunError, match="checkpoint 4 of run .* holds FSDP shards.*chat with the final weights"):
+        chat_weights(run, ChatWeights(4))
+    (sharded / "adapter_config.json").write_text("{}")  # gathered beside the shards: that one loads
+    assert chat_weights(run, ChatWeights(4)) == sharded
