@@ -80,6 +80,12 @@ def test_fsdp_keys_reach_accelerates_plugin(lora_model, tmp_path, keys, plugin):
     expected = {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "transformer_cls_names_to_wrap": "LlamaDecoderLayer",
                 "state_dict_type": "SHARDED_STATE_DICT", "activation_checkpointing": False, **plugin}
     assert {k: args.fsdp_plugin_args.get(k) for k in expected} == expected
+    if plugin["fsdp_version"] == 2:  # FSDP1's plugin refuses parameters on a CPU (sync_module_states)
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        made = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+        assert "SHARDED_STATE_DICT" in str(made.state_dict_type) and made.reshard_after_forward == plugin[
+            "reshard_after_forward"]
     assert Recipe(config(), plumbing=None)._fsdp_arguments() == {}  # no fsdp: DDP as before
 
 
