@@ -103,6 +103,21 @@ def test_sigterm_on_either_node_stops_both_with_a_checkpoint(write_config, works
     assert (run.checkpoints_dir / f"checkpoint-{step}" / "COMPLETE").is_file()
 
 
+def test_node_1_agent_killed_fails_the_run_and_names_it(write_config, workspace):
+    """torch gives its workers no parent-death signal; tunedeck's die with their agent, so the run fails at once
+    instead of training on with a node no one can stop."""
+    run, node0 = start(two_nodes(write_config, max_steps=400, save_steps=1000, eval_steps=1000), workspace)
+    node1 = join(run, workspace)
+    wait_for(lambda: len(log_steps(run)) >= 2 or run.status()["state"] == "failed", timeout=240,
+             what="both nodes to train")
+    worker = psutil.Process(node1).children()[0]
+    os.kill(node1, signal.SIGKILL)
+    status = wait_final(run, node0, timeout=120)
+    assert status["state"] == "failed", dump(run) + node_log(run)
+    assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert "node 1's torchrun is gone" in status["error"], status["error"]
+
+
 def test_a_rank_killed_on_node_1_fails_the_run_and_names_it(write_config, workspace):
     run, node0 = start(two_nodes(write_config, max_steps=400, save_steps=1000, eval_steps=1000), workspace)
     node1 = join(run, workspace)

@@ -60,6 +60,16 @@ def number_ranks_by_node(node_rank: int) -> None:
     os.environ["GROUP_RANK"] = str(node_rank)
 
 
+def die_with_agent() -> None:
+    """A worker outlives a torchrun agent killed outright (torch sets no parent-death signal), and would train on
+    while no one can stop that node; it dies with it instead, so its peers fail the run at once, naming the node."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def describe_failure(exc: BaseException) -> tuple[str, str]:
     """(message, what to do) for an exception that ended training."""
     import torch
@@ -99,6 +109,9 @@ def lost_rank(exc: BaseException, run: Run) -> tuple[str, str, list[str]] | None
                 code = next((line.split(":", 1)[1].strip() for line in tail if line.strip().startswith("exitcode")),
                             "see its log")
                 return f"node {node} lost a rank (exit code {code}); its log: {log}", advice, tail
+            if agent_gone(run, node):
+                return (f"node {node}'s torchrun is gone (killed, or its machine lost) and its ranks with it; its "
+                        f"log: {log}", advice, log_tail(log))
         if time.time() >= deadline:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             where = "the engine-nodeN.log files of the other nodes" if nnodes > 1 else "engine.log"
@@ -106,8 +119,20 @@ def lost_rank(exc: BaseException, run: Run) -> tuple[str, str, list[str]] | None
         time.sleep(0.5)
 
 
-def failed_worker_report(log: Path) -> list[str]:
-    """The last lines of torchrun's report of a failed worker in a node's log, since its latest launch."""
+def agent_gone(run: Run, node: int) -> bool:
+    """Node `node`'s torchrun has exited: the lock its join took (engine.runs.nodes.hold_node) is free again."""
+    from engine.runs.launch import DDP_DIR
+
+    try:
+        with open(run.path / DDP_DIR / "nodes" / f"node-{node}.lock", "r") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, OSError):
+        return False  # held, or never taken (a Slurm node holds none)
+    return True
+
+
+def log_tail(log: Path) -> list[str]:
+    """The last lines of a node's log since its latest launch."""
     try:
         with open(log, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -115,10 +140,13 @@ def failed_worker_report(log: Path) -> list[str]:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    lines = text.rsplit("\n=== ", 1)[-1].splitlines()
-    if not any("Root Cause" in line for line in lines):
-        return []
-    return [line for line in lines if line.strip()][-20:]
+    return [line for line in text.rsplit("\n=== ", 1)[-1].splitlines() if line.strip()][-20:]
+
+
+def failed_worker_report(log: Path) -> list[str]:
+    """The last lines of torchrun's report of a failed worker in a node's log, since its latest launch."""
+    tail = log_tail(log)
+    return tail if any("Root Cause" in line for line in tail) else []
 
 
 def refused_pickle(exc: BaseException) -> tuple[str, str] | None:
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None, recipe_class=None) -> int:
     args = parser.parse_args(argv)
     if args.node_rank is not None:
         number_ranks_by_node(args.node_rank)
+        die_with_agent()
     run = Run(args.run_dir.resolve())
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
