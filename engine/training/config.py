@@ -7,8 +7,6 @@ people can carry their habits over.
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from engine.core.quoting import brief
+from engine.training.config_values import ConfigError, coerce, short
 
 
 METHODS = ("full", "lora", "qlora")  # what is trained: every weight, a LoRA adapter, or one over a 4-bit base
@@ -49,14 +47,6 @@ def resolve_lora_dropout(value: float | str, wraps_experts: bool) -> float:
     if value == "auto":
         return 0.0 if wraps_experts else DEFAULT_LORA_DROPOUT
     return float(value)
-
-
-class ConfigError(ValueError):
-    """One line naming the key or path at fault and what to do."""
-
-
-class _Refused(ConfigError):
-    """A value of the right type that no type of the key can take (not finite, a NUL character)."""
 
 
 @dataclass
@@ -198,87 +188,23 @@ POSITIVE_INT_KEYS = {"per_device_train_batch_size", "per_device_eval_batch_size"
                      "early_stopping_patience", "lora_alpha"}
 
 
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _short(value: Any) -> str:
-    return brief(value, 160)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """The value as the declared type, or ConfigError naming the key."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(key, value, option)
-            except _Refused:
-                raise
-            except ConfigError:
-                continue
-    elif origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-    elif origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            if any("\x00" in v for v in value):
-                raise _Refused(f"config key {key!r}: contains a NUL character: {_short(value)}")
-            return value
-    elif hint is type(None):
-        if value is None:
-            return None
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        # YAML reads 1e-3 (without a dot) as a string; accept it as the number it means.
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value) if abs(value) < 1e308 else math.inf
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):
-                raise _Refused(f"config key {key!r}: expected a finite number, got {_short(value)}")
-            return number
-    elif hint is str:
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise _Refused(f"config key {key!r}: contains a NUL character: {_short(value)}")
-            return value
-    raise ConfigError(f"config key {key!r}: expected {_type_name(hint)}, got {_short(value)}")
-
-
 def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = True) -> RunConfig:
     """Validate a mapping into a RunConfig; relative paths are taken from `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError("config must be a YAML mapping of keys to values, e.g. `model: ./my-model`")
     unknown = sorted(set(raw) - set(FIELDS), key=str)  # YAML keys may be numbers, dates, null
     if unknown:
-        raise ConfigError(f"unknown config key {_short(unknown[0])}; known keys: {', '.join(FIELDS)}")
+        raise ConfigError(f"unknown config key {short(unknown[0])}; known keys: {', '.join(FIELDS)}")
     for key in ("model", "data"):
         if raw.get(key) in (None, ""):
             raise ConfigError(f"config key {key!r} is required")
-    values = {key: _coerce(key, value, HINTS[key]) for key, value in raw.items()}
+    values = {key: coerce(key, value, HINTS[key]) for key, value in raw.items()}
     for key in POSITIVE_INT_KEYS:
         if values.get(key) is not None and values[key] < 1:
             raise ConfigError(f"config key {key!r} must be at least 1, got {values[key]}")
     for key, value in values.items():
         if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
-            raise ConfigError(f"config key {key!r} must be at most {MAX_INT}, got {_short(value)}")
+            raise ConfigError(f"config key {key!r} must be at most {MAX_INT}, got {short(value)}")
     for key, (low, high, inclusive) in FLOAT_RANGES.items():
         value = values.get(key)
         if isinstance(value, float) and (value < low or (value == low and not inclusive)
@@ -337,7 +263,7 @@ def _check_objective(values: dict) -> None:
                               f"{', '.join(allowed)}")
         for name in names:
             if name not in allowed:
-                raise ConfigError(f"config key 'loss_type': {_short(name)} is not a {objective} loss; "
+                raise ConfigError(f"config key 'loss_type': {short(name)} is not a {objective} loss; "
                                   f"allowed: {', '.join(allowed)}")
     if objective not in PREFERENCE_OBJECTIVES:
         return
@@ -366,7 +292,7 @@ def _check_nodes(values: dict) -> None:
     if endpoint is not None:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"config key 'rdzv_endpoint': expected HOST:PORT of node 0, got {_short(endpoint)}")
+            raise ConfigError(f"config key 'rdzv_endpoint': expected HOST:PORT of node 0, got {short(endpoint)}")
 
 
 FSDP_OPTIONS = ("fsdp_version", "fsdp_offload", "fsdp_activation_checkpointing")
@@ -421,13 +347,13 @@ def _notify_command(command: str, base: Path, check_paths: bool) -> str:
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        raise ConfigError(f"config key 'notify_command': cannot split {_short(command)}: {exc}") from None
+        raise ConfigError(f"config key 'notify_command': cannot split {short(command)}: {exc}") from None
     if not argv:
         raise ConfigError("config key 'notify_command' is empty; name a program, or leave the key out")
     if "/" in argv[0]:
         argv[0] = str(_resolve("notify_command", base / _expand("notify_command", argv[0])))
     if check_paths and shutil.which(argv[0]) is None:
-        raise ConfigError(f"config key 'notify_command': program {_short(argv[0])} not found or not executable; "
+        raise ConfigError(f"config key 'notify_command': program {short(argv[0])} not found or not executable; "
                           "it runs without a shell, so write `sh -c '...'` for pipes or variables")
     return shlex.join(argv)
 
@@ -437,21 +363,21 @@ def _expand(key: str, value: str) -> Path:
     try:
         return Path(value).expanduser()
     except RuntimeError:
-        raise ConfigError(f"config key {key!r}: cannot expand {_short(value)}: no such user's home directory") from None
+        raise ConfigError(f"config key {key!r}: cannot expand {short(value)}: no such user's home directory") from None
 
 
 def _exists(key: str, path: Path) -> bool:
     try:
         return path.exists()
     except OSError as exc:  # a name too long: the config's mistake, in one line
-        raise ConfigError(f"config key {key!r}: cannot use {_short(str(path))}: {exc.strerror or exc}") from None
+        raise ConfigError(f"config key {key!r}: cannot use {short(str(path))}: {exc.strerror or exc}") from None
 
 
 def _resolve(key: str, path: Path) -> Path:
     try:
         return path.resolve()
     except (OSError, RuntimeError) as exc:  # a name too long, a loop of symbolic links
-        raise ConfigError(f"config key {key!r}: cannot use {_short(str(path))}: "
+        raise ConfigError(f"config key {key!r}: cannot use {short(str(path))}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
 
 

@@ -729,6 +729,7 @@ def out_of_range(rng, key: str) -> list:
         "sample_prompts": [rng.randint(-10**9, -1)],
         "beta": [0, neg], "desirable_weight": [0, neg], "undesirable_weight": [0, neg], "loss_type": ["no-such-loss"],
         "nnodes": [rng.randint(2, 64)], "rdzv_endpoint": ["node0:29400"], "network_interface": ["eth0"],
+        "fsdp": ["full_shard"], "fsdp_version": [1, 3], "fsdp_offload": [True], "fsdp_activation_checkpointing": [True],
         "notify_command": ["", "   ", "notify 'unbalanced", "./no-such-program",
                            "no-such-program-" + text(rng, 1, 8, string.ascii_letters)],
     }.get(key, [])
@@ -751,6 +752,8 @@ def valid_value(rng, key: str):
         "objective": rng.choice(["sft", "dpo", "orpo", "kto"]), "loss_type": None,
         # several machines need an interface, and the interface and endpoint need several machines: alone, one node
         "nnodes": 1, "rdzv_endpoint": None, "network_interface": None,
+        # sharding needs several processes, and its options need sharding: alone, off
+        "fsdp": None, "fsdp_version": 2, "fsdp_offload": False, "fsdp_activation_checkpointing": False,
         "beta": rng.uniform(0.01, 10), "desirable_weight": rng.uniform(0.01, 10),
         "undesirable_weight": rng.uniform(0.01, 10),
         "max_steps": rng.choice([-1, rng.randint(1, 10**6)]), "validation_split": rng.uniform(0, 0.99),
