@@ -125,7 +125,12 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     host: dict[str, float] = field(default_factory=dict)  # bytes FSDP's CPU offload keeps in host memory
     fsdp: str | None = None
-    world_size: int = 1
+    gpus: int = 1  # per node
+    nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
 
     @property
     def total(self) -> float:
@@ -148,7 +153,7 @@ class Estimate:
                 "trainable_parameters": self.trainable_parameters,
                 "breakdown": {k: int(v) for k, v in self.parts.items()},
                 "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes,
-                "world_size": self.world_size, "fsdp": self.fsdp, "host": {k: int(v) for k, v in self.host.items()}}
+                "gpus": self.gpus, "nodes": self.nodes, "world_size": self.world_size, "fsdp": self.fsdp, "host": {k: int(v) for k, v in self.host.items()}}
 
 
 def layer_activations(model: ModelFacts, method: str, notes: list[str]) -> float:
@@ -324,7 +329,15 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
             notes.append(f"fsdp_offload: {sum(host.values()) / GiB:.1f} GiB of shards in host memory per GPU; "
                          "the optimizer step runs on the CPU")
     assert all(v >= 0 for v in parts.values()), parts
-    return Estimate(method, parts, trainable, notes, host, a.fsdp, a.world_size)
+    return Estimate(method, parts, trainable, notes, host, a.fsdp, a.gpus or 1, a.nodes)
+
+
+def per_gpu(gpus: int, nodes: int, fsdp: str | None) -> str:
+    """How per-GPU figures are meant: of how many GPUs, under which sharding."""
+    if gpus * nodes == 1 and fsdp is None:
+        return "one GPU"
+    where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
+    return f"per GPU of {where}, " + (f"fsdp {fsdp}" if fsdp else "DDP replicas")
 
 
 def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: float) -> list[str]:
@@ -368,7 +381,7 @@ def more_gpus(model: ModelFacts, method: str, a: Assumptions, free_bytes: float)
         sharded = replace(a, gpus=gpus, nodes=nodes, fsdp="full_shard")
         need = estimate(model, method, sharded).required
         if need <= free_bytes:
-            where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes of {gpus} GPUs"
+            where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
             return f"fsdp: full_shard on {where}: {need / GiB:.1f} GiB per GPU - fits"
     return f"fsdp: full_shard: even {gpus * nodes} GPUs need {need / GiB:.1f} GiB each"
 
