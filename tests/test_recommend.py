@@ -166,5 +166,5 @@ def test_plan_cli_per_gpu_with_gpus_and_mode(tiny_project):
                           "--gpu-memory", "24", "--gpus", "4", "--fsdp", "full_shard"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "memory, per GPU of 4 GPUs, fsdp full_shard:" in out.stdout
+    assert "memory per GPU of 4 GPUs, fsdp full_shard:" in out.stdout
     assert "nproc_per_node = 4" in out.stdout and "fsdp = full_shard" in out.stdout

@@ -322,7 +322,7 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
             "gradients and optimizer state (the weights are gathered whole to compute)"
         across = f"{a.shards} ways within each node, replicas across {a.nodes} nodes" \
             if a.fsdp == "hybrid_shard" else f"{a.shards} ways"
-        notes.append(f"per GPU of {a.world_size}: fsdp {a.fsdp} shards {shared} {across}")
+        notes.append(f"fsdp {a.fsdp} shards {shared} {across}")
         if a.fsdp_offload:
             # torch's CPUOffload: parameters and gradients on the CPU, where the optimizer step runs.
             host = {"weights": parts.pop("weights"), "gradients": all_gradients, "optimizer": parts.pop("optimizer")}
@@ -335,7 +335,7 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
 def per_gpu(gpus: int, nodes: int, fsdp: str | None) -> str:
     """How per-GPU figures are meant: of how many GPUs, under which sharding."""
     if gpus * nodes == 1 and fsdp is None:
-        return "one GPU"
+        return "on one GPU"
     where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
     return f"per GPU of {where}, " + (f"fsdp {fsdp}" if fsdp else "DDP replicas")
 

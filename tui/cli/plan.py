@@ -146,7 +146,7 @@ def cmd_plan(args) -> int:
     print(f"method: {result.method} - {result.method_reason}")
     if result.fsdp_reason:
         print(f"sharding: fsdp {result.fsdp} - {result.fsdp_reason}")
-    print(f"memory, {per_gpu(result.gpus, result.nodes, result.fsdp)}:")
+    print(f"memory {per_gpu(result.gpus, result.nodes, result.fsdp)}:")
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
         print(f"  {method:<6} {m['required_gib']:>7.2f} GiB needed{fits}")
