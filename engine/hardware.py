@@ -214,8 +214,41 @@ _default_probe = GpuProbe()
 
 
 def snapshot(workspace: Path, probe: GpuProbe | None = None) -> dict:
-    """GPUs and host as plain data: {"gpus": [...], "reason": str when empty, "host": {...}}."""
-    return (probe or _default_probe).snapshot(Path(workspace))
+    """GPUs and host as plain data: {"gpus": [...], "reason": str when empty, "host": {...}}; a GPU process
+    that is a rank of one of the workspace's active runs carries its `run_id` and `rank`."""
+    snap = (probe or _default_probe).snapshot(Path(workspace))
+    label_run_processes(snap, Path(workspace))
+    return snap
+
+
+def label_run_processes(snap: dict, workspace: Path) -> None:
+    """Mark each GPU process that is a rank of an active run of this workspace with `run_id` and `rank`,
+    matching NVML's pids against the pids the runs' status records for the ranks on this host."""
+    procs = [p for gpu in snap.get("gpus") or [] for p in gpu.get("processes") or []]
+    if not procs:
+        return  # nothing to label: the run directories are not read at all
+    owners = run_processes(workspace)
+    for proc in procs:
+        if proc.get("pid") in owners:
+            proc["run_id"], proc["rank"] = owners[proc["pid"]]
+
+
+def run_processes(workspace: Path) -> dict[int, tuple[str, int]]:
+    """pid -> (run id, rank) for the ranks on this host of the workspace's active runs. Finished runs are
+    left out: their pids may belong to other processes by now."""
+    from engine.runs.protocol import ACTIVE_STATES, status_ranks
+    from engine.runs.workspace import list_runs
+
+    here = socket.gethostname()
+    owners: dict[int, tuple[str, int]] = {}
+    for run in list_runs(workspace):
+        status = run.status()
+        if status.get("state") not in ACTIVE_STATES:
+            continue
+        for entry in status_ranks(status):
+            if entry.get("host") == here and entry.get("pid"):
+                owners[int(entry["pid"])] = (run.id, entry["rank"])
+    return owners
 
 
 def format_snapshot(snap: dict) -> str:
@@ -252,10 +285,17 @@ def format_gpu(gpu: dict) -> list[str]:
         lines.append("  processes: n/a (" + gpu.get("unavailable", {}).get("processes", "unknown") + ")")
     for proc in procs or []:
         lines.append(f"  pid {proc['pid']:>7}  {_fmt(proc.get('memory_mib'), ' MiB'):>10}  "
-                     f"{proc.get('user') or '?':<10} {proc.get('command') or proc.get('hidden') or '?'}")
+                     f"{proc.get('user') or '?':<10} {process_label(proc)}")
     if gpu.get("unavailable"):
         lines.append("  unavailable: " + ", ".join(sorted(gpu["unavailable"])))
     return lines
+
+
+def process_label(proc: dict) -> str:
+    """What a GPU process is: the run and rank it belongs to, else its command line."""
+    if proc.get("run_id"):
+        return f"rank {proc.get('rank')} · run {proc['run_id']}"
+    return proc.get("command") or proc.get("hidden") or "?"
 
 
 # ---- helpers ------------------------------------------------------------------

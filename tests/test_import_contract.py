@@ -26,7 +26,8 @@ UI_LIBRARIES = ("textual", "rich", "tui")
 # The modules allowed to import heavy libraries: each runs in its own process (or builds test models).
 HEAVY_MODULES = ("engine.models.load", "engine.models.anatomy", "engine.training.worker", "engine.training.distributed",
                  "engine.training.plumbing", "engine.training.callback", "engine.training.checkpoints",
-                 "engine.training.samples", "engine.training.recipes.*", "engine.evaluation.run",
+                 "engine.training.ranks", "engine.training.samples", "engine.training.recipes.*",
+                 "engine.evaluation.run",
                  "engine.evaluation.sample_pairs", "engine.evaluation.preference",
                  "engine.chat.server", "engine.export.weights", "engine.export.verify", "engine.testing")
 

@@ -96,9 +96,9 @@ async def wait_for(pilot, predicate, timeout: float = 5.0) -> None:
 def make_run(workspace: Path, *, name: str = "demo", run_id: str | None = None, steps: int = 40, max_steps: int = 100,
              state: str = "running", pid: int | None = None, heartbeat: float | None = None,
              created_ago: float = 7200.0, log_lines: tuple[str, ...] = ("loading model", "training"),
-             warnings: bool = True, evals: bool = True, decay: float = 30.0) -> Run:
+             warnings: bool = True, evals: bool = True, decay: float = 30.0, ranks: list[dict] | None = None) -> Run:
     """A run directory as the engine writes it, with `steps` log events (loss falling over `decay` steps)
-    and a matching status."""
+    and a matching status; `ranks`: the status's per-rank entries (rank_entries)."""
     config = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "method": "lora", "data": "train.jsonl"}
     run = create_run(workspace, config, name=name)
     if run_id is not None:  # a fixed id keeps snapshots stable
@@ -119,7 +119,8 @@ def make_run(workspace: Path, *, name: str = "demo", run_id: str | None = None, 
         if warnings and step == 25:
             writer.write("warning", step, code="grad_spike", message="grad norm 9.1 is 8x its running median")
     writer.close()
-    write_status(run, state=state, step=steps, max_steps=max_steps, pid=pid, heartbeat=heartbeat)
+    write_status(run, state=state, step=steps, max_steps=max_steps, pid=pid, heartbeat=heartbeat,
+                 **({"ranks": ranks, "ranks_step": steps} if ranks is not None else {}))
     run.log_path.write_text("\n".join(log_lines) + "\n", encoding="utf-8")
     return run
 
@@ -134,6 +135,17 @@ def write_status(run: Run, *, state: str, step: int, max_steps: int, pid: int | 
               "grad_norm": 1.2, "warnings": [], "error": None, "method": "lora",
               "model": "HuggingFaceTB/SmolLM2-135M-Instruct", **extra}
     write_atomic(run.status_path, json.dumps(status))
+
+
+def rank_entries(count: int, nodes: int = 1, pids: list[int] | None = None, host: str | None = None) -> list[dict]:
+    """status.json's `ranks` of a GPU run: `count` ranks over `nodes` machines, memory rising with the rank.
+    `host`: the first machine's name (default node-a; socket.gethostname() for pids of this machine)."""
+    per_node = count // nodes
+    hosts = [host or "node-a", *(f"node-{chr(ord('a') + n)}" for n in range(1, nodes))]
+    return [{"rank": r, "local_rank": r % per_node, "host": hosts[r // per_node], "pid": (pids or [])[r] if pids
+             else 5000 + r, "device": f"cuda:{r % per_node}", "memory_used": (30 + r) * 2**30,
+             "memory_reserved": (34 + r) * 2**30, "memory_peak": (36 + r) * 2**30 + 2**29, "utilization": 90 - r}
+            for r in range(count)]
 
 
 def dead_pid() -> int:

@@ -248,6 +248,27 @@ class RunFollower:
         )
 
 
+RANK_HEADER = "rank  host          device    memory now / peak GiB util      pid"
+
+
+def rank_row(entry: dict) -> str:
+    """One rank of status.json's `ranks` (engine.runs.protocol.status_ranks) as a line under RANK_HEADER."""
+    if entry.get("error"):
+        return f"{entry['rank']:>4}  {(entry.get('host') or '?')[:13]:<13} not measured: {entry['error']}"
+    util = entry.get("utilization")
+    return (f"{entry['rank']:>4}  {(entry.get('host') or '?')[:13]:<13} {(entry.get('device') or '?')[:8]:<8}"
+            f"{fmt_gib(entry.get('memory_used')):>12} / {fmt_gib(entry.get('memory_peak')):>4} GiB"
+            f"{'n/a' if util is None else f'{util:.0f}%':>5}  {entry.get('pid') or '?':>7}")
+
+
+def fmt_gib(nbytes: Any) -> str:
+    """Bytes as GiB with three significant figures or so: 0.61, 12.3, 141."""
+    if not isinstance(nbytes, (int, float)) or not math.isfinite(nbytes):
+        return "n/a"
+    gib = nbytes / 2**30
+    return f"{gib:.2f}" if gib < 10 else f"{gib:.1f}" if gib < 100 else f"{gib:.0f}"
+
+
 def fmt_duration(seconds: Any) -> str:
     """3725 -> '1h02m'; None -> '?'."""
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:

@@ -39,6 +39,7 @@ class ChatWeights:
 
 
 FINAL = ChatWeights()
+WEIGHT_CONFIGS = ("adapter_config.json", "config.json")  # an adapter, a whole model
 
 
 def chat_weights(run: Run, weights: ChatWeights = FINAL) -> Path | None:
@@ -56,6 +57,9 @@ def chat_weights(run: Run, weights: ChatWeights = FINAL) -> Path | None:
         raise RunError(f"run {run.id} has no adapter/ or model/ yet: wait until it finishes training{hint}")
     for step, path, ok in run.checkpoints():
         if step == weights.checkpoint and ok:
+            if any(path.glob("pytorch_model_fsdp_*")) and not any((path / f).is_file() for f in WEIGHT_CONFIGS):
+                raise RunError(f"checkpoint {step} of run {run.id} holds FSDP shards, which only a resume of the run "
+                               "loads: chat with the final weights (no --checkpoint) once it finishes")
             return path
         if step == weights.checkpoint:
             raise RunError(f"checkpoint {step} of run {run.id} is incomplete (no COMPLETE marker){offer}")

@@ -88,9 +88,12 @@ def _precision(purpose: str, cfg, device: torch.device) -> dict:
         from transformers import BitsAndBytesConfig
 
         compute = half if cfg.bnb_4bit_compute_dtype == "auto" else getattr(torch, cfg.bnb_4bit_compute_dtype)
+        # FSDP shards tensors of one dtype: training under fsdp stores the packed 4-bit weights as the compute
+        # dtype, as the published FSDP+QLoRA recipes do (uint8, the default, would not shard with the rest).
+        storage = compute if purpose == "train" and cfg.fsdp else torch.uint8
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
                                           bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
-                                          bnb_4bit_compute_dtype=compute)
+                                          bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=storage)
         return {"quantization_config": quantization, "dtype": compute,
                 "device_map": {"": (device.index or 0) if device.type == "cuda" else "cpu"}}  # index None: GPU 0
     if cfg.method == "full" and purpose == "train":

@@ -76,6 +76,27 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# status.json's `ranks`: one entry per rank of the run, written by rank 0 at each training log
+# (engine.training.ranks). Memory in bytes; utilization in percent, None where NVML cannot say.
+RANK_NUMBERS = ("local_rank", "pid", "memory_used", "memory_reserved", "memory_peak", "utilization")
+
+
+def status_ranks(status: dict) -> list[dict]:
+    """The ranks a status records, in rank order, with the types readers rely on (a damaged entry is left out,
+    a damaged number reads None)."""
+    entries = status.get("ranks")
+    if not isinstance(entries, list):
+        return []
+    sane = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not is_number(entry.get("rank")):
+            continue
+        sane.append({**entry, "rank": int(entry["rank"]),
+                     **{k: entry.get(k) if is_number(entry.get(k)) else None for k in RANK_NUMBERS},
+                     **{k: str(entry[k]) for k in ("host", "device", "error") if entry.get(k) is not None}})
+    return sorted(sane, key=lambda entry: entry["rank"])
+
+
 def _sane(status: dict) -> dict:
     """A status object readers can trust the types of: an unknown state reads `unknown`."""
     status = {k: v for k, v in status.items() if k not in NUMERIC_STATUS_FIELDS or is_number(v)}

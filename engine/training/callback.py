@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
+from engine.training.ranks import gather_ranks
 from engine.training.samples import AnswerSampler
 from engine.training.signals import StopNow
 
@@ -38,6 +39,12 @@ class RunCallback(TrainerCallback):
         # After a resume restored the Trainer's state: count from where this engine started.
         self.tokens_at_start = int(state.num_input_tokens_seen or 0)
         self._began = (time.time(), state.global_step)
+        self._record_ranks(state)
+
+    def _record_ranks(self, state) -> None:
+        """Each rank's memory and utilisation, at train begin and each training log: points every rank
+        reaches alike, as the gather needs."""
+        self.plumbing.update(ranks=gather_ranks(), ranks_step=state.global_step)
 
     # ---- control -------------------------------------------------------
     def _apply(self, wants: dict, control) -> None:
@@ -115,6 +122,7 @@ class RunCallback(TrainerCallback):
             p.endswith("/") and k.startswith(p) for p in self.metrics)}
         plumbing.event("log", step=step, **fields, **own)
         plumbing.update(**{k: v for k, v in fields.items() if v is not None or k == "loss"})
+        self._record_ranks(state)
         warnings = self.health.on_log(fields["loss"], fields["grad_norm"])
         if own:
             warnings += self.health.on_rewards(own.get("rewards/margins"), own.get("rewards/accuracies"),

@@ -19,6 +19,7 @@ from transformers import Trainer
 
 from engine.core.files import ensure_private_dir
 from engine.runs.protocol import COMPLETE_MARKER
+from engine.training.distributed import barrier
 from engine.training.health import EarlyStopping
 from engine.training.plumbing import RunPlumbing
 
@@ -37,8 +38,10 @@ class CheckpointBook:
 
     def commit(self, staged: Path, step: int) -> None:
         """A whole checkpoint in the staging area: marked COMPLETE (fsynced), renamed into checkpoints/,
-        recorded, and older ones rotated. Rank 0 only: the other ranks' staged copies are left for cleanup."""
+        recorded, and older ones rotated. Every rank writes its part (its RNG state; under fsdp its shards of
+        weights and optimizer state): all are waited for, then rank 0 alone marks and renames."""
         plumbing = self.plumbing
+        barrier()
         if not plumbing.writes:
             return
         with open(staged / COMPLETE_MARKER, "w") as f:

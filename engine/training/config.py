@@ -155,6 +155,13 @@ class RunConfig:
     desirable_weight: float = 1.0  # KTO: weights of the desirable and undesirable losses, to balance
     undesirable_weight: float = 1.0  # unequal counts (KTO paper: keep weight x count within 1 to 4/3)
 
+    # FSDP options (engine.training.recipes.base), named as in the Trainer's fsdp_config; only with fsdp set.
+    # accelerate runs FSDP on GPUs only: on a CPU the engine refuses fsdp (the Trainer would quietly run DDP).
+    fsdp_version: int = 2  # 2: FSDP2 (fully_shard, transformers' default); 1: the deprecated FSDP1, for hybrid_shard
+    fsdp_offload: bool = False  # cpu_offload: parameters and gradients wait in CPU memory between uses
+    # activation_checkpointing: FSDP's own, which FSDP prefers to gradient_checkpointing (no second all-gather)
+    fsdp_activation_checkpointing: bool = False
+
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
@@ -293,6 +300,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, check_paths: bool = Tru
         raise ConfigError(f"config key 'learning_rate' must be positive and below 10, got {lr}")
     _check_objective(values)
     _check_nodes(values)
+    _check_fsdp(values)
     if check_paths:
         _check_reporters(values.get("report_to") or [])
     base = base_dir or Path.cwd()
@@ -359,6 +367,33 @@ def _check_nodes(values: dict) -> None:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"config key 'rdzv_endpoint': expected HOST:PORT of node 0, got {_short(endpoint)}")
+
+
+FSDP_OPTIONS = ("fsdp_version", "fsdp_offload", "fsdp_activation_checkpointing")
+
+
+def _check_fsdp(values: dict) -> None:
+    """What can never shard: FSDP options without fsdp, one process, hybrid_shard on FSDP2 (transformers passes
+    it to FSDP1 only), two activation checkpointings at once (the Trainer refuses the pair)."""
+    fsdp = values.get("fsdp")
+    if not fsdp:
+        for key in FSDP_OPTIONS:
+            if values.get(key) not in (None, FIELDS[key].default):
+                raise ConfigError(f"config key {key!r} is an FSDP option: set fsdp (full_shard, shard_grad_op or "
+                                  "hybrid_shard) or leave it out")
+        return
+    version = values.get("fsdp_version", 2)
+    if version not in (1, 2):
+        raise ConfigError(f"config key 'fsdp_version' must be 1 (FSDP1) or 2 (FSDP2), got {version}")
+    if values.get("nnodes", 1) * values.get("nproc_per_node", 1) < 2:
+        raise ConfigError(f"config key 'fsdp' is {fsdp}, but the run has one process: FSDP shards across "
+                          "processes, so set nproc_per_node to 2 or more (one per GPU), or leave fsdp out")
+    if fsdp == "hybrid_shard" and version == 2:
+        raise ConfigError("config key 'fsdp': hybrid_shard runs on FSDP1 only in transformers; set fsdp_version: 1, "
+                          "or use full_shard")
+    if values.get("fsdp_activation_checkpointing") and values.get("gradient_checkpointing"):
+        raise ConfigError("config keys 'gradient_checkpointing' and 'fsdp_activation_checkpointing' both checkpoint "
+                          "activations; under fsdp keep fsdp_activation_checkpointing and leave the other out")
 
 
 # report_to backends and the packages the Trainer needs for them (any one will do).

@@ -53,8 +53,9 @@ def agree(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in tensor.tolist()]
 
 
-def leave_together() -> None:
-    """After a clean finish ranks leave together: none exits while rank 0 saves."""
+def barrier() -> None:
+    """Every rank waits here for the others: none exits while rank 0 saves, and rank 0 commits a checkpoint only
+    once every rank has written its part of it."""
     if is_distributed():
         dist.barrier()
 

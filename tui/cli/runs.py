@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from engine.runs.events import EventReader
-from engine.runs.protocol import FINAL_STATES, Run
+from engine.runs.protocol import FINAL_STATES, Run, status_ranks
 from engine.runs.workspace import list_runs, resolve_run
 from engine.training.config import load_config
 from tui.cli.common import CliError, duration, exit_code, fmt, print_json
+from tui.follow import RANK_HEADER, fmt_gib, rank_row
 
 
 def run_summary(run: Run) -> dict:
@@ -51,10 +52,13 @@ def describe_event(event: dict) -> str | None:
 def progress_line(status: dict) -> str:
     step, total = status.get("step") or 0, status.get("max_steps")
     pct = f" {100 * step / total:3.0f}%" if total else ""
+    ranks = status_ranks(status)
+    # several ranks: the memory each holds, in rank order (`tunedeck status` lists them in full)
+    per_rank = f"  mem/rank {' '.join(fmt_gib(e.get('memory_used')) for e in ranks)} GiB" if len(ranks) > 1 else ""
     return (f"step {step}/{total or '?'}{pct}  loss {fmt(status.get('loss'))}  "
             f"eval {fmt(status.get('eval_loss'))}  lr {fmt(status.get('learning_rate'), '.2e')}  "
-            f"{fmt(status.get('tokens_per_second'), '.0f')} tok/s  ETA {duration(status.get('eta_seconds'))}  "
-            f"[{status.get('state')}]")
+            f"{fmt(status.get('tokens_per_second'), '.0f')} tok/s  ETA {duration(status.get('eta_seconds'))}"
+            f"{per_rank}  [{status.get('state')}]")
 
 
 def follow(run: Run, proc=None, out=sys.stdout, interval: float = 0.5, line_every: float = 5.0) -> dict:
@@ -165,6 +169,11 @@ def cmd_status(args) -> int:
         print_json(status)
     else:
         print(progress_line(status))
+        ranks = status_ranks(status)
+        if len(ranks) > 1:
+            print(f"  {RANK_HEADER}  (at step {status.get('ranks_step', '?')})")
+            for entry in ranks:
+                print(f"  {rank_row(entry)}")
         for w in status.get("warnings") or []:
             print(f"  warning: {w}")
         if status.get("error"):

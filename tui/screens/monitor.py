@@ -20,8 +20,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError
-from tui.follow import RunFollower, RunView, SampleAnswer, fmt_duration, fmt_num, word_diff
+from engine.runs.protocol import ACTIVE_STATES, RESUMABLE_STATES, Run, RunError, status_ranks
+from tui.follow import (RANK_HEADER, RunFollower, RunView, SampleAnswer, fmt_duration, fmt_gib, fmt_num, rank_row,
+                        word_diff)
 from tui.messages import ErrorReported, RunLaunched, RunUpdated
 from tui.screens.base import ModeScreen
 from tui.watch import ending_key, mark_seen
@@ -58,6 +59,8 @@ class MonitorScreen(ModeScreen):
         Binding("r", "resume_run", "Resume run", id="monitor.resume", show=False),
         # the side curves of a preference run: reward margin and accuracy, or lr and grad norm (titles say so)
         Binding("m", "toggle_curves", "Rewards/lr curves", id="monitor.curves", show=False),
+        # every rank's memory and utilisation at full height (a run of several ranks shows a few above the plots)
+        Binding("g", "toggle_ranks", "Ranks: memory, GPU use", id="monitor.ranks", show=False),
     ]
 
     # Class attributes so tests and the benchmark can follow faster.
@@ -66,6 +69,7 @@ class MonitorScreen(ModeScreen):
     POST_SECONDS = 0.2  # at most this many views a second reach the UI while replaying
     CHUNK_BYTES = 1 << 20  # events read per step while replaying a long run
     LOG_LINES = 60
+    RANKS_SHOWN = 4  # ranks listed above the plots; more than that: the first few and a summary line
 
     def __init__(self, run: Run):
         super().__init__()
@@ -80,6 +84,8 @@ class MonitorScreen(ModeScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("", id="mon-head")
         yield Static("", id="mon-progress")
+        with VerticalScroll(id="mon-ranks"):
+            yield Static("", id="mon-ranks-text")
         with Horizontal(id="mon-plots"):
             yield BraillePlot("loss", "waiting for the first log event", id="plot-loss")
             with Vertical(id="mon-side"):
@@ -163,6 +169,7 @@ class MonitorScreen(ModeScreen):
             t.append(f"  replaying {view.replay_fraction * 100:.0f}%", "italic")
         head.update(t)
         self.query_one("#mon-progress", Static).update(self._progress(view))
+        self._ranks(view)
         self._plots(view)
         self._samples(view)
         self._events(view, state)
@@ -218,6 +225,30 @@ class MonitorScreen(ModeScreen):
                 series.append(PlotSeries("eval", view.series[eval_name], marker="●"))
             plot.border_title, plot.empty = title + hint, empty
             plot.set_series(series)
+
+    def _ranks(self, view: RunView) -> None:
+        """Each rank's device memory and utilisation from status.json: above the plots when the run has several
+        ranks (the first few there), every rank at full height with g."""
+        ranks = status_ranks(view.status)
+        self.set_class(len(ranks) > 1, "-several-ranks")
+        full = self.has_class("-ranks")
+        box = self.query_one("#mon-ranks", VerticalScroll)
+        box.border_title = (f"{len(ranks)} rank{'s' if len(ranks) != 1 else ''} "
+                            f"at step {view.status.get('ranks_step', '?')}")
+        box.border_subtitle = "g closes"
+        t = Text(no_wrap=True, overflow="ellipsis")
+        if not ranks:
+            t.append("No figures per rank yet: the engine records them when training begins.", "dim")
+        else:
+            shown = ranks if full or len(ranks) <= self.RANKS_SHOWN else ranks[:self.RANKS_SHOWN - 1]
+            t.append(RANK_HEADER + ("" if full else "   (g)"), "dim")
+            for entry in shown:
+                t.append("\n" + rank_row(entry))
+            if len(shown) < len(ranks):
+                most = max(ranks, key=lambda e: e.get("memory_peak") or 0)
+                t.append(f"\n… {len(ranks) - len(shown)} more; highest peak rank {most['rank']} "
+                         f"{fmt_gib(most.get('memory_peak'))} GiB · g shows all", "italic")
+        self.query_one("#mon-ranks-text", Static).update(t)
 
     def _samples(self, view: RunView) -> None:
         """Each held-out prompt: the newest answer and what changed since the evaluation before."""
@@ -311,16 +342,24 @@ class MonitorScreen(ModeScreen):
                                      "checkpoint are lost. (s stops after saving.)"), answered)
 
     def action_toggle_log(self) -> None:
-        self.remove_class("-samples")
+        self.remove_class("-samples", "-ranks")
         self.toggle_class("-log-full")
         if self.view is not None:
             self.call_after_refresh(self.show, self.view)
 
     def action_toggle_samples(self) -> None:
-        self.remove_class("-log-full")
+        self.remove_class("-log-full", "-ranks")
         self.toggle_class("-samples")
         if self.has_class("-samples"):  # arrows and page keys scroll answers that do not fit
             self.call_after_refresh(self.query_one("#mon-samples", VerticalScroll).focus)
+        if self.view is not None:
+            self.call_after_refresh(self.show, self.view)
+
+    def action_toggle_ranks(self) -> None:
+        self.remove_class("-log-full", "-samples")
+        self.toggle_class("-ranks")
+        if self.has_class("-ranks"):  # arrows and page keys scroll the ranks of a large run
+            self.call_after_refresh(self.query_one("#mon-ranks", VerticalScroll).focus)
         if self.view is not None:
             self.call_after_refresh(self.show, self.view)
 

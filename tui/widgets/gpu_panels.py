@@ -7,6 +7,7 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.hardware import process_label
 from tui.widgets.textplot import meter, sparkline
 
 HISTORY = 300  # samples kept for sparklines: five minutes at the default 1 s
@@ -104,8 +105,7 @@ class GpuCard(Static):
             for p in procs[:4]:
                 mem = "n/a" if p.get("memory_mib") is None else f"{p['memory_mib'] / 1024:.1f}G"
                 who = p.get("user") or "?"
-                cmd = p.get("command") or p.get("hidden") or "?"
-                t.append(f"{p['pid']:>7} {who[:10]:<10} {mem:>6}  {cmd}\n")
+                t.append(f"{p['pid']:>7} {who[:10]:<10} {mem:>6}  {process_label(p)}\n")
             if len(procs) > 4:
                 t.append(f"… and {len(procs) - 4} more processes\n", "italic")
         missing = g.get("unavailable") or {}

@@ -27,7 +27,7 @@ from engine.models.load import load_model, load_tokenizer, resolve_precision
 from engine.training.callback import RunCallback
 from engine.training.checkpoints import CheckpointBook, checkpoint_step
 from engine.training.config import ConfigError, RunConfig, resolve_lora_dropout
-from engine.training.distributed import init_distributed, leave_together, local_device, shut_down, world_size
+from engine.training.distributed import barrier, init_distributed, local_device, shut_down, world_size
 from engine.training.health import EarlyStopping, HealthMonitor
 from engine.training.plumbing import RunPlumbing
 from engine.training.samples import AnswerSampler, sample_conversations
@@ -87,6 +87,10 @@ class Recipe:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.precision = resolve_precision(cfg.precision)
+        if cfg.fsdp and not torch.cuda.is_available():
+            # accelerate enables its FSDP plugin for GPU ranks only: on CPUs the Trainer would train plain DDP
+            raise ConfigError(f"fsdp: {cfg.fsdp} needs GPUs (accelerate runs FSDP on GPUs only, and this machine has "
+                              "none); leave fsdp out to train with DDP, every rank holding the whole model")
         self.tokenizer, self.model = self._load_model()
         self.train_dataset, self.eval_dataset = self.load_data()
         per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
@@ -130,6 +134,7 @@ class Recipe:
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else cfg.method == "qlora"
+        checkpointing = checkpointing and not cfg.fsdp_activation_checkpointing  # FSDP's own replaces it
         self.gradient_checkpointing = checkpointing
         if cfg.method in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -198,7 +203,26 @@ class Recipe:
             gradient_checkpointing_kwargs={"use_reentrant": False},
             report_to=cfg.report_to or "none", run_name=self.plumbing.run.id, disable_tqdm=True,
             dataloader_num_workers=0, ddp_find_unused_parameters=False,
+            **self._fsdp_arguments(),
         )
+
+    def _fsdp_arguments(self) -> dict:
+        """The Trainer's FSDP settings for the config's fsdp keys, by fsdp_config's own names: layers wrapped by
+        the model's own no-split class (its decoder layer), checkpoints written as shards by every rank (resume
+        loads each rank's shard of weights and optimizer state); the final save gathers them (_save_final)."""
+        cfg = self.cfg
+        if not cfg.fsdp:
+            return {}
+        # FSDP2 takes the strategy as reshard_after_forward: full_shard frees gathered weights after the forward,
+        # shard_grad_op keeps them for the backward; FSDP1 takes the strategy's own name.
+        reshard = cfg.fsdp == "full_shard" if cfg.fsdp_version == 2 else cfg.fsdp
+        config = {"version": cfg.fsdp_version, "reshard_after_forward": reshard,
+                  "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "SHARDED_STATE_DICT",
+                  "cpu_offload": cfg.fsdp_offload, "activation_checkpointing": cfg.fsdp_activation_checkpointing}
+        layers = getattr(self.model, "_no_split_modules", None)  # a peft model passes it on from its base
+        if layers:
+            config["transformer_layer_cls_to_wrap"] = sorted(layers)
+        return {"fsdp": True, "fsdp_config": config}
 
     # ---- train -------------------------------------------------------------------
     def train(self) -> str:
@@ -214,7 +238,7 @@ class Recipe:
         final = "stopped" if plumbing.stop_requested else "completed"
         plumbing.set_state(final, step=step, early_stopped=self.callback.early_stopped, train_runtime=runtime,
                            train_tokens_per_second=round(tokens / runtime, 1) if runtime else None)
-        leave_together()
+        barrier()  # ranks leave together
         return final
 
     def _save_final(self) -> None:
@@ -224,10 +248,14 @@ class Recipe:
             self.trainer._load_from_checkpoint(best)
             self.plumbing.event("state", state="best_loaded", checkpoint=best, eval_loss=self.early.best)
         out = self.plumbing.run.path / ("model" if self.cfg.method == "full" else "adapter")
+        tmp = out.with_name(out.name + ".partial")
         if self.plumbing.writes:
-            tmp = out.with_name(out.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.trainer.save_model(str(tmp))
+        if self.trainer.is_fsdp_enabled:
+            # Whole, as eval, export and chat load it: every rank gives its shards, rank 0 writes
+            self.trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        self.trainer.save_model(str(tmp))  # writes on rank 0 only (the other ranks join an FSDP gather)
+        if self.plumbing.writes:
             self.tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
