@@ -140,6 +140,7 @@ def test_sharding_is_recommended_when_one_gpu_cannot_hold_the_run_and_the_gpus_c
 
 def test_sharding_modes_in_order_and_a_mode_asked_for_is_kept():
     from engine.plan.memory import Assumptions
+    from engine.training.config import ConfigError, parse_config
 
     model = facts_from_config(LLAMA_7B)
     a = Assumptions(seq_len=512, batch_size=1)
@@ -147,6 +148,12 @@ def test_sharding_modes_in_order_and_a_mode_asked_for_is_kept():
     across = plan(model, fine_tune(gpus=[T4, T4]), replace(a, nodes=2))
     assert across.fsdp == "hybrid_shard" and across.memory["lora"]["world_size"] == 4
     assert "nnodes: 2" in next(h.reason for h in across.hyperparameters if h.key == "nproc_per_node")
+    written = across.config("/models/llama", "/data/train.jsonl")
+    assert (written["fsdp"], written["fsdp_version"]) == ("hybrid_shard", 1)  # transformers: FSDP1 only
+    # Offload asked for: the config carries it, and the validator takes it.
+    offloaded = plan(model, fine_tune(gpus=[T4, T4]), replace(a, fsdp="full_shard", fsdp_offload=True))
+    config = parse_config(offloaded.config("/models/llama", "/data/train.jsonl"), check_paths=False)
+    assert (config.fsdp, config.fsdp_offload, config.nproc_per_node) == ("full_shard", True, 2)
     # Where it fits whole on each GPU: DDP, nothing sharded, nothing to say.
     roomy = plan(model, fine_tune(gpus=[H100, H100]), a)
     assert roomy.fsdp is None and roomy.fsdp_reason == "" and roomy.memory["lora"]["fsdp"] is None
@@ -158,6 +165,8 @@ def test_sharding_modes_in_order_and_a_mode_asked_for_is_kept():
     # One GPU cannot shard: no mode, and QLoRA where LoRA does not fit.
     single = plan(model, fine_tune(gpus=[T4]), a)
     assert single.fsdp is None and single.method == "qlora" and single.memory["lora"]["fits"] is False
+    with pytest.raises(ConfigError, match="shards across GPUs: plan for 2 or more"):
+        plan(model, fine_tune(gpus=[T4]), replace(a, fsdp="full_shard"))
 
 
 def test_plan_cli_per_gpu_with_gpus_and_mode(tiny_project):

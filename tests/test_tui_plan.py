@@ -249,3 +249,8 @@ async def test_sharding_fields_and_memory_per_gpu(tmp_path):
 
         await type_into(pilot, app, "gpus", "0")  # said in place, at the top of the plan
         await wait_for(pilot, lambda: "! gpus/node must be at least 1" in plan_screen(app).render_plan().plain)
+        await type_into(pilot, app, "gpus", "1")
+        await type_into(pilot, app, "nodes", "1")  # a mode on one GPU: nothing to shard across, said in place
+        await wait_for(pilot, lambda: "! fsdp shard_grad_op shards across GPUs: plan for 2 or more"
+                       in plan_screen(app).render_plan().plain)
+        assert not isinstance(app.screen, ErrorScreen)

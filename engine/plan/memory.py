@@ -104,6 +104,8 @@ class Assumptions:
             raise ConfigError(f"unknown fsdp mode {self.fsdp!r}; use one of {', '.join(FSDP_MODES)}")
         if self.fsdp_offload and self.fsdp is None:
             raise ConfigError("fsdp_offload offloads FSDP's shards: choose an fsdp mode too")
+        if self.fsdp is not None and self.gpus is not None and self.world_size < 2:
+            raise ConfigError(f"fsdp {self.fsdp} shards across GPUs: plan for 2 or more (GPUs per node, nodes)")
 
     @property
     def world_size(self) -> int:

@@ -382,6 +382,11 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
             if a.nodes > 1 else "")))
     if fsdp:
         hps.append(Hyperparameter("fsdp", fsdp, SHARDING_REASONS[fsdp]))
+    if fsdp == "hybrid_shard":
+        hps.append(Hyperparameter("fsdp_version", 1, "transformers runs hybrid_shard on FSDP1 only"))
+    if a.fsdp_offload:
+        hps.append(Hyperparameter("fsdp_offload", True, "the shards of weights, gradients and optimizer state wait "
+                                  "in host memory; the optimizer step runs on the CPU"))
     forgetting, mixing = forgetting_advice(method, s)
     epochs = next(h.value for h in hps if h.key == "num_train_epochs")
     tokens = (s.clean_examples or 1000) * (s.tokens_per_example or a.seq_len // 2) * epochs

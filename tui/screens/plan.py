@@ -241,7 +241,13 @@ class PlanScreen(ModeScreen):
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             from engine.models.find import ModelError
+            from engine.training.config import ConfigError
 
+            if isinstance(error, ConfigError):  # fields that cannot go together (fsdp on one GPU): said in place
+                event.prevent_default()
+                self.problem = str(error)
+                self._show()
+                return
             if isinstance(error, ModelError):
                 advice = "Type another model in the Model field: a directory, a .gguf file, a cached repo id, or demo."
             elif isinstance(error, FileNotFoundError):
