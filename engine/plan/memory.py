@@ -311,8 +311,9 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
             # Not resharded after the forward: the whole model stays gathered until its backward is done.
             parts["gathered_weights"] = gathered_form
         else:
-            # The unit computing and the next one, whose all-gather is prefetched: FSDP's rate limiter allows two
-            # in flight (torch FSDP docs, limit_all_gathers; Zhao et al. 2023, "PyTorch FSDP", section 3.4). The
+            # The unit computing and the next one, whose all-gather is prefetched: FSDP2 (transformers' default)
+            # prefetches one module ahead (fully_shard's set_modules_to_backward_prefetch docs), FSDP1's rate
+            # limiter allows two in flight (limit_all_gathers docs; Zhao et al. 2023, "PyTorch FSDP", 3.4). The
             # root (embeddings, final norm, head) is not resharded after the forward (torch's FSDP: "for the
             # root, do not reshard after forward"), so it stays gathered until the end of the backward.
             parts["gathered_weights"] = min(gathered_form, root + 2 * unit)
