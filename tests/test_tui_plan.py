@@ -247,6 +247,16 @@ async def test_sharding_fields_and_memory_per_gpu(tmp_path):
         assert "per GPU of 2 nodes x 4 GPUs, fsdp shard_grad_op" in shown and "sharded:" not in shown
         assert plan_screen(app).result.plan.memory["lora"]["world_size"] == 8
 
+        # CPU offload: the shards leave the GPU, and the plan's config carries the key.
+        on_gpu = plan_screen(app).result.plan.memory["lora"]["required_bytes"]
+        app.screen.query_one("#plan-offload").focus()
+        await pilot.press("space")
+        await wait_for(pilot, lambda: plan_screen(app).result.inputs.offload)
+        await settled(pilot, app)
+        result = plan_screen(app).result.plan
+        assert result.memory["lora"]["required_bytes"] < on_gpu and result.memory["lora"]["host"]["weights"] > 0
+        assert {h.key: h.value for h in result.hyperparameters}["fsdp_offload"] is True
+
         await type_into(pilot, app, "gpus", "0")  # said in place, at the top of the plan
         await wait_for(pilot, lambda: "! gpus/node must be at least 1" in plan_screen(app).render_plan().plain)
         await type_into(pilot, app, "gpus", "1")

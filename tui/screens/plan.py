@@ -52,6 +52,7 @@ class Inputs:
     general: str = ""  # a general-data file to mix in against forgetting
     objective: str = "sft"  # sft, or a preference objective (dpo, orpo, kto)
     fsdp: str | None = None  # a sharding mode asked for; None: auto
+    offload: bool = False  # FSDP's CPU offload (fsdp_offload)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class PlanScreen(ModeScreen):
                     if key == "nodes":
                         yield self._row("Sharding", Select([(m, m) for m in (SHARDING, *FSDP_MODES)], value=SHARDING,
                                                            allow_blank=False, id="plan-fsdp", compact=True))
+                        yield Checkbox("FSDP CPU offload", False, id="plan-offload", compact=True)
                 yield self._row("General", Input("", placeholder="optional file", id="plan-general",
                                                  compact=True))
             with VerticalScroll(id="plan-out", can_focus=True) as out:
@@ -155,7 +157,8 @@ class PlanScreen(ModeScreen):
                       stable=self.query_one("#plan-stable", Checkbox).value, numbers=numbers,
                       general=self.query_one("#plan-general", Input).value.strip(),
                       objective=str(self.query_one("#plan-objective", Select).value),
-                      fsdp=None if (mode := str(self.query_one("#plan-fsdp", Select).value)) == SHARDING else mode)
+                      fsdp=None if (mode := str(self.query_one("#plan-fsdp", Select).value)) == SHARDING else mode,
+                      offload=self.query_one("#plan-offload", Checkbox).value)
 
     @on(Input.Changed, "#plan-examples, #plan-baseline, #plan-target, #plan-seq-len, #plan-batch, #plan-gpus, "
                        "#plan-nodes, #plan-price")
@@ -205,7 +208,7 @@ class PlanScreen(ModeScreen):
                               general_data=str(general) if general else None, objective=inputs.objective,
                               sft_runs=sft_runs(self.app.workspace), desirable=desirable, undesirable=undesirable)
         assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4, gpus=n["gpus"],
-                                  nodes=n["nodes"] or 1, fsdp=inputs.fsdp)
+                                  nodes=n["nodes"] or 1, fsdp=inputs.fsdp, fsdp_offload=inputs.offload)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
             return
