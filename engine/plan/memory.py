@@ -335,12 +335,15 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
     return Estimate(method, parts, trainable, notes, host, a.fsdp, a.gpus or 1, a.nodes)
 
 
+def gpu_count(gpus: int, nodes: int) -> str:
+    return f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
+
+
 def per_gpu(gpus: int, nodes: int, fsdp: str | None) -> str:
     """How per-GPU figures are meant: of how many GPUs, under which sharding."""
     if gpus * nodes == 1 and fsdp is None:
         return "on one GPU"
-    where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
-    return f"per GPU of {where}, " + (f"fsdp {fsdp}" if fsdp else "DDP replicas")
+    return f"per GPU of {gpu_count(gpus, nodes)}, " + (f"fsdp {fsdp}" if fsdp else "DDP replicas")
 
 
 def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: float) -> list[str]:
@@ -384,8 +387,7 @@ def more_gpus(model: ModelFacts, method: str, a: Assumptions, free_bytes: float)
         sharded = replace(a, gpus=gpus, nodes=nodes, fsdp="full_shard")
         need = estimate(model, method, sharded).required
         if need <= free_bytes:
-            where = f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
-            return f"fsdp: full_shard on {where}: {need / GiB:.1f} GiB per GPU - fits"
+            return f"fsdp: full_shard on {gpu_count(gpus, nodes)}: {need / GiB:.1f} GiB per GPU - fits"
     return f"fsdp: full_shard: even {gpus * nodes} GPUs need {need / GiB:.1f} GiB each"
 
 
