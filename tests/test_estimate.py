@@ -274,3 +274,129 @@ def test_breakdown_adds_up_and_fp32_doubles_activations():
         assert e.total == sum(e.parts.values()) and e.required > e.total
     bf16 = estimate(model, "lora", Assumptions(compute_dtype="bf16")).parts["activations"]
     assert estimate(model, "lora", Assumptions(compute_dtype="fp32")).parts["activations"] == 2 * bf16
+
+
+# ---- memory per GPU under sharding ----------------------------------------------------------------------
+
+def sharding_shapes(model):
+    """A decoder layer's and the root unit's parameters (embeddings and head): what FSDP gathers."""
+    root = model.groups["embeddings"] + model.groups["head"]
+    return (model.parameters - root) / model.layers, root
+
+
+def test_full_shard_divides_weights_gradients_and_optimizer_state_by_the_world_size():
+    """Full fine-tuning on 4 GPUs with fsdp full_shard: each GPU stores a quarter of the fp32 weights, gradients
+    and Adam states; it gathers two decoder layers (the one computing, the next one prefetched) and the root
+    unit in bf16, and holds one layer's bf16 gradient until its reduce-scatter. Short sequences, so the
+    gradients set the peak on one GPU and on four."""
+    model = facts_from_config(LLAMA_7B)
+    P, (layer, root) = model.parameters, sharding_shapes(model)
+    a = Assumptions(seq_len=256, batch_size=1)
+    one = estimate(model, "full", a)
+    four = estimate(model, "full", replace(a, gpus=4, fsdp="full_shard"))
+    assert one.parts["weights"] == P * 4 and one.parts["optimizer"] == P * 8 and one.parts["gradients"] == P * 4
+    assert four.parts["weights"] == one.parts["weights"] / 4
+    assert four.parts["optimizer"] == one.parts["optimizer"] / 4
+    assert four.parts["gradients"] == one.parts["gradients"] / 4
+    assert four.parts["gathered_weights"] == (root + 2 * layer) * 2
+    assert four.parts["reduce_scatter"] == layer * 2
+    assert "weight_copies" in one.parts and "weight_copies" not in four.parts  # FSDP gathers bf16 already
+    assert "ddp_buckets" not in four.parts and four.host == {}
+    assert four.world_size == 4 and four.to_dict()["fsdp"] == "full_shard"
+    assert four.total == sum(four.parts.values()) < one.total / 3
+
+
+def test_shard_grad_op_keeps_the_weights_whole_and_hybrid_shard_divides_within_a_node():
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=256, batch_size=1)
+    one = estimate(model, "full", a)
+    zero2 = estimate(model, "full", replace(a, gpus=4, fsdp="shard_grad_op"))
+    assert zero2.parts["gathered_weights"] == model.parameters * 2  # the whole model in bf16, forward to backward
+    assert zero2.parts["weights"] == one.parts["weights"] / 4  # the fp32 shard it updates
+    assert zero2.parts["optimizer"] == one.parts["optimizer"] / 4
+    assert zero2.parts["gradients"] == one.parts["gradients"] / 4
+
+    hybrid = estimate(model, "full", replace(a, gpus=2, nodes=2, fsdp="hybrid_shard"))
+    full_shard_on_two = estimate(model, "full", replace(a, gpus=2, fsdp="full_shard"))
+    for part in ("weights", "optimizer", "gradients"):
+        assert hybrid.parts[part] == one.parts[part] / 2, part
+    assert hybrid.parts == full_shard_on_two.parts  # replicas across nodes: a node's GPUs share the model
+    assert hybrid.world_size == 4 and any("replicas across 2 nodes" in note for note in hybrid.notes)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapters_shard_their_gradients_and_optimizer_state_and_full_shard_the_frozen_base(method):
+    """LoRA/QLoRA: the adapters' gradients and Adam states shard in every mode; the frozen base (16 bit, or
+    NF4 in 16-bit containers) shards under full_shard, and shard_grad_op gathers it whole. Long sequences:
+    the activations set the peak, and they are per GPU, as many as one GPU's at the same per-device batch."""
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=2048, batch_size=4)
+    one = estimate(model, method, a)
+    four = estimate(model, method, replace(a, gpus=4, fsdp="full_shard"))
+    zero2 = estimate(model, method, replace(a, gpus=4, fsdp="shard_grad_op"))
+    layer, root = sharding_shapes(model)
+    assert four.parts["weights"] == zero2.parts["weights"] == one.parts["weights"] / 4
+    assert four.parts["optimizer"] == zero2.parts["optimizer"] == one.parts["optimizer"] / 4
+    assert four.parts["gradients"] == one.parts["gradients"] / 4  # the adapters', in the activation phase
+    assert four.parts["activations"] == one.parts["activations"] > 0
+    assert four.parts["logits"] == one.parts["logits"]
+    assert zero2.parts["gathered_weights"] == one.parts["weights"]  # the whole base, as stored
+    root_bytes = root * 2
+    assert four.parts["gathered_weights"] == pytest.approx(root_bytes + 2 * (one.parts["weights"] - root_bytes)
+                                                           / model.layers)
+    assert four.parts["reduce_scatter"] == one.trainable_parameters / model.layers * 2
+    if method == "qlora":
+        assert four.parts["dequant_buffer"] == one.parts["dequant_buffer"]  # one layer dequantized at a time
+        assert four.parts["gathered_weights"] < 2 * (layer + root) * 2  # gathered as stored: NF4
+
+
+def test_ddp_keeps_the_one_gpu_figure_and_offload_moves_the_shards_to_host_memory():
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=256, batch_size=1)
+    for method in METHODS:
+        one = estimate(model, method, a)
+        assert estimate(model, method, replace(a, gpus=1)).parts == one.parts
+        ddp = estimate(model, method, replace(a, gpus=4, nodes=2))
+        assert {k: v for k, v in ddp.parts.items() if k != "ddp_buckets"} == one.parts  # a whole replica each
+        assert ddp.parts["ddp_buckets"] > 0 and ddp.world_size == 8
+
+    sharded = estimate(model, "full", replace(a, gpus=4, fsdp="full_shard"))
+    offloaded = estimate(model, "full", replace(a, gpus=4, fsdp="full_shard", fsdp_offload=True))
+    P = model.parameters
+    assert offloaded.host == {"weights": P * 4 / 4, "gradients": P * 4 / 4, "optimizer": P * 8 / 4}
+    assert "weights" not in offloaded.parts and "optimizer" not in offloaded.parts
+    assert offloaded.parts["gathered_weights"] == sharded.parts["gathered_weights"]  # computed on the GPU
+    assert offloaded.parts["gradients"] == model.vocab * model.hidden * 2  # only the root's unsharded head
+    assert offloaded.total < sharded.total / 2
+    with pytest.raises(ConfigError, match="fsdp mode"):
+        Assumptions(fsdp_offload=True)
+    with pytest.raises(ConfigError, match="full_shard"):
+        Assumptions(fsdp="zero3")
+
+
+def test_advice_names_the_fewest_gpus_that_hold_the_run_sharded():
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=256, batch_size=1)
+    advice = advice_to_fit(model, "full", a, 40 * GiB)
+    fewest = next(n for n in (2, 4, 8) if estimate(model, "full", replace(a, gpus=n, fsdp="full_shard")).required
+                  <= 40 * GiB)
+    assert advice[-1].startswith(f"fsdp: full_shard on {fewest} GPUs:") and advice[-1].endswith("fits")
+    assert estimate(model, "full", replace(a, gpus=fewest // 2, fsdp="full_shard")).required > 40 * GiB
+
+
+def test_estimate_cli_per_gpu_under_sharding(tiny_project):
+    model = str(tiny_project / "tiny-model")
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", model, "--method", "full",
+                          "--gpus", "2", "--nodes", "2", "--fsdp", "hybrid_shard", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["fsdp"], result["gpus"], result["nodes"], result["world_size"]) == ("hybrid_shard", 2, 2, 4)
+    assert result["total_bytes"] == sum(result["breakdown"].values()) and "gathered_weights" in result["breakdown"]
+    text = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", model, "--gpus", "4",
+                           "--fsdp", "full_shard", "--fsdp-offload"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert "memory per GPU of 4 GPUs, fsdp full_shard" in text.stdout and "host memory (offload)" in text.stdout
+    refused = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", model, "--fsdp-offload"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "choose an fsdp mode" in refused.stderr

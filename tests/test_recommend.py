@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -99,3 +100,80 @@ def test_sequence_length_and_eval_cadence_follow_the_data():
                                               * hps["gradient_accumulation_steps"])
     assert hps["eval_steps"] == hps["save_steps"] == steps // 10
     assert hps["weight_decay"] == 0.0
+
+
+# ---- sharding over several GPUs ------------------------------------------------------------------------
+
+def fine_tune(**changes) -> Situation:
+    return Situation(**{**dict(task="extraction", baseline_score=0.2, target_score=0.9, clean_examples=2000),
+                        **changes})
+
+
+def test_sharding_is_recommended_when_one_gpu_cannot_hold_the_run_and_the_gpus_can():
+    """LLaMA-7B LoRA on two 15 GiB T4s: the 16-bit base alone nearly fills one, so DDP cannot run it; two
+    full_shard halves can, and LoRA (without QLoRA's quality cost) is planned with fsdp full_shard. The
+    config it writes names the mode and one process per GPU, and the validator takes it."""
+    from engine.plan.memory import Assumptions, estimate
+    from engine.training.config import parse_config
+
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=512, batch_size=1)
+    free = T4["memory_total_mib"] * 2**20
+    assert estimate(model, "lora", a).required > free  # one GPU cannot hold LoRA
+    result = plan(model, fine_tune(gpus=[T4, T4]), a)
+    assert (result.method, result.fsdp, result.gpus, result.nodes) == ("lora", "full_shard", 2, 1)
+    assert result.fsdp_reason.startswith("one GPU cannot hold lora") and "on 2 GPUs" in result.fsdp_reason
+    lora = result.memory["lora"]
+    assert lora["fits"] and lora["fsdp"] == "full_shard" and lora["world_size"] == 2
+    assert lora["required_bytes"] == int(estimate(model, "lora", Assumptions(seq_len=512, batch_size=1, gpus=2,
+                                                                            fsdp="full_shard")).required)
+    assert lora["required_bytes"] < free < estimate(model, "lora", a).required
+    hps = {h.key: h for h in result.hyperparameters}
+    assert hps["fsdp"].value == "full_shard" and "Zhao et al. 2023" in hps["fsdp"].reason
+    assert hps["nproc_per_node"].value == 2
+    config = parse_config(result.config("/models/llama", "/data/train.jsonl"), check_paths=False)
+    assert (config.fsdp, config.nproc_per_node, config.method) == ("full_shard", 2, "lora")
+    # shard_grad_op gathers the whole 16-bit base to compute: it cannot help LoRA, so it was passed over.
+    assert estimate(model, "lora", Assumptions(seq_len=512, batch_size=1, gpus=2, fsdp="shard_grad_op")).required \
+        > free
+
+
+def test_sharding_modes_in_order_and_a_mode_asked_for_is_kept():
+    from engine.plan.memory import Assumptions
+    from engine.training.config import ConfigError, parse_config
+
+    model = facts_from_config(LLAMA_7B)
+    a = Assumptions(seq_len=512, batch_size=1)
+    # Across nodes, hybrid_shard first: its all-gathers stay within a node.
+    across = plan(model, fine_tune(gpus=[T4, T4]), replace(a, nodes=2))
+    assert across.fsdp == "hybrid_shard" and across.memory["lora"]["world_size"] == 4
+    assert "nnodes: 2" in next(h.reason for h in across.hyperparameters if h.key == "nproc_per_node")
+    written = across.config("/models/llama", "/data/train.jsonl")
+    assert (written["fsdp"], written["fsdp_version"]) == ("hybrid_shard", 1)  # transformers: FSDP1 only
+    # Offload asked for: the config carries it, and the validator takes it.
+    offloaded = plan(model, fine_tune(gpus=[T4, T4]), replace(a, fsdp="full_shard", fsdp_offload=True))
+    config = parse_config(offloaded.config("/models/llama", "/data/train.jsonl"), check_paths=False)
+    assert (config.fsdp, config.fsdp_offload, config.nproc_per_node) == ("full_shard", True, 2)
+    # Where it fits whole on each GPU: DDP, nothing sharded, nothing to say.
+    roomy = plan(model, fine_tune(gpus=[H100, H100]), a)
+    assert roomy.fsdp is None and roomy.fsdp_reason == "" and roomy.memory["lora"]["fsdp"] is None
+    assert "fsdp" not in {h.key for h in roomy.hyperparameters}
+    # A mode asked for stays, with why that mode, though DDP would fit.
+    asked = plan(model, fine_tune(gpus=[H100, H100]), replace(a, fsdp="shard_grad_op"))
+    assert asked.fsdp == "shard_grad_op" and asked.fsdp_reason == ""
+    assert "least communication" in next(h.reason for h in asked.hyperparameters if h.key == "fsdp")
+    # One GPU cannot shard: no mode, and QLoRA where LoRA does not fit.
+    single = plan(model, fine_tune(gpus=[T4]), a)
+    assert single.fsdp is None and single.method == "qlora" and single.memory["lora"]["fits"] is False
+    with pytest.raises(ConfigError, match="shards across GPUs: plan for 2 or more"):
+        plan(model, fine_tune(gpus=[T4]), replace(a, fsdp="full_shard"))
+
+
+def test_plan_cli_per_gpu_with_gpus_and_mode(tiny_project):
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "plan", "--model", str(tiny_project / "tiny-model"),
+                          "--task", "extraction", "--baseline", "0.1", "--target", "0.9", "--examples", "500",
+                          "--gpu-memory", "24", "--gpus", "4", "--fsdp", "full_shard"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "memory per GPU of 4 GPUs, fsdp full_shard:" in out.stdout
+    assert "nproc_per_node = 4" in out.stdout and "fsdp = full_shard" in out.stdout

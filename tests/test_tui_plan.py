@@ -189,3 +189,78 @@ async def test_preference_objective_suggests_sft_first(tmp_path):
 
         written = yaml.safe_load((tmp_path / "dpo.yaml").read_text())
         assert written["objective"] == "dpo" and written["beta"] == 0.1 and written["learning_rate"] == 5e-6
+
+
+def two_t4_snapshot(workspace) -> dict:
+    from tui_fixtures import HOST
+
+    gpu = {"index": 0, "name": "Tesla T4", "memory_total_mib": 15360, "memory_used_mib": 0}
+    return {"time": 0, "gpus": [gpu, {**gpu, "index": 1}], "host": dict(HOST)}
+
+
+async def test_sharding_fields_and_memory_per_gpu(tmp_path):
+    """LLaMA-7B LoRA on this machine's two T4s: one cannot hold it, so the plan shards it (full_shard) and says
+    why; memory reads per GPU of the GPUs planned, under the mode; more nodes or a mode asked for follow."""
+    import json
+
+    from model_configs import LLAMA_7B
+
+    config = tmp_path / "llama-7b" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps(LLAMA_7B))
+    app = make_app(tmp_path / "ws", mode="plan", sampler=two_t4_snapshot)
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot, app)
+        await type_into(pilot, app, "model", str(config), submit=True)
+        await type_into(pilot, app, "seq-len", "512")
+        await type_into(pilot, app, "batch", "1")
+        await type_into(pilot, app, "baseline", "0.1")
+        await type_into(pilot, app, "target", "0.9")
+        await type_into(pilot, app, "examples", "2000")
+        await wait_for(pilot, lambda: plan_screen(app).result.facts.layers == 32
+                       and plan_screen(app).result.inputs.numbers["examples"] == 2000, timeout=60)
+        await settled(pilot, app, "fine_tune")
+        result = plan_screen(app).result.plan
+        assert (result.method, result.fsdp, result.gpus) == ("lora", "full_shard", 2)
+        await pilot.press("escape")
+        plan_screen(app).action_scroll(4)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "per GPU of 2 GPUs, fsdp full_shard" in text and "sharded: one GPU cannot hold lora" in text, text
+        assert_snapshot(app, "plan_sharded")
+
+        # Two nodes of two: hybrid_shard keeps the gathers within a node.
+        await type_into(pilot, app, "nodes", "2")
+        await wait_for(pilot, lambda: plan_screen(app).result.plan.nodes == 2)
+        await settled(pilot, app)
+        assert plan_screen(app).result.plan.fsdp == "hybrid_shard"
+        assert "per GPU of 2 nodes x 2 GPUs, fsdp hybrid_shard" in plan_screen(app).render_plan().plain
+
+        # A mode asked for, on four GPUs a node, by keys: the select opens, down to shard_grad_op, enter.
+        await type_into(pilot, app, "gpus", "4")
+        app.screen.query_one("#plan-fsdp").focus()
+        await pilot.press("enter", "down", "down", "enter")
+        await wait_for(pilot, lambda: plan_screen(app).result.inputs.fsdp == "shard_grad_op"
+                       and plan_screen(app).result.plan.gpus == 4)
+        await settled(pilot, app)
+        shown = plan_screen(app).render_plan().plain
+        assert "per GPU of 2 nodes x 4 GPUs, fsdp shard_grad_op" in shown and "sharded:" not in shown
+        assert plan_screen(app).result.plan.memory["lora"]["world_size"] == 8
+
+        # CPU offload: the shards leave the GPU, and the plan's config carries the key.
+        on_gpu = plan_screen(app).result.plan.memory["lora"]["required_bytes"]
+        app.screen.query_one("#plan-offload").focus()
+        await pilot.press("space")
+        await wait_for(pilot, lambda: plan_screen(app).result.inputs.offload)
+        await settled(pilot, app)
+        result = plan_screen(app).result.plan
+        assert result.memory["lora"]["required_bytes"] < on_gpu and result.memory["lora"]["host"]["weights"] > 0
+        assert {h.key: h.value for h in result.hyperparameters}["fsdp_offload"] is True
+
+        await type_into(pilot, app, "gpus", "0")  # said in place, at the top of the plan
+        await wait_for(pilot, lambda: "! gpus/node must be at least 1" in plan_screen(app).render_plan().plain)
+        await type_into(pilot, app, "gpus", "1")
+        await type_into(pilot, app, "nodes", "1")  # a mode on one GPU: nothing to shard across, said in place
+        await wait_for(pilot, lambda: "! fsdp shard_grad_op shards across GPUs: plan for 2 or more"
+                       in plan_screen(app).render_plan().plain)
+        assert not isinstance(app.screen, ErrorScreen)

@@ -26,6 +26,13 @@ fine-tuning keeps a second, frozen copy of the weights unless `precompute_ref_lo
 once before training. KTO adds a mismatched "KL" batch (each prompt with another example's completion)
 that the policy and the reference score without gradients. ORPO has no reference. DPO and KTO score
 tokens through TRL's fused log-prob head (no tokens x vocab logits); ORPO's trainer materialises them.
+
+Every figure is per GPU. With several GPUs (`gpus` per node times `nodes`) and no `fsdp`, each GPU holds a
+replica (DDP). FSDP shards what each GPU stores (see `shards`): full_shard the weights, gradients and
+optimizer state over every GPU; shard_grad_op the same, but it gathers the whole model for the forward and
+keeps it until the backward is done; hybrid_shard full_shard within a node, replicas across nodes. What
+FSDP gathers to compute, and the gradient it reduce-scatters, are parts of their own (`gathered_weights`,
+`reduce_scatter`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from engine.models.facts import ModelFacts
-from engine.training.config import METHODS, OBJECTIVES, ConfigError
+from engine.training.config import FSDP_MODES, METHODS, OBJECTIVES, ConfigError
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -54,7 +61,7 @@ ALLOCATOR_OVERHEAD = 0.05
 # TRL's fused log-prob head (trl.kernels.chunked_logprob): logits in tiles of 4096 tokens x 32768 vocab entries.
 FUSED_HEAD_TILE = (4096, 32768)
 # Sizes past these are typing mistakes, not plans (a 16M-token sequence, a rank above any model's width).
-LIMITS = {"seq_len": 1 << 24, "batch_size": 1 << 16, "lora_r": 1 << 14, "gpus": 1 << 16}
+LIMITS = {"seq_len": 1 << 24, "batch_size": 1 << 16, "lora_r": 1 << 14, "gpus": 1 << 16, "nodes": 1 << 12}
 
 
 @dataclass
@@ -70,13 +77,18 @@ class Assumptions:
     lora_targets: str | list[str] = "all-linear"
     lora_dropout: float | str = "auto"  # auto: as the engine resolves it (0 where peft wraps MoE experts)
     double_quant: bool = True
-    gpus: int = 1
+    gpus: int | None = None  # per node; None: 1 in an estimate alone, the GPUs found in a plan
+    nodes: int = 1
+    fsdp: str | None = None  # None: DDP replicas; or engine.training.config.FSDP_MODES
+    fsdp_offload: bool = False  # FSDP's CPU offload: sharded weights, gradients and optimizer state in host memory
     objective: str = "sft"  # sft | dpo | orpo | kto (engine.training.config.OBJECTIVES)
     precompute_ref_log_probs: bool = False  # DPO/KTO: reference log-probs scored once before training
 
     def __post_init__(self):
         for key, limit in LIMITS.items():
             value = getattr(self, key)
+            if key == "gpus" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
                 raise ConfigError(f"{key} must be a whole number from 1 to {limit:,}, got {value!r}")
         if self.compute_dtype not in DTYPE_BYTES:
@@ -88,6 +100,23 @@ class Assumptions:
         if self.lora_dropout != "auto" and not (isinstance(self.lora_dropout, (int, float))
                                                 and 0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be auto or in [0, 1), got {self.lora_dropout!r}")
+        if self.fsdp is not None and self.fsdp not in FSDP_MODES:
+            raise ConfigError(f"unknown fsdp mode {self.fsdp!r}; use one of {', '.join(FSDP_MODES)}")
+        if self.fsdp_offload and self.fsdp is None:
+            raise ConfigError("fsdp_offload offloads FSDP's shards: choose an fsdp mode too")
+        if self.fsdp is not None and self.gpus is not None and self.world_size < 2:
+            raise ConfigError(f"fsdp {self.fsdp} shards across GPUs: plan for 2 or more (GPUs per node, nodes)")
+
+    @property
+    def world_size(self) -> int:
+        return (self.gpus or 1) * self.nodes
+
+    @property
+    def shards(self) -> int:
+        """Into how many pieces each GPU's weights, gradients and optimizer state are cut."""
+        if self.fsdp is None:
+            return 1
+        return (self.gpus or 1) if self.fsdp == "hybrid_shard" else self.world_size
 
 
 @dataclass
@@ -96,6 +125,14 @@ class Estimate:
     parts: dict[str, float]  # bytes of tensors at the peak; they add up to `total`
     trainable_parameters: int
     notes: list[str] = field(default_factory=list)
+    host: dict[str, float] = field(default_factory=dict)  # bytes FSDP's CPU offload keeps in host memory
+    fsdp: str | None = None
+    gpus: int = 1  # per node
+    nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
 
     @property
     def total(self) -> float:
@@ -117,7 +154,8 @@ class Estimate:
                 "total_gib": round(self.total / GiB, 2), "required_gib": round(self.required / GiB, 2),
                 "trainable_parameters": self.trainable_parameters,
                 "breakdown": {k: int(v) for k, v in self.parts.items()},
-                "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes}
+                "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes,
+                "gpus": self.gpus, "nodes": self.nodes, "world_size": self.world_size, "fsdp": self.fsdp, "host": {k: int(v) for k, v in self.host.items()}}
 
 
 def layer_activations(model: ModelFacts, method: str, notes: list[str]) -> float:
@@ -157,8 +195,10 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         trainable = model.parameters
         weight_bytes = 4 if a.full_master_fp32 else compute
         parts["weights"] = model.parameters * weight_bytes
-        if a.full_master_fp32:
-            parts["weight_copies"] = matmul_weights * compute  # autocast's 16-bit copy of each matmul weight
+        if a.full_master_fp32 and a.fsdp is None:
+            # autocast's 16-bit copy of each matmul weight. FSDP instead gathers its shards in the compute dtype
+            # (accelerate sets FSDP's mixed-precision policy from bf16/fp16), so autocast finds 16-bit weights.
+            parts["weight_copies"] = matmul_weights * compute
         param_bytes = weight_bytes
     else:
         trainable = model.lora_trainable(a.lora_r)
@@ -189,10 +229,15 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
         if model.lora["wraps_experts"]:
             notes.append(f"LoRA on the experts too (peft wraps them); lora_dropout {model.lora['dropout']:g}")
 
+    # What FSDP gathers to compute: the compute dtype for full fine-tuning, the stored form of a frozen base
+    # (QLoRA's 4-bit weights too: stored in 16-bit containers, bnb_4bit_quant_storage, so FSDP can shard them).
+    gathered_form = model.parameters * compute if method == "full" else parts["weights"]
+    parts["weights"] /= a.shards
+
     # Gradients and optimizer state of what is trained
-    all_gradients = trainable * param_bytes
+    all_gradients = trainable * param_bytes / a.shards
     state = OPTIMIZER_STATE_BYTES[a.optimizer]
-    parts["optimizer"] = trainable * (2 * param_bytes if state is None else state)
+    parts["optimizer"] = trainable * (2 * param_bytes if state is None else state) / a.shards
     if a.optimizer.startswith("paged"):
         notes.append("paged optimizer state can spill to CPU memory under pressure")
 
@@ -240,23 +285,65 @@ def estimate(model: ModelFacts, method: str, a: Assumptions | None = None) -> Es
     # The peak comes early in the backward pass, while activations are still held and only the
     # output head's gradient exists; gradients fill in as activations are freed. So the two do not
     # add up: whichever phase is larger sets the peak.
-    head_gradient = model.vocab * h * param_bytes if method == "full" else 0
-    if parts["activations"] + parts["logits"] + head_gradient >= all_gradients:
-        parts["gradients"] = head_gradient if method == "full" else all_gradients  # adapters' are small
-        if method == "full":
+    # Under FSDP the head sits in the root unit, whose gradient stays unsharded, in the compute dtype, until the
+    # end of the backward; CPU offload moves the sharded gradients off the GPU as they are reduced.
+    head_gradient = 0 if method != "full" else model.vocab * h * (compute if a.fsdp else param_bytes)
+    gpu_gradients = 0.0 if a.fsdp_offload else all_gradients
+    if parts["activations"] + parts["logits"] + head_gradient >= gpu_gradients:
+        parts["gradients"] = head_gradient if method == "full" else gpu_gradients  # adapters' are small
+        if method == "full" and gpu_gradients:
             notes.append(f"gradients take {all_gradients / GiB:.1f} GiB once the activations are freed")
     else:
-        parts["gradients"] = all_gradients
+        parts["gradients"] = gpu_gradients
         parts["activations"] = parts["logits"] = 0.0
         if "reference_forward" in parts:
             parts["reference_forward"] = 0.0
         notes.append("gradients outweigh activations: the peak is at the end of the backward pass")
     if method == "qlora":
         parts["dequant_buffer"] = model.quantized_4bit["largest"] * compute  # one layer dequantized at a time
-    if a.gpus > 1:
+    if a.fsdp is None and a.world_size > 1:
         parts["ddp_buckets"] = min(trainable * param_bytes, 2 * 25 * 1024 ** 2)  # two 25 MB gradient buckets
+    host = {}
+    if a.fsdp is not None:
+        root = (groups["embeddings"] + groups["head"]) * compute  # embeddings stay 16 bit under QLoRA too
+        unit = (gathered_form - root) / max(1, layers)  # one wrapped unit: a decoder layer
+        if a.fsdp == "shard_grad_op":
+            # Not resharded after the forward: the whole model stays gathered until its backward is done.
+            parts["gathered_weights"] = gathered_form
+        else:
+            # The unit computing and the next one, whose all-gather is prefetched: FSDP2 (transformers' default)
+            # prefetches one module ahead (fully_shard's set_modules_to_backward_prefetch docs), FSDP1's rate
+            # limiter allows two in flight (limit_all_gathers docs; Zhao et al. 2023, "PyTorch FSDP", 3.4). The
+            # root (embeddings, final norm, head) is not resharded after the forward (torch's FSDP: "for the
+            # root, do not reshard after forward"), so it stays gathered until the end of the backward.
+            parts["gathered_weights"] = min(gathered_form, root + 2 * unit)
+        # The unit in its backward holds its unsharded gradient until the reduce-scatter (torch's BackwardPrefetch
+        # docs: "the current set of gradients"), in the compute dtype.
+        unit_trainable = trainable - (groups["embeddings"] + groups["head"] if method == "full" else 0)
+        parts["reduce_scatter"] = unit_trainable / max(1, layers) * compute
+        shared = "the weights, gradients and optimizer state" if a.fsdp != "shard_grad_op" else \
+            "gradients and optimizer state (the weights are gathered whole to compute)"
+        across = f"{a.shards} ways within each node, replicas across {a.nodes} nodes" \
+            if a.fsdp == "hybrid_shard" else f"{a.shards} ways"
+        notes.append(f"fsdp {a.fsdp} shards {shared} {across}")
+        if a.fsdp_offload:
+            # torch's CPUOffload: parameters and gradients on the CPU, where the optimizer step runs.
+            host = {"weights": parts.pop("weights"), "gradients": all_gradients, "optimizer": parts.pop("optimizer")}
+            notes.append(f"fsdp_offload: {sum(host.values()) / GiB:.1f} GiB of shards in host memory per GPU; "
+                         "the optimizer step runs on the CPU")
     assert all(v >= 0 for v in parts.values()), parts
-    return Estimate(method, parts, trainable, notes)
+    return Estimate(method, parts, trainable, notes, host, a.fsdp, a.gpus or 1, a.nodes)
+
+
+def gpu_count(gpus: int, nodes: int) -> str:
+    return f"{gpus} GPUs" if nodes == 1 else f"{nodes} nodes x {gpus} GPUs"
+
+
+def per_gpu(gpus: int, nodes: int, fsdp: str | None) -> str:
+    """How per-GPU figures are meant: of how many GPUs, under which sharding."""
+    if gpus * nodes == 1 and fsdp is None:
+        return "on one GPU"
+    return f"per GPU of {gpu_count(gpus, nodes)}, " + (f"fsdp {fsdp}" if fsdp else "DDP replicas")
 
 
 def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: float) -> list[str]:
@@ -283,9 +370,25 @@ def advice_to_fit(model: ModelFacts, method: str, a: Assumptions, free_bytes: fl
         need = estimate(model, "qlora", replace(a, batch_size=1, gradient_checkpointing=True)).required
         advice.append(f"method: qlora with batch 1 and checkpointing: {need / GiB:.1f} GiB"
                       + (" - fits" if need <= free_bytes else ""))
-    advice.append("more GPUs: DDP keeps a full copy per GPU, so it shrinks the per-GPU batch, not the model; "
-                  "FSDP or ZeRO shard it")
+    advice.append(more_gpus(model, method, a, free_bytes))
     return advice
+
+
+# GPU counts to try sharding over, (per node, nodes): one node's usual sizes, then nodes of 8.
+GPU_COUNTS = ((2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (8, 8))
+
+
+def more_gpus(model: ModelFacts, method: str, a: Assumptions, free_bytes: float) -> str:
+    """The fewest GPUs of this size that hold the run under fsdp full_shard (DDP keeps a whole copy per GPU,
+    so more GPUs only shrink the per-GPU batch there)."""
+    counts = [(a.gpus or 1, a.nodes)] if a.world_size > 1 else []
+    counts += [(g, n) for g, n in GPU_COUNTS if g * n > a.world_size]
+    for gpus, nodes in counts:
+        sharded = replace(a, gpus=gpus, nodes=nodes, fsdp="full_shard")
+        need = estimate(model, method, sharded).required
+        if need <= free_bytes:
+            return f"fsdp: full_shard on {gpu_count(gpus, nodes)}: {need / GiB:.1f} GiB per GPU - fits"
+    return f"fsdp: full_shard: even {gpus * nodes} GPUs need {need / GiB:.1f} GiB each"
 
 
 def estimate_all(model: ModelFacts, a: Assumptions | None = None) -> dict[str, Estimate]:

@@ -4,7 +4,8 @@ The decision follows the field's practice: measure the prompted model first;
 use retrieval (RAG) when the need is fresh or private knowledge; fine-tune only
 with a measured gap, a stable task and enough clean examples; then LoRA by
 default, QLoRA when memory is short, full fine-tuning only with much data and
-memory. Every suggestion carries its reason.
+memory; FSDP's sharding only when one GPU cannot hold the run and the planned GPUs
+can. Every suggestion carries its reason.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from engine.models.facts import ModelFacts
-from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate_all
+from engine.plan.memory import Assumptions, GiB, advice_to_fit, estimate, estimate_all
 from engine.training.config import DEFAULT_PREFERENCE_LEARNING_RATES, PREFERENCE_OBJECTIVES
 
 # Clean examples to start with, by task: (minimum, comfortable). Formatting and extraction are
@@ -67,7 +68,7 @@ class Plan:
     reasons: list[str]
     method: str | None
     method_reason: str
-    memory: dict[str, dict]  # method -> estimate dict with "fits"
+    memory: dict[str, dict]  # method -> estimate dict with "fits", per GPU under `fsdp`
     free_memory_gib: float | None
     fit_advice: list[str]
     hyperparameters: list[Hyperparameter]
@@ -78,6 +79,10 @@ class Plan:
     mixing: list[Hyperparameter] = field(default_factory=list)  # general_data/general_ratio, when a file was given
     objective: str = "sft"
     objective_advice: list[str] = field(default_factory=list)  # preference objectives: where to start from, why
+    gpus: int = 1  # per node, as planned
+    nodes: int = 1
+    fsdp: str | None = None  # the sharding mode the plan is for: asked, or recommended (then `fsdp_reason` says why)
+    fsdp_reason: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,10 +124,10 @@ def decide(s: Situation) -> tuple[str, list[str]]:
     return "fine_tune", reasons
 
 
-def choose_method(model: ModelFacts, s: Situation, free: float | None, estimates) -> tuple[str, str]:
-    if free is None:
+def choose_method(s: Situation, fits: dict[str, bool] | None) -> tuple[str, str]:
+    """`fits`: method -> whether the planned GPUs hold it (sharded where that is what it takes); None: unknown."""
+    if fits is None:
         return "lora", "LoRA by default: close to full fine-tuning on most tasks at a fraction of the memory"
-    fits = {m: e.required <= free for m, e in estimates.items()}
     _, need_ok = DATA_NEEDS.get(s.task, (500, 2000))
     if fits["full"] and (s.clean_examples or 0) >= max(20000, 4 * need_ok):
         return "full", "full fine-tuning: it fits and there is much data, where it can beat LoRA"
@@ -131,6 +136,34 @@ def choose_method(model: ModelFacts, s: Situation, free: float | None, estimates
     if fits["qlora"]:
         return "qlora", "QLoRA: LoRA does not fit; 4-bit base weights cut memory with a small quality cost"
     return "qlora", "nothing fits as configured: QLoRA needs the least; see what to change"
+
+
+# Sharding modes to try when one GPU cannot hold a run, with why each (torch's FSDP docs, ShardingStrategy, and
+# Zhao et al. 2023, "PyTorch FSDP"), least communication first: across nodes hybrid_shard keeps the all-gathers
+# on each node's own links; shard_grad_op gathers the weights once a step; full_shard shards the most.
+SHARDING_REASONS = {
+    "hybrid_shard": "full_shard within each node and replicas across nodes: the per-layer all-gathers stay on "
+                    "the node's own links (torch FSDP docs)",
+    "shard_grad_op": "shards gradients and optimizer state and gathers the weights once a step (ZeRO-2 in "
+                     "DeepSpeed's terms): the least communication (torch FSDP docs)",
+    "full_shard": "shards weights, gradients and optimizer state: the most memory saved, at two all-gathers of "
+                  "each layer a step (PyTorch FSDP paper, Zhao et al. 2023)",
+}
+
+
+def choose_sharding(model: ModelFacts, method: str, a: Assumptions, free: float) -> tuple[str | None, str, bool]:
+    """(mode, why, fits): DDP replicas while one GPU holds the run; otherwise the first mode whose shards the
+    planned GPUs hold. A mode already asked for is kept."""
+    need = estimate(model, method, a).required
+    if a.fsdp is not None or need <= free or a.world_size == 1:
+        return a.fsdp, "", need <= free
+    modes = (["hybrid_shard"] if a.nodes > 1 else []) + ["shard_grad_op", "full_shard"]
+    for mode in modes:
+        sharded = estimate(model, method, replace(a, fsdp=mode)).required
+        if sharded <= free:
+            return mode, (f"one GPU cannot hold {method} ({need / GiB:.1f} GiB for {free / GiB:.1f} free); fsdp "
+                          f"{mode} on {a.world_size} GPUs needs {sharded / GiB:.1f} GiB each"), True
+    return None, "", False
 
 
 # Preference objectives: what their strength is called, its value and where it comes from.
@@ -170,8 +203,8 @@ def hyperparameters(model: ModelFacts, method: str, s: Situation, a: Assumptions
     if s.objective == "kto" and batch < 2:
         batch, batch_reason = 2, "KTO's KL term pairs each completion with another in the same batch: TRL needs 2+"
     effective = 16 if n < 5000 else 32
-    accumulation = max(1, effective // (batch * max(1, a.gpus)))
-    steps = max(1, n * epochs // (batch * max(1, a.gpus) * accumulation))
+    accumulation = max(1, effective // (batch * a.world_size))
+    steps = max(1, n * epochs // (batch * a.world_size * accumulation))
     every = max(1, steps // 10)
     if s.tokens_p99:
         seq_len = min(a.seq_len, 1 << (s.tokens_p99 - 1).bit_length())  # next power of two above p99
@@ -334,23 +367,39 @@ def plan(model: ModelFacts, s: Situation, a: Assumptions | None = None) -> Plan:
     free_mib = [g.get("memory_free_mib") or ((g.get("memory_total_mib") or 0) - (g.get("memory_used_mib") or 0))
                 for g in s.gpus]
     free = min(free_mib) * 2**20 if s.gpus and all(free_mib) else None
-    a = replace(a, gpus=max(1, len(s.gpus)), objective=s.objective)
-    estimates = estimate_all(model, a)
-    method, method_reason = choose_method(model, s, free, estimates)
+    a = replace(a, gpus=a.gpus or max(1, len(s.gpus)), objective=s.objective)
+    sharding = None if free is None else {m: choose_sharding(model, m, a, free) for m in estimate_all(model, a)}
+    method, method_reason = choose_method(s, None if sharding is None else {m: v[2] for m, v in sharding.items()})
+    fsdp, fsdp_reason = sharding[method][:2] if sharding else (a.fsdp, "")
+    a = replace(a, fsdp=fsdp)
     memory = {m: {**e.to_dict(), "fits": None if free is None else e.required <= free}
-              for m, e in estimates.items()}
+              for m, e in estimate_all(model, a).items()}
     fit = advice_to_fit(model, method, a, free) if free is not None else []
     hps = hyperparameters(model, method, s, a)
+    if a.gpus > 1:
+        hps.append(Hyperparameter("nproc_per_node", a.gpus, "one process per GPU (torchrun)" + (
+            f"; on each of the {a.nodes} nodes, with nnodes: {a.nodes} and network_interface added by hand"
+            if a.nodes > 1 else "")))
+    if fsdp:
+        hps.append(Hyperparameter("fsdp", fsdp, SHARDING_REASONS[fsdp]))
+    if fsdp == "hybrid_shard":
+        hps.append(Hyperparameter("fsdp_version", 1, "transformers runs hybrid_shard on FSDP1 only"))
+    if a.fsdp_offload:
+        hps.append(Hyperparameter("fsdp_offload", True, "the shards of weights, gradients and optimizer state wait "
+                                  "in host memory; the optimizer step runs on the CPU"))
     forgetting, mixing = forgetting_advice(method, s)
     epochs = next(h.value for h in hps if h.key == "num_train_epochs")
     tokens = (s.clean_examples or 1000) * (s.tokens_per_example or a.seq_len // 2) * epochs
     checkpointing = a.gradient_checkpointing if a.gradient_checkpointing is not None else method == "qlora"
-    hours, price, basis = training_time(model, method, tokens, s.gpus, checkpointing, s.objective)
-    price = s.price_per_gpu_hour * max(1, len(s.gpus)) if s.price_per_gpu_hour is not None else price
+    # The planned GPUs: those found, or as many of the first one's kind as asked for, on every node.
+    devices = (s.gpus if len(s.gpus) == a.gpus else s.gpus[:1] * a.gpus) * a.nodes
+    hours, price, basis = training_time(model, method, tokens, devices, checkpointing, s.objective)
+    price = s.price_per_gpu_hour * max(1, len(devices)) if s.price_per_gpu_hour is not None else price
     return Plan(decision=decision, reasons=reasons, method=method, method_reason=method_reason, memory=memory,
                 free_memory_gib=None if free is None else round(free / GiB, 2), fit_advice=fit,
                 hyperparameters=hps, forgetting=forgetting, mixing=mixing, objective=s.objective,
-                objective_advice=objective_advice(s), time_hours=round(hours, 3),
+                objective_advice=objective_advice(s), gpus=a.gpus, nodes=a.nodes, fsdp=fsdp,
+                fsdp_reason=fsdp_reason, time_hours=round(hours, 3),
                 cost_usd=None if price is None else round(hours * price, 2),
                 time_basis=f"{tokens:,.0f} training tokens on {basis} at {MFU:.0%} of peak"
                            if s.gpus else f"{tokens:,.0f} training tokens on the {basis}")

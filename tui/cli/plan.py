@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.plan.memory import GiB
-from engine.training.config import METHODS, OBJECTIVES
+from engine.plan.memory import GiB, per_gpu
+from engine.training.config import FSDP_MODES, METHODS, OBJECTIVES
 from tui.cli.common import CliError, print_json
 
 
@@ -27,6 +27,13 @@ def add_assumption_args(p: argparse.ArgumentParser) -> None:
                         "dpo and kto the reference's forward")
     p.add_argument("--precompute-ref-log-probs", action="store_true",
                    help="dpo/kto: the reference scored once before training (no frozen copy in full fine-tuning)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per node (nproc_per_node); default 1, or for plan the GPUs found here")
+    p.add_argument("--nodes", type=int, default=1, help="machines (nnodes)")
+    p.add_argument("--fsdp", choices=FSDP_MODES, default=None,
+                   help="shard over the GPUs; default: DDP replicas (plan recommends a mode when one GPU cannot "
+                        "hold the run)")
+    p.add_argument("--fsdp-offload", action="store_true", help="FSDP's CPU offload: shards in host memory")
 
 
 def assumptions(args):
@@ -37,7 +44,8 @@ def assumptions(args):
                        lora_r=args.lora_r, lora_targets=targets, compute_dtype=args.precision,
                        memory_efficient_attention=not args.eager_attention,
                        gradient_checkpointing=args.gradient_checkpointing, objective=args.objective,
-                       precompute_ref_log_probs=args.precompute_ref_log_probs)
+                       precompute_ref_log_probs=args.precompute_ref_log_probs, gpus=args.gpus, nodes=args.nodes,
+                       fsdp=args.fsdp, fsdp_offload=args.fsdp_offload)
 
 
 def format_estimates(facts, estimates: dict, free: float | None) -> str:
@@ -49,11 +57,15 @@ def format_estimates(facts, estimates: dict, free: float | None) -> str:
         lines.append("stored as " + ", ".join(f"{n / 1e6:,.0f}M {dtype}" for dtype, n in facts.stored.items()))
     names = list(dict.fromkeys(part for e in estimates.values() for part in e.parts))
     row = lambda label, values: f"{label:<22}" + "".join(f"{v / GiB:>9.2f}" for v in values)
+    first = next(iter(estimates.values()))
+    lines.append("memory " + per_gpu(first.gpus, first.nodes, first.fsdp))
     lines.append(f"{'GiB':<22}" + "".join(f"{m:>9}" for m in estimates))
     lines += [row(part, [e.parts.get(part, 0) for e in estimates.values()]) for part in names]
     lines.append(row("peak allocated", [e.total for e in estimates.values()]))
     lines.append(row("+ context, allocator", [e.required - e.total for e in estimates.values()]))
     lines.append(row("needs free", [e.required for e in estimates.values()]))
+    if any(e.host for e in estimates.values()):
+        lines.append(row("host memory (offload)", [sum(e.host.values()) for e in estimates.values()]))
     if free is not None:
         lines.append(f"{'fits ' + format(free / GiB, '.1f') + ' GiB free':<22}"
                      + "".join(f"{'yes' if e.required <= free else 'NO':>9}" for e in estimates.values()))
@@ -109,7 +121,8 @@ def cmd_plan(args) -> int:
         raise CliError(f"--general-data: file not found: {args.general_data}")
     gpus = snapshot(args.workspace)["gpus"]
     if args.gpu_memory is not None:
-        gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024, "memory_used_mib": 0}] * args.gpus
+        gpus = [{"name": args.gpu_name, "memory_total_mib": args.gpu_memory * 1024,
+                 "memory_used_mib": 0}] * (args.gpus or 1)
     situation = Situation(task=args.task, clean_examples=examples, baseline_score=args.baseline,
                           target_score=args.target, fresh_knowledge=args.fresh_knowledge,
                           task_stable=not args.unstable, reason=args.reason, gpus=gpus,
@@ -131,6 +144,9 @@ def cmd_plan(args) -> int:
     for advice in result.objective_advice:
         print(f"objective {result.objective}: {advice}")
     print(f"method: {result.method} - {result.method_reason}")
+    if result.fsdp_reason:
+        print(f"sharding: fsdp {result.fsdp} - {result.fsdp_reason}")
+    print(f"memory {per_gpu(result.gpus, result.nodes, result.fsdp)}:")
     for method, m in result.memory.items():
         fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  does NOT fit")
         print(f"  {method:<6} {m['required_gib']:>7.2f} GiB needed{fits}")
@@ -193,7 +209,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", choices=["quality", "latency", "cost"], default="quality")
     p.add_argument("--gpu-memory", type=float, default=None, help="plan for GPUs of this many GiB instead")
     p.add_argument("--gpu-name", default="NVIDIA H100 80GB HBM3", help="with --gpu-memory")
-    p.add_argument("--gpus", type=int, default=1, help="with --gpu-memory")
     p.add_argument("--price", type=float, help="USD per GPU-hour")
     p.add_argument("--write-config", help="write the run configuration here")
     add_assumption_args(p)

@@ -1,7 +1,8 @@
 """Plan mode (2): should you fine-tune, which method fits, hyperparameters, time and cost; writes a config.
 
 The form on the left feeds engine.plan.recommend.plan in a worker (it reads model file headers, no torch);
-the right side shows the decision path, a memory bar per method, hyperparameters and time. `w`
+the right side shows the decision path, a memory bar per method (per GPU: of how many GPUs, under which
+sharding), hyperparameters and time. `w`
 writes the run configuration that `tunedeck train` runs as it is.
 """
 
@@ -19,6 +20,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from engine.plan.memory import per_gpu
 from tui.messages import ErrorReported, PlanComputed
 from tui.screens.base import ModeScreen
 
@@ -30,7 +32,10 @@ COMPUTING = "computing… (the first plan for a model builds it on the meta devi
 # Form fields: (id, label, placeholder, kind); kind says how the text is read.
 NUMBER_FIELDS = (("examples", "Examples", "from data", int), ("baseline", "Baseline", "0..1, measured", float),
                  ("target", "Target", "0..1", float), ("seq-len", "Seq length", "1024", int),
-                 ("batch", "Batch size", "4", int), ("price", "$/GPU-hour", "optional", float))
+                 ("batch", "Batch size", "4", int), ("gpus", "GPUs/node", "found here", int),
+                 ("nodes", "Nodes", "1", int), ("price", "$/GPU-hour", "optional", float))
+# Sharding: auto is DDP replicas while one GPU holds the run, else the mode the plan recommends.
+SHARDING = "auto"
 
 
 @dataclass
@@ -46,6 +51,8 @@ class Inputs:
     numbers: dict
     general: str = ""  # a general-data file to mix in against forgetting
     objective: str = "sft"  # sft, or a preference objective (dpo, orpo, kto)
+    fsdp: str | None = None  # a sharding mode asked for; None: auto
+    offload: bool = False  # FSDP's CPU offload (fsdp_offload)
 
 
 @dataclass
@@ -80,7 +87,7 @@ class PlanScreen(ModeScreen):
 
     def compose_body(self) -> ComposeResult:
         from engine.plan.recommend import TASKS
-        from engine.training.config import OBJECTIVES
+        from engine.training.config import FSDP_MODES, OBJECTIVES
 
         with Horizontal(id="plan-main"):
             with VerticalScroll(id="plan-form") as form:
@@ -102,6 +109,10 @@ class PlanScreen(ModeScreen):
                                                  allow_blank=False, id="plan-reason", compact=True))
                 for key, label, hint, _ in NUMBER_FIELDS[3:]:
                     yield self._row(label, Input("", placeholder=hint, id=f"plan-{key}", compact=True))
+                    if key == "nodes":
+                        yield self._row("Sharding", Select([(m, m) for m in (SHARDING, *FSDP_MODES)], value=SHARDING,
+                                                           allow_blank=False, id="plan-fsdp", compact=True))
+                        yield Checkbox("FSDP CPU offload", False, id="plan-offload", compact=True)
                 yield self._row("General", Input("", placeholder="optional file", id="plan-general",
                                                  compact=True))
             with VerticalScroll(id="plan-out", can_focus=True) as out:
@@ -133,7 +144,7 @@ class PlanScreen(ModeScreen):
                 continue
             if key in ("baseline", "target") and not 0 <= numbers[key] <= 1:
                 problems.append(f"{label.lower()} must be between 0 and 1")
-            elif key in ("seq-len", "batch") and numbers[key] < 1:
+            elif key in ("seq-len", "batch", "gpus", "nodes") and numbers[key] < 1:
                 problems.append(f"{label.lower()} must be at least 1")
         self.problem = "; ".join(problems)
         if problems:
@@ -145,9 +156,12 @@ class PlanScreen(ModeScreen):
                       fresh=self.query_one("#plan-fresh", Checkbox).value,
                       stable=self.query_one("#plan-stable", Checkbox).value, numbers=numbers,
                       general=self.query_one("#plan-general", Input).value.strip(),
-                      objective=str(self.query_one("#plan-objective", Select).value))
+                      objective=str(self.query_one("#plan-objective", Select).value),
+                      fsdp=None if (mode := str(self.query_one("#plan-fsdp", Select).value)) == SHARDING else mode,
+                      offload=self.query_one("#plan-offload", Checkbox).value)
 
-    @on(Input.Changed, "#plan-examples, #plan-baseline, #plan-target, #plan-seq-len, #plan-batch, #plan-price")
+    @on(Input.Changed, "#plan-examples, #plan-baseline, #plan-target, #plan-seq-len, #plan-batch, #plan-gpus, "
+                       "#plan-nodes, #plan-price")
     @on(Select.Changed)
     @on(Checkbox.Changed)
     def _changed(self) -> None:
@@ -193,7 +207,8 @@ class PlanScreen(ModeScreen):
                               tokens_per_example=tokens, tokens_p99=p99, price_per_gpu_hour=n["price"],
                               general_data=str(general) if general else None, objective=inputs.objective,
                               sft_runs=sft_runs(self.app.workspace), desirable=desirable, undesirable=undesirable)
-        assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4)
+        assumptions = Assumptions(seq_len=n["seq-len"] or 1024, batch_size=n["batch"] or 4, gpus=n["gpus"],
+                                  nodes=n["nodes"] or 1, fsdp=inputs.fsdp, fsdp_offload=inputs.offload)
         result = plan(facts, situation, assumptions)
         if get_current_worker().is_cancelled:
             return
@@ -229,7 +244,13 @@ class PlanScreen(ModeScreen):
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             from engine.models.find import ModelError
+            from engine.training.config import ConfigError
 
+            if isinstance(error, ConfigError):  # fields that cannot go together (fsdp on one GPU): said in place
+                event.prevent_default()
+                self.problem = str(error)
+                self._show()
+                return
             if isinstance(error, ModelError):
                 advice = "Type another model in the Model field: a directory, a .gguf file, a cached repo id, or demo."
             elif isinstance(error, FileNotFoundError):
@@ -272,6 +293,7 @@ class PlanScreen(ModeScreen):
             for advice in r.objective_advice:
                 out.append(f" · {advice}\n")
         out.append("\nMemory ", style="bold")
+        out.append(per_gpu(r.gpus, r.nodes, r.fsdp) + " ")
         if r.free_memory_gib is None:
             out.append("(no GPU here: the estimate is for a GPU; fits unknown)\n", style="dim")
         else:
@@ -285,6 +307,8 @@ class PlanScreen(ModeScreen):
             out.append("█" * filled, style="bold" if method == r.method else "")
             out.append("░" * (BAR - filled), style="dim")
             out.append(f" {m['required_gib']:6.2f} GiB{fits}\n")
+        if r.fsdp_reason:
+            out.append(f"  sharded: {r.fsdp_reason}\n")
         for note in r.memory[r.method]["notes"]:
             out.append(f"  {r.method}: {note}\n", style="dim")
         for advice in r.fit_advice:
