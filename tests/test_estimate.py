@@ -400,3 +400,6 @@ def test_estimate_cli_per_gpu_under_sharding(tiny_project):
     refused = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", model, "--fsdp-offload"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "choose an fsdp mode" in refused.stderr
+    one_gpu = subprocess.run([sys.executable, "-m", "tui.cli", "estimate", "--model", model, "--fsdp", "full_shard"],
+                             capture_output=True, text=True, timeout=60)  # --gpus left out: one GPU
+    assert one_gpu.returncode != 0 and "plan for 2 or more" in one_gpu.stderr

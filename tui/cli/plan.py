@@ -77,6 +77,7 @@ def cmd_estimate(args) -> int:
     from engine.models.facts import model_facts
     from engine.plan.memory import advice_to_fit, estimate
 
+    args.gpus = args.gpus or 1  # the estimate is for the GPUs asked for (plan, not estimate, counts those found here)
     a = assumptions(args)
     facts = model_facts(args.model, a.lora_targets)
     methods = list(METHODS) if args.method == "all" else [args.method]
