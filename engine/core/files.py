@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -68,3 +69,25 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def lock_exclusive(path: Path):
+    """(the open file holding an exclusive lock on `path`, None), the lock lasting while the file (or a child it
+    was passed to) keeps it open; or (None, what its holder wrote in it) when another process holds it."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        return None, holder
+    return f, None
+
+
+def name_holder(lock, holder: str) -> None:
+    """Write who holds a lock into its file, for the message of the next one refused."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(holder)
+    lock.flush()

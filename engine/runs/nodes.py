@@ -9,7 +9,6 @@ Its output goes to `engine-nodeN.log`; global rank 0 alone writes the run's file
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.core.files import ensure_private_dir, read_json, write_atomic
+from engine.core.files import ensure_private_dir, lock_exclusive, name_holder, read_json, write_atomic
 from engine.runs.launch import (DDP_DIR, JOIN_TIMEOUT_SECONDS, LAUNCH_TOKEN, ddp_env, engine_env, interface_address,
                                 node_log, prepare_launch, worker_command)
 from engine.runs.protocol import ACTIVE_STATES, Run, RunError
@@ -67,15 +66,10 @@ def check_join(run: Run, node_rank: int) -> tuple[dict, dict]:
 def hold_node(run: Run, node_rank: int):
     """The lock of node `node_rank` in this launch (.ddp/nodes/node-N.lock), held by its torchrun agent for
     its life: a second join for the same node refuses while the first one runs."""
-    f = open(ensure_private_dir(run.path / DDP_DIR / "nodes") / f"node-{node_rank}.lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
+    f, holder = lock_exclusive(ensure_private_dir(run.path / DDP_DIR / "nodes") / f"node-{node_rank}.lock")
+    if f is None:
         raise RunError(f"node rank {node_rank} of run {run.id} has joined already ({holder}); "
-                       f"each node joins once, with its own --node-rank") from None
+                       f"each node joins once, with its own --node-rank")
     return f
 
 
@@ -95,10 +89,7 @@ def join(run: Run, node_rank: int, detach: bool = True) -> subprocess.Popen:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=detach, env=engine_env(ddp_env(run, interface)),
                                     cwd=run.path, pass_fds=(lock.fileno(),))  # the agent holds the lock now
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {proc.pid} on {socket.gethostname()}")
-        lock.flush()
+        name_holder(lock, f"pid {proc.pid} on {socket.gethostname()}")
     finally:
         lock.close()
     return proc

@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the network, even for a typo'd repo id
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from engine.core.files import PRIVATE_UMASK, write_atomic  # noqa: E402
+from engine.core.files import PRIVATE_UMASK, lock_exclusive, name_holder, write_atomic  # noqa: E402
 from engine.runs.events import EventWriter  # noqa: E402
 from engine.runs.protocol import Run, RunError  # noqa: E402
 from engine.training.config import ConfigError, parse_config  # noqa: E402
@@ -34,19 +34,11 @@ OOM_ADVICE = ("out of memory: try per_device_train_batch_size 1 with gradient_ac
 
 def acquire_lock(run: Run):
     """An exclusive lock held for the engine's life: a second engine on the same run refuses."""
-    f = open(run.lock_path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
+    f, holder = lock_exclusive(run.lock_path)
+    if f is None:
         raise RunError(f"run {run.id} is already being trained by {holder}; "
-                       f"stop it first with `tunedeck stop {run.id}`") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}")
-    f.flush()
+                       f"stop it first with `tunedeck stop {run.id}`")
+    name_holder(f, f"pid {os.getpid()}")
     return f
 
 
