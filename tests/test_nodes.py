@@ -160,6 +160,19 @@ def test_stop_from_control_reaches_both_and_resume_continues(write_config, works
     assert [e["step"] for e in evs if e["type"] == "log"] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
 
 
+def test_stop_while_node_0_waits_for_the_others_stops_it_at_once(write_config, workspace):
+    """Before node 1 joins no engine runs to read a stop command: `tunedeck stop` ends node 0's torchrun and the run
+    is stopped (not crashed), resumable, and a late join is refused."""
+    run, node0 = start(two_nodes(write_config, max_steps=4), workspace)
+    time.sleep(2)  # torchrun is in its rendezvous, waiting for node 1
+    result = tunedeck("stop", run.id, workspace=workspace)
+    assert result.returncode == 0 and "while node 0 waited for the other nodes" in result.stdout, result.stderr
+    node0.wait(timeout=30)
+    assert run.status()["state"] == "stopped" and not list((run.path / "control").glob("*.json"))
+    late = tunedeck("join", str(run.path), "--node-rank", "1", workspace=workspace)
+    assert late.returncode != 0 and f"tunedeck resume {run.id}" in late.stderr
+
+
 # ---- join refusals, without an engine ---------------------------------------------------------
 
 @pytest.fixture

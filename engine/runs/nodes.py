@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from engine.core.files import ensure_private_dir, lock_exclusive, name_holder, read_json, write_atomic
 from engine.runs.launch import (DDP_DIR, JOIN_TIMEOUT_SECONDS, LAUNCH_TOKEN, ddp_env, engine_env, interface_address,
                                 node_log, prepare_launch, worker_command)
-from engine.runs.protocol import ACTIVE_STATES, Run, RunError
+from engine.runs.protocol import ACTIVE_STATES, Run, RunError, pid_alive
 
 SHARED_STORAGE = "the run directory must be on storage all nodes see, at a path each node can name"
 
@@ -34,6 +35,26 @@ def launch_token(run: Run) -> dict:
                        f"has not started it yet (`tunedeck train CONFIG` or `tunedeck resume {run.id}` there), or "
                        f"this is not on storage all nodes see; {SHARED_STORAGE}")
     return token
+
+
+def stop_waiting(run: Run, timeout: float = 30.0) -> bool:
+    """Stop a run on several machines whose node 0 still waits, on this machine, for the others to join: no engine
+    runs yet to read a stop command, so node 0's torchrun is sent SIGTERM (it leaves the rendezvous) and the run is
+    recorded as stopped. False, and nothing done, when the run is not waiting here."""
+    status = run.status()
+    pid = status.get("pid")
+    if (status.get("state") != "starting" or int(run.config().get("nnodes") or 1) == 1
+            or status.get("host") != socket.gethostname() or run.engine_running() or not pid_alive(pid)):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    written = read_json(run.status_path) or {}
+    if written.get("state") == "starting" and not run.engine_running():  # no worker started meanwhile
+        write_atomic(run.status_path, json.dumps({**status, "state": "stopped", "pid": None, "heartbeat": time.time(),
+                                                  "error": None, "reason": "stopped while waiting for the other nodes"}))
+    return True
 
 
 def check_join(run: Run, node_rank: int) -> tuple[dict, dict]:

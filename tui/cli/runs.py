@@ -127,8 +127,21 @@ def cmd_train(args) -> int:
             print_json({"run_id": run.id, "run_dir": str(run.path)})
         else:
             print(f"started {run.id}\n  follow it: tunedeck attach {run.id}\n  stop it:   tunedeck stop {run.id}")
+        print_join_hint(run, args.json)
         return 0
+    print_join_hint(run, args.json)
     return _foreground(run, resume=False, as_json=args.json)
+
+
+def print_join_hint(run: Run, as_json: bool) -> None:
+    """On several machines node 0 waits for the others: say what to run on them (to stderr under --json)."""
+    from engine.runs.nodes import JOIN_TIMEOUT_SECONDS
+
+    nnodes = int(run.config().get("nnodes") or 1)
+    if nnodes > 1:
+        rank, which = ("1", "node 1") if nnodes == 2 else ("N", f"each node N from 1 to {nnodes - 1}")
+        print(f"  waiting for {which}, within {JOIN_TIMEOUT_SECONDS // 60} minutes: "
+              f"tunedeck join {run.path} --node-rank {rank} --detach", file=sys.stderr if as_json else sys.stdout)
 
 
 def _foreground(run: Run, resume: bool, as_json: bool) -> int:
@@ -195,6 +208,14 @@ def cmd_stop(args) -> int:
     state = run.status().get("state")
     if state in FINAL_STATES:
         raise CliError(f"run {run.id} is not running (state: {state})")
+    from engine.runs.nodes import stop_waiting
+
+    if stop_waiting(run):
+        if args.json:
+            print_json({"run_id": run.id, "state": "stopped"})
+        else:
+            print(f"stopped {run.id} while node 0 waited for the other nodes (nothing had trained)")
+        return 0
     cmd_id = run.send_command("stop_now" if args.now else "stop")
     if args.json:
         print_json({"run_id": run.id, "command": "stop_now" if args.now else "stop", "id": cmd_id})
@@ -216,9 +237,11 @@ def cmd_resume(args) -> int:
                          "skipped": skipped})
         else:
             print(f"resuming {run.id} from {checkpoint.name if checkpoint else 'step 0'}")
+        print_join_hint(run, args.json)
         return 0
     for reason in skipped:
         print(f"skipping {reason}")
+    print_join_hint(run, args.json)
     return _foreground(run, resume=True, as_json=args.json)
 
 

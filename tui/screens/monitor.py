@@ -317,6 +317,21 @@ class MonitorScreen(ModeScreen):
             self.notify(f"The run is {state}; commands reach a running engine only."
                         + (" Press r to resume it." if state in RESUMABLE_STATES else ""), severity="warning")
             return
+        if command in ("stop", "stop_now") and state == "starting":
+            self.stop_waiting(command)  # node 0 of several may still wait for the others: no engine reads commands
+            return
+        self._send(command, state)
+
+    @work(thread=True, exclusive=True, group="launch", name="stopping the run", exit_on_error=False)
+    def stop_waiting(self, command: str) -> None:
+        from engine.runs.nodes import stop_waiting
+
+        if stop_waiting(self.run):
+            self.app.call_from_thread(self.notify, "Stopped while node 0 waited for the other nodes")
+        else:
+            self.app.call_from_thread(self._send, command, "starting")
+
+    def _send(self, command: str, state: str) -> None:
         try:
             cid = self.run.send_command(command)
         except (OSError, RunError) as exc:
