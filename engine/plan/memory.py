@@ -155,7 +155,8 @@ class Estimate:
                 "trainable_parameters": self.trainable_parameters,
                 "breakdown": {k: int(v) for k, v in self.parts.items()},
                 "overhead": {k: int(v) for k, v in self.overhead.items()}, "notes": self.notes,
-                "gpus": self.gpus, "nodes": self.nodes, "world_size": self.world_size, "fsdp": self.fsdp, "host": {k: int(v) for k, v in self.host.items()}}
+                "gpus": self.gpus, "nodes": self.nodes, "world_size": self.world_size, "fsdp": self.fsdp,
+                "host": {k: int(v) for k, v in self.host.items()}}
 
 
 def layer_activations(model: ModelFacts, method: str, notes: list[str]) -> float:
